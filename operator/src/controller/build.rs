@@ -1,0 +1,345 @@
+//! Stage 3: pure functions from a `ValidatedPipeline` to the Kubernetes objects it needs.
+//! Nothing here talks to the API server, so every object can be asserted on in unit tests.
+
+use std::collections::BTreeMap;
+
+use ferry_worker::config::{DEFAULT_HTTP_PORT, KAFKA_SASL_PASSWORD_ENV, REDIS_PASSWORD_ENV};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sha2::{Digest, Sha256};
+
+use super::validate::{SecretRefs, StageRole, ValidatedPipeline, ValidatedStage};
+use crate::crd::SecretKeyRef;
+
+pub const MANAGED_BY: &str = "ferry-operator";
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
+pub const LABEL_VERSION: &str = "app.kubernetes.io/version";
+pub const LABEL_STAGE: &str = "ferry.dev/stage";
+pub const ANNOTATION_CONFIG_HASH: &str = "ferry.dev/config-hash";
+/// Non-root user of the worker image.
+pub const WORKER_UID: i64 = 65532;
+const CONFIG_DIR: &str = "/etc/ferry/config";
+const HTTP_PORT_NAME: &str = "http";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot render the worker config of stage {stage}: {source}")]
+    RenderConfig {
+        stage: String,
+        source: serde_yaml::Error,
+    },
+}
+
+/// Everything one Pipeline owns. `apply` destructures it without `..`, so a new kind of
+/// child that is built but never applied fails to compile.
+#[derive(Debug, Clone)]
+pub struct Children {
+    pub config_map: ConfigMap,
+    pub deployments: Vec<Deployment>,
+}
+
+pub fn build(pipeline: &ValidatedPipeline) -> Result<Children, BuildError> {
+    let rendered = render_configs(pipeline)?;
+    let config_map = build_config_map(pipeline, &rendered);
+    let deployments = pipeline
+        .stages
+        .iter()
+        .map(|stage| {
+            let config_yaml = rendered.get(&stage.config_key).map_or("", String::as_str);
+            build_deployment(pipeline, stage, config_yaml)
+        })
+        .collect();
+    Ok(Children {
+        config_map,
+        deployments,
+    })
+}
+
+/// Labels every child carries; `instance` and `managed-by` are what orphan cleanup selects on.
+pub fn common_labels(pipeline: &ValidatedPipeline) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_owned(), "ferry".to_owned()),
+        (LABEL_INSTANCE.to_owned(), pipeline.name.clone()),
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        (LABEL_PART_OF.to_owned(), "ferry".to_owned()),
+        (
+            LABEL_VERSION.to_owned(),
+            env!("CARGO_PKG_VERSION").to_owned(),
+        ),
+    ])
+}
+
+/// The immutable selector of one stage's pods.
+pub fn selector_labels(
+    pipeline: &ValidatedPipeline,
+    stage: &ValidatedStage,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_owned(), "ferry".to_owned()),
+        (LABEL_INSTANCE.to_owned(), pipeline.name.clone()),
+        (LABEL_STAGE.to_owned(), stage.name.clone()),
+    ])
+}
+
+/// `app.kubernetes.io/instance=<name>,app.kubernetes.io/managed-by=ferry-operator`.
+pub fn owned_children_selector(pipeline_name: &str) -> String {
+    format!("{LABEL_INSTANCE}={pipeline_name},{LABEL_MANAGED_BY}={MANAGED_BY}")
+}
+
+fn object_meta(
+    pipeline: &ValidatedPipeline,
+    name: &str,
+    labels: BTreeMap<String, String>,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(pipeline.namespace.clone()),
+        labels: Some(labels),
+        owner_references: Some(vec![pipeline.owner.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn render_configs(pipeline: &ValidatedPipeline) -> Result<BTreeMap<String, String>, BuildError> {
+    pipeline
+        .stages
+        .iter()
+        .map(|stage| {
+            let yaml =
+                stage
+                    .worker_config
+                    .to_yaml()
+                    .map_err(|source| BuildError::RenderConfig {
+                        stage: stage.name.clone(),
+                        source,
+                    })?;
+            Ok((stage.config_key.clone(), yaml))
+        })
+        .collect()
+}
+
+pub fn build_config_map(
+    pipeline: &ValidatedPipeline,
+    rendered: &BTreeMap<String, String>,
+) -> ConfigMap {
+    ConfigMap {
+        metadata: object_meta(pipeline, &pipeline.config_map_name, common_labels(pipeline)),
+        data: Some(rendered.clone()),
+        ..ConfigMap::default()
+    }
+}
+
+pub fn build_deployment(
+    pipeline: &ValidatedPipeline,
+    stage: &ValidatedStage,
+    config_yaml: &str,
+) -> Deployment {
+    let selector = selector_labels(pipeline, stage);
+    let mut labels = common_labels(pipeline);
+    labels.extend(selector.clone());
+    labels.insert(LABEL_COMPONENT.to_owned(), stage.role.as_str().to_owned());
+
+    let config_hash = format!("{:x}", Sha256::digest(config_yaml.as_bytes()));
+    let mut volumes = vec![
+        Volume {
+            name: "config".to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: pipeline.config_map_name.clone(),
+                items: Some(vec![KeyToPath {
+                    key: stage.config_key.clone(),
+                    path: "worker.yaml".to_owned(),
+                    mode: None,
+                }]),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "tmp".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("64Mi".to_owned())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "config".to_owned(),
+            mount_path: CONFIG_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..VolumeMount::default()
+        },
+    ];
+    for secret in &pipeline.secrets.tls_volumes {
+        volumes.push(Volume {
+            name: secret.volume.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.secret.clone()),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: secret.volume.clone(),
+            mount_path: secret.mount_dir.clone(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+
+    let subcommand = match stage.role {
+        StageRole::Receiver => "receive",
+        StageRole::Processor => "process",
+    };
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(HTTP_PORT_NAME.to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "worker".to_owned(),
+        image: Some(stage.image.clone()),
+        image_pull_policy: Some("IfNotPresent".to_owned()),
+        args: Some(vec![
+            subcommand.to_owned(),
+            "--config".to_owned(),
+            format!("{CONFIG_DIR}/worker.yaml"),
+            "--log-format".to_owned(),
+            "json".to_owned(),
+        ]),
+        env: Some(worker_env(&pipeline.secrets)),
+        ports: Some(vec![ContainerPort {
+            name: Some(HTTP_PORT_NAME.to_owned()),
+            container_port: i32::from(DEFAULT_HTTP_PORT),
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        liveness_probe: Some(probe("/healthz", 10)),
+        readiness_probe: Some(probe("/readyz", 5)),
+        resources: Some(stage.resources.clone().unwrap_or_else(default_resources)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+
+    Deployment {
+        metadata: object_meta(pipeline, &stage.deployment_name, labels.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(stage.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                ..DeploymentStrategy::default()
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(BTreeMap::from([(
+                        ANNOTATION_CONFIG_HASH.to_owned(),
+                        config_hash,
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    // Workers never call the Kubernetes API.
+                    automount_service_account_token: Some(false),
+                    // Long enough to drain in-flight batches and commit on SIGTERM.
+                    termination_grace_period_seconds: Some(30),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(WORKER_UID),
+                        run_as_group: Some(WORKER_UID),
+                        fs_group: Some(WORKER_UID),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+fn worker_env(secrets: &SecretRefs) -> Vec<EnvVar> {
+    let from_secret = |name: &str, secret: &SecretKeyRef| EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let mut env = vec![EnvVar {
+        name: "RUST_LOG".to_owned(),
+        value: Some("info".to_owned()),
+        ..EnvVar::default()
+    }];
+    if let Some(secret) = &secrets.redis_password {
+        env.push(from_secret(REDIS_PASSWORD_ENV, secret));
+    }
+    if let Some(secret) = &secrets.kafka_sasl_password {
+        env.push(from_secret(KAFKA_SASL_PASSWORD_ENV, secret));
+    }
+    env
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("100m".to_owned())),
+            ("memory".to_owned(), Quantity("64Mi".to_owned())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("256Mi".to_owned()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}

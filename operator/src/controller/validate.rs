@@ -1,0 +1,364 @@
+//! Stage 2: the raw spec, plus what `dereference` fetched, becomes a typed, checked
+//! `ValidatedPipeline`. Synchronous and pure: the schema already rejected most bad input at
+//! admission; this catches what only the operator can know.
+
+use ferry_worker::config::{
+    BatchConfig, DeadLetterConfig, EnrichConfig, HttpConfig, KAFKA_SASL_PASSWORD_ENV, KafkaConfig,
+    OutputConfig, ProcessorConfig, ProcessorKind, REDIS_PASSWORD_ENV, ReceiverConfig, RedisConfig,
+    SaslConfig, StageConfig, StatsConfig, StorageConfig, TLS_MOUNT_DIR, TlsFiles, ValidateConfig,
+    ValidationRule, WorkerConfig,
+};
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Resource;
+
+use super::dereference::{Bootstrap, Dereferenced};
+use crate::crd::{
+    BatchSpec, Pipeline, ProcessorSpec, ScalingMode, ScalingSpec, SecretKeyRef, TlsSpec,
+};
+
+pub const DEFAULT_REDIS_PORT: i32 = 6379;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    #[error("Pipeline has no {field}; it must come from the API server")]
+    MissingMetadata { field: &'static str },
+    #[error("the rendered worker config for stage {stage} is invalid: {source}")]
+    WorkerConfig {
+        stage: String,
+        source: ferry_worker::config::ConfigError,
+    },
+    #[error(
+        "spec.processors[].name {name:?} is reserved: the receiver's Deployment uses that suffix"
+    )]
+    ReservedProcessorName { name: String },
+}
+
+/// The operator's own settings that a Pipeline inherits.
+#[derive(Debug, Clone)]
+pub struct OperatorDefaults {
+    pub worker_image: String,
+}
+
+/// A Pipeline that passed every check, with names resolved and worker configs rendered.
+#[derive(Debug, Clone)]
+pub struct ValidatedPipeline {
+    pub name: String,
+    pub namespace: String,
+    pub generation: Option<i64>,
+    pub owner: OwnerReference,
+    pub config_map_name: String,
+    pub stages: Vec<ValidatedStage>,
+    pub secrets: SecretRefs,
+    pub paused: bool,
+}
+
+/// Where Secret material comes from; it reaches pods only through references.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SecretRefs {
+    pub redis_password: Option<SecretKeyRef>,
+    pub kafka_sasl_password: Option<SecretKeyRef>,
+    /// Secret volumes: (volume name, Secret name, mount directory).
+    pub tls_volumes: Vec<SecretVolume>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretVolume {
+    pub volume: String,
+    pub secret: String,
+    pub mount_dir: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageRole {
+    Receiver,
+    Processor,
+}
+
+impl StageRole {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Receiver => "receiver",
+            Self::Processor => "processor",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ValidatedStage {
+    /// `receiver` or the processor's name; unique within the Pipeline.
+    pub name: String,
+    pub role: StageRole,
+    pub deployment_name: String,
+    /// The key of this stage's file in the Pipeline's ConfigMap.
+    pub config_key: String,
+    pub worker_config: WorkerConfig,
+    pub scaling: ScalingSpec,
+    /// Replicas to run now: 0 when paused, otherwise what the scaling mode asks.
+    pub replicas: i32,
+    pub image: String,
+    pub resources: Option<ResourceRequirements>,
+}
+
+pub const RECEIVER_STAGE: &str = "receiver";
+
+pub fn validate(
+    pipeline: &Pipeline,
+    dereferenced: &Dereferenced,
+    defaults: &OperatorDefaults,
+) -> Result<ValidatedPipeline, ValidateError> {
+    let name = pipeline
+        .metadata
+        .name
+        .clone()
+        .ok_or(ValidateError::MissingMetadata {
+            field: "metadata.name",
+        })?;
+    let namespace = pipeline
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(ValidateError::MissingMetadata {
+            field: "metadata.namespace",
+        })?;
+    let owner = pipeline
+        .controller_owner_ref(&())
+        .ok_or(ValidateError::MissingMetadata {
+            field: "metadata.uid",
+        })?;
+    let spec = &pipeline.spec;
+    let bootstrap_servers = match &dereferenced.bootstrap {
+        Bootstrap::Resolved(servers) => servers.clone(),
+    };
+    let receiver_group = spec
+        .kafka
+        .consumer_group
+        .clone()
+        .unwrap_or_else(|| format!("ferry-{namespace}-{name}"));
+
+    let mut secrets = SecretRefs::default();
+    let kafka_tls = spec
+        .kafka
+        .tls
+        .as_ref()
+        .map(|tls| mount_tls(tls, "kafka", &mut secrets));
+    let redis_tls = spec
+        .redis
+        .tls
+        .as_ref()
+        .map(|tls| mount_tls(tls, "redis", &mut secrets));
+    let sasl = spec.kafka.sasl.as_ref().map(|sasl| {
+        secrets.kafka_sasl_password = Some(sasl.password_secret_ref.clone());
+        SaslConfig {
+            mechanism: sasl.mechanism,
+            username: sasl.username.clone(),
+            password_env: KAFKA_SASL_PASSWORD_ENV.to_owned(),
+        }
+    });
+    secrets.redis_password = spec.redis.password_secret_ref.clone();
+
+    let redis = RedisConfig {
+        url: redis_url(spec),
+        username: spec.redis.username.clone(),
+        password_env: secrets
+            .redis_password
+            .as_ref()
+            .map(|_| REDIS_PASSWORD_ENV.to_owned()),
+        tls: redis_tls,
+        key_prefix: spec.redis.key_prefix.clone(),
+    };
+    let kafka_for_group = |group: String| KafkaConfig {
+        bootstrap_servers: bootstrap_servers.clone(),
+        topic: spec.kafka.topic.clone(),
+        consumer_group: group,
+        auto_offset_reset: spec.kafka.auto_offset_reset,
+        tls: kafka_tls.clone(),
+        sasl: sasl.clone(),
+    };
+    let worker_config = |group: String, stage: StageConfig| WorkerConfig {
+        pipeline: name.clone(),
+        kafka: kafka_for_group(group),
+        redis: redis.clone(),
+        format: spec.format,
+        http: HttpConfig::default(),
+        stage,
+    };
+    let image = spec
+        .receiver
+        .image
+        .clone()
+        .unwrap_or_else(|| defaults.worker_image.clone());
+
+    let receiver = &spec.receiver;
+    let mut stages = vec![ValidatedStage {
+        name: RECEIVER_STAGE.to_owned(),
+        role: StageRole::Receiver,
+        deployment_name: format!("{name}-{RECEIVER_STAGE}"),
+        config_key: format!("{RECEIVER_STAGE}.yaml"),
+        worker_config: worker_config(
+            receiver_group.clone(),
+            StageConfig::Receiver(ReceiverConfig {
+                storage: StorageConfig {
+                    kind: receiver.storage.kind,
+                    history_depth: positive_u32(receiver.storage.history_depth),
+                    ttl: receiver.storage.ttl,
+                },
+                max_age: receiver.max_age,
+                dead_letter: receiver.dead_letter.as_ref().map(|d| DeadLetterConfig {
+                    topic: d.topic.clone(),
+                }),
+                batch: batch_config(&receiver.batch),
+            }),
+        ),
+        scaling: receiver.scaling.clone(),
+        replicas: initial_replicas(&receiver.scaling, spec.paused),
+        image: image.clone(),
+        resources: receiver.resources.clone(),
+    }];
+    for processor in &spec.processors {
+        if processor.name == RECEIVER_STAGE || processor.name == "config" {
+            return Err(ValidateError::ReservedProcessorName {
+                name: processor.name.clone(),
+            });
+        }
+        stages.push(ValidatedStage {
+            name: processor.name.clone(),
+            role: StageRole::Processor,
+            deployment_name: format!("{name}-{}", processor.name),
+            config_key: format!("processor-{}.yaml", processor.name),
+            worker_config: worker_config(
+                format!("{receiver_group}-{}", processor.name),
+                StageConfig::Processor(processor_config(processor)),
+            ),
+            scaling: processor.scaling.clone(),
+            replicas: initial_replicas(&processor.scaling, spec.paused),
+            image: image.clone(),
+            resources: processor.resources.clone(),
+        });
+    }
+    for stage in &stages {
+        stage
+            .worker_config
+            .validate()
+            .map_err(|source| ValidateError::WorkerConfig {
+                stage: stage.name.clone(),
+                source,
+            })?;
+    }
+
+    Ok(ValidatedPipeline {
+        config_map_name: format!("{name}-config"),
+        name,
+        namespace,
+        generation: pipeline.metadata.generation,
+        owner,
+        stages,
+        secrets,
+        paused: spec.paused,
+    })
+}
+
+/// Replicas before any lag is known: the floor of the range, or the user's number in manual mode.
+fn initial_replicas(scaling: &ScalingSpec, paused: bool) -> i32 {
+    if paused {
+        return 0;
+    }
+    match scaling.mode {
+        ScalingMode::Auto => scaling.min_replicas,
+        ScalingMode::Manual => scaling.replicas.unwrap_or(scaling.min_replicas),
+    }
+}
+
+fn redis_url(spec: &crate::crd::PipelineSpec) -> String {
+    let scheme = if spec.redis.tls.is_some() {
+        "rediss"
+    } else {
+        "redis"
+    };
+    match (&spec.redis.url, &spec.redis.host) {
+        (Some(url), _) => match url.split_once("://") {
+            Some((_, rest)) => format!("{scheme}://{rest}"),
+            None => url.clone(),
+        },
+        (None, host) => format!(
+            "{scheme}://{}:{}/{}",
+            host.as_deref().unwrap_or("localhost"),
+            spec.redis.port.unwrap_or(DEFAULT_REDIS_PORT),
+            spec.redis.database.unwrap_or(0)
+        ),
+    }
+}
+
+/// Registers the Secret volumes for one TLS endpoint and returns the in-pod file paths.
+fn mount_tls(tls: &TlsSpec, endpoint: &str, secrets: &mut SecretRefs) -> TlsFiles {
+    let mut files = TlsFiles::default();
+    if let Some(ca) = &tls.ca_secret_ref {
+        let mount_dir = format!("{TLS_MOUNT_DIR}/{endpoint}-ca");
+        files.ca_file = Some(format!("{mount_dir}/{}", ca.key).into());
+        secrets.tls_volumes.push(SecretVolume {
+            volume: format!("{endpoint}-ca"),
+            secret: ca.name.clone(),
+            mount_dir,
+        });
+    }
+    if let Some(client) = &tls.client_secret_ref {
+        let mount_dir = format!("{TLS_MOUNT_DIR}/{endpoint}-client");
+        files.cert_file = Some(format!("{mount_dir}/tls.crt").into());
+        files.key_file = Some(format!("{mount_dir}/tls.key").into());
+        secrets.tls_volumes.push(SecretVolume {
+            volume: format!("{endpoint}-client"),
+            secret: client.name.clone(),
+            mount_dir,
+        });
+    }
+    files
+}
+
+fn batch_config(batch: &BatchSpec) -> BatchConfig {
+    BatchConfig {
+        max_records: positive_u32(batch.max_records),
+        max_wait: batch.max_wait,
+    }
+}
+
+/// The schema guarantees a positive value; a hand-edited object that slipped past it gets 1.
+fn positive_u32(value: i32) -> u32 {
+    u32::try_from(value).unwrap_or(0).max(1)
+}
+
+fn processor_config(processor: &ProcessorSpec) -> ProcessorConfig {
+    // The schema's CEL rule guarantees exactly one kind; stats is the fallback only for
+    // objects written before the rule existed.
+    let kind = if let Some(validate) = &processor.validate {
+        ProcessorKind::Validate(ValidateConfig {
+            rules: validate
+                .rules
+                .iter()
+                .map(|rule| ValidationRule {
+                    name: rule.name.clone(),
+                    expression: rule.expression.clone(),
+                })
+                .collect(),
+        })
+    } else if let Some(enrich) = &processor.enrich {
+        ProcessorKind::Enrich(EnrichConfig {
+            reference_key: enrich.reference_key.clone(),
+            fields: enrich.fields.clone(),
+        })
+    } else {
+        ProcessorKind::Stats(StatsConfig {
+            window: positive_u32(processor.stats.as_ref().map_or(1, |s| s.window)),
+        })
+    };
+    ProcessorConfig {
+        name: processor.name.clone(),
+        kind,
+        output: processor.output.as_ref().map(|o| OutputConfig {
+            topic: o.topic.clone(),
+        }),
+        dead_letter: processor.dead_letter.as_ref().map(|d| DeadLetterConfig {
+            topic: d.topic.clone(),
+        }),
+        batch: batch_config(&processor.batch),
+    }
+}

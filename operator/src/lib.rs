@@ -1,0 +1,8 @@
+//! Ferry's operator: reconciles `Pipeline`s into receiver and processor Deployments.
+
+pub mod controller;
+pub mod crd;
+pub mod crdgen;
+pub mod http;
+pub mod metrics;
+pub mod telemetry;

@@ -1,0 +1,197 @@
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ferry_operator::controller::{self, Context, validate::OperatorDefaults};
+use ferry_operator::http::{self, HttpState};
+use ferry_operator::metrics::Metrics;
+use ferry_operator::telemetry::{self, LogFormat};
+use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+/// Ferry's operator: reconciles Pipelines into receiver and processor Deployments.
+#[derive(Debug, Parser)]
+#[command(name = "ferry-operator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the controller.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Worker image for Pipelines that don't name one.
+    #[arg(long, env = "FERRY_WORKER_IMAGE", default_value = concat!("ferry/worker:", env!("CARGO_PKG_VERSION")))]
+    worker_image: String,
+    /// Serves /metrics, /healthz and /readyz.
+    #[arg(long, env = "FERRY_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+    /// Take a Lease before reconciling, so only one replica acts at a time.
+    #[arg(long, env = "FERRY_LEADER_ELECTION", default_value_t = false)]
+    leader_election: bool,
+    #[arg(long, env = "FERRY_LEASE_NAME", default_value = "ferry-operator")]
+    lease_name: String,
+    /// Namespace of the Lease; the pod's own in a cluster.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Run(args) = cli.command;
+    telemetry::init(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            error!(error = %err, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!(error = format!("{err:#}"), "operator stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("cannot build a Kubernetes client (KUBECONFIG or in-cluster config)")?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let http_state = HttpState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    let listen = args.listen;
+    tokio::spawn(async move {
+        if let Err(err) = http::serve(listen, http_state).await {
+            error!(error = %err, %listen, "HTTP server stopped");
+        }
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown signal received: finishing in-flight reconciles");
+        let _ = shutdown_tx.send(true);
+    });
+
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("ferry-operator-{}", std::process::id()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        OperatorDefaults {
+            worker_image: args.worker_image.clone(),
+        },
+        metrics,
+        identity.clone(),
+    ));
+    ready.store(true, Ordering::Relaxed);
+
+    if !args.leader_election {
+        info!(worker_image = %args.worker_image, "starting the Pipeline controller");
+        return controller::run(ctx, shutdown_rx).await;
+    }
+
+    let manager = LeaseManagerBuilder::new(client, &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(&identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await
+        .context("cannot set up leader election")?;
+    let (mut leader_rx, lease_task) = manager.watch().await;
+    info!(lease = %args.lease_name, %identity, "waiting to become the leader");
+    let mut shutdown_wait = shutdown_rx.clone();
+    loop {
+        if *leader_rx.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = leader_rx.changed() => changed.context("leader election stopped")?,
+            _ = shutdown_wait.changed() => return Ok(()),
+        }
+    }
+    info!(%identity, worker_image = %args.worker_image, "became the leader: starting the Pipeline controller");
+
+    // Stop reconciling on shutdown or when the Lease is lost, whichever comes first.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut lost = leader_rx.clone();
+    let mut shutdown_watch = shutdown_rx;
+    let lost_leadership = Arc::new(AtomicBool::new(false));
+    let lost_flag = lost_leadership.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = lost.changed() => {
+                    if changed.is_err() || !*lost.borrow() {
+                        lost_flag.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                }
+                _ = shutdown_watch.changed() => break,
+            }
+        }
+        let _ = stop_tx.send(true);
+    });
+    let result = controller::run(ctx, stop_rx).await;
+    drop(leader_rx);
+    match lease_task.await {
+        Ok(Ok(_)) => info!("released the Lease"),
+        Ok(Err(err)) => warn!(error = %err, "cannot release the Lease"),
+        Err(err) => warn!(error = %err, "lease task failed"),
+    }
+    result?;
+    if lost_leadership.load(Ordering::Relaxed) {
+        // Another replica holds the Lease now; restart to rejoin the election cleanly.
+        anyhow::bail!("lost the leader Lease");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
