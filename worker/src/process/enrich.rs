@@ -47,7 +47,8 @@ pub struct EnrichedRecord<'a> {
     pub ts: i64,
     /// NaN values serialise as `null`: JSON has no NaN.
     pub values: &'a [f64],
-    pub text: Option<&'a str>,
+    /// Always a string, empty when the record has none, so a `json` stage can read it.
+    pub text: &'a str,
     #[serde(rename = "ref")]
     pub reference: &'a BTreeMap<String, String>,
     /// The hash key of the version used.
@@ -134,7 +135,7 @@ mod tests {
             key: "s1",
             ts: 1500,
             values: &[1.5, f64::NAN],
-            text: Some("hi"),
+            text: "hi",
             reference: &reference,
             ref_version: "ref:s1:v1",
             ref_valid_from: 1000,

@@ -1,6 +1,28 @@
 //! `ferry-worker process`: the stats, validate and enrich processors.
+//!
+//! Each processor consumes the pipeline's topic in its own consumer group, in batches.
+//! A batch is exactly-once in Redis and at-least-once on the output topics:
+//!
+//! 1. `WATCH` the batch's partition checkpoints (`config.checkpoint_key`) and read them;
+//!    records at or below a partition's checkpoint are already in Redis and are skipped.
+//!    Reading under `WATCH` on every batch (not only on assignment) also fences a consumer
+//!    that lost its partitions in a rebalance without noticing yet.
+//! 2. Decode, compute, and produce output and dead-letter records, awaiting delivery.
+//!    Each carries `ferry-source-partition` and `ferry-source-offset` headers, so a
+//!    downstream reader can drop the duplicates a crash between steps 2 and 3 makes.
+//! 3. `MULTI`, the processor's Redis effects, the new checkpoints, `EXEC`. If a watched
+//!    checkpoint moved, `EXEC` aborts and the batch starts again from step 1.
+//! 4. Only then store the offsets in Kafka (auto-committed), so Kafka never runs ahead of
+//!    Redis.
+//!
+//! Transient Redis and Kafka failures retry the whole batch with backoff; the steps above
+//! make a retry safe.
 
 pub mod enrich;
 pub mod rules;
 pub mod stats;
 pub mod validate;
+
+mod runtime;
+
+pub use runtime::{ProcessError, run};
