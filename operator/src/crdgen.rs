@@ -13,3 +13,36 @@ pub fn render() -> Result<String, serde_yaml::Error> {
         serde_yaml::to_string(&Pipeline::crd())?
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    /// `crds/pipeline.yaml` must be exactly what crdgen prints; regenerate with `make crd`.
+    #[test]
+    fn committed_crd_matches_crdgen() {
+        let committed = include_str!("../../crds/pipeline.yaml");
+        let rendered = super::render().unwrap();
+        assert!(
+            committed == rendered,
+            "crds/pipeline.yaml is stale: run `make crd` and commit the result"
+        );
+    }
+
+    #[test]
+    fn crd_carries_cel_rules_printer_columns_and_subresources() {
+        let rendered = super::render().unwrap();
+        for needle in [
+            "x-kubernetes-validations",
+            "minReplicas must not exceed maxReplicas",
+            "spec.processors[].name must be unique",
+            "set exactly one of stats, validate or enrich",
+            "spec.kafka: set exactly one of bootstrapServers or strimzi",
+            "additionalPrinterColumns",
+            "name: Receivers",
+            "name: Lag",
+            "status: {}",
+            "specReplicasPath: .spec.receiver.scaling.replicas",
+        ] {
+            assert!(rendered.contains(needle), "missing {needle:?}");
+        }
+    }
+}

@@ -413,3 +413,6 @@ mod tests {
         assert_eq!(backoff(40), BACKOFF_MAX);
     }
 }
+
+#[cfg(test)]
+mod fixture_tests;

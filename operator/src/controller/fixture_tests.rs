@@ -1,0 +1,418 @@
+//! YAML fixtures through `validate` and `build`, asserting on the built objects.
+
+use std::collections::BTreeMap;
+
+use ferry_worker::config::{
+    KAFKA_SASL_PASSWORD_ENV, OffsetReset, ProcessorKind, REDIS_PASSWORD_ENV, RecordFormat,
+    StageConfig, StorageKind, WorkerConfig,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::PodSpec;
+
+use super::build::{self, ANNOTATION_CONFIG_HASH, Children};
+use super::dereference::{Bootstrap, Dereferenced};
+use super::validate::{OperatorDefaults, ValidateError, ValidatedPipeline, validate};
+use crate::crd::Pipeline;
+
+const SAMPLE: &str = include_str!("../../../examples/pipeline.yaml");
+const FULL: &str = include_str!("../../tests/fixtures/full.yaml");
+
+fn with_metadata(yaml: &str) -> Pipeline {
+    let mut pipeline: Pipeline = serde_yaml::from_str(yaml).unwrap();
+    let meta = &mut pipeline.metadata;
+    meta.namespace.get_or_insert_with(|| "default".to_owned());
+    meta.uid
+        .get_or_insert_with(|| "11111111-2222-4333-8444-555555555555".to_owned());
+    meta.generation.get_or_insert(1);
+    pipeline
+}
+
+fn validated(pipeline: &Pipeline) -> ValidatedPipeline {
+    let bootstrap = pipeline
+        .spec
+        .kafka
+        .bootstrap_servers
+        .clone()
+        .unwrap_or_else(|| "resolved:9092".to_owned());
+    validate(
+        pipeline,
+        &Dereferenced {
+            bootstrap: Bootstrap::Resolved(bootstrap),
+        },
+        &OperatorDefaults {
+            worker_image: "ferry/worker:test".to_owned(),
+        },
+    )
+    .unwrap()
+}
+
+fn built(yaml: &str) -> (ValidatedPipeline, Children) {
+    let pipeline = with_metadata(yaml);
+    let validated = validated(&pipeline);
+    let children = build::build(&validated).unwrap();
+    (validated, children)
+}
+
+fn deployment<'a>(children: &'a Children, name: &str) -> &'a Deployment {
+    children
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no Deployment {name}"))
+}
+
+fn pod_spec(deployment: &Deployment) -> &PodSpec {
+    deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+}
+
+/// The worker's own parser reads back what the operator rendered.
+fn parsed_config(children: &Children, key: &str) -> WorkerConfig {
+    let data = children.config_map.data.as_ref().unwrap();
+    WorkerConfig::from_yaml(&data[key]).unwrap()
+}
+
+#[test]
+fn sample_builds_a_config_map_and_one_deployment_per_stage() {
+    let (_, children) = built(SAMPLE);
+    let names: Vec<_> = children
+        .deployments
+        .iter()
+        .map(|d| d.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["sensors-receiver", "sensors-stats", "sensors-validate"]
+    );
+    assert_eq!(
+        children.config_map.metadata.name.as_deref(),
+        Some("sensors-config")
+    );
+    let keys: Vec<_> = children
+        .config_map
+        .data
+        .as_ref()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "processor-stats.yaml",
+            "processor-validate.yaml",
+            "receiver.yaml"
+        ]
+    );
+}
+
+#[test]
+fn every_child_has_labels_and_a_controller_owner_reference() {
+    let (validated, children) = built(FULL);
+    let metas = std::iter::once(&children.config_map.metadata)
+        .chain(children.deployments.iter().map(|d| &d.metadata));
+    for meta in metas {
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/name"], "ferry");
+        assert_eq!(labels["app.kubernetes.io/instance"], "orders");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "ferry-operator");
+        assert_eq!(labels["app.kubernetes.io/part-of"], "ferry");
+        assert_eq!(meta.namespace.as_deref(), Some("shop"));
+        let owners = meta.owner_references.as_ref().unwrap();
+        assert_eq!(owners.len(), 1);
+        let owner = &owners[0];
+        assert_eq!(owner.kind, "Pipeline");
+        assert_eq!(owner.api_version, "ferry.dev/v1alpha1");
+        assert_eq!(owner.name, "orders");
+        assert_eq!(owner.uid, validated.owner.uid);
+        assert_eq!(owner.controller, Some(true));
+    }
+    let receiver = deployment(&children, "orders-receiver");
+    let labels = receiver.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["app.kubernetes.io/component"], "receiver");
+    assert_eq!(labels["ferry.dev/stage"], "receiver");
+    let enrich = deployment(&children, "orders-enrich");
+    assert_eq!(
+        enrich.metadata.labels.as_ref().unwrap()["app.kubernetes.io/component"],
+        "processor"
+    );
+}
+
+#[test]
+fn pods_are_hardened() {
+    let (_, children) = built(FULL);
+    for deployment in &children.deployments {
+        let pod = pod_spec(deployment);
+        let pod_security = pod.security_context.as_ref().unwrap();
+        assert_eq!(pod_security.run_as_non_root, Some(true));
+        assert_eq!(pod_security.run_as_user, Some(build::WORKER_UID));
+        assert_eq!(
+            pod_security.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        for container in &pod.containers {
+            let security = container.security_context.as_ref().unwrap();
+            assert_eq!(security.read_only_root_filesystem, Some(true));
+            assert_eq!(security.allow_privilege_escalation, Some(false));
+            assert_eq!(security.run_as_non_root, Some(true));
+            assert_eq!(
+                security.capabilities.as_ref().unwrap().drop.as_deref(),
+                Some(&["ALL".to_owned()][..])
+            );
+            let readiness = container.readiness_probe.as_ref().unwrap();
+            assert_eq!(
+                readiness.http_get.as_ref().unwrap().path.as_deref(),
+                Some("/readyz")
+            );
+            let liveness = container.liveness_probe.as_ref().unwrap();
+            assert_eq!(
+                liveness.http_get.as_ref().unwrap().path.as_deref(),
+                Some("/healthz")
+            );
+        }
+    }
+}
+
+#[test]
+fn secrets_arrive_as_references_and_never_in_the_config_map() {
+    let (_, children) = built(FULL);
+    let container = &pod_spec(deployment(&children, "orders-receiver")).containers[0];
+    let env: BTreeMap<_, _> = container
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| (e.name.as_str(), e))
+        .collect();
+    let redis = env[REDIS_PASSWORD_ENV];
+    assert!(redis.value.is_none());
+    let selector = redis
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (selector.name.as_str(), selector.key.as_str()),
+        ("redis-auth", "redis-password")
+    );
+    let sasl = env[KAFKA_SASL_PASSWORD_ENV];
+    let selector = sasl
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (selector.name.as_str(), selector.key.as_str()),
+        ("kafka-user", "password")
+    );
+
+    let pod = pod_spec(deployment(&children, "orders-receiver"));
+    let secret_volumes: Vec<_> = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .collect();
+    assert_eq!(secret_volumes, ["kafka-ca", "kafka-client", "redis-ca"]);
+
+    // The ConfigMap names the variables, never the values or Secret names' contents.
+    for yaml in children.config_map.data.as_ref().unwrap().values() {
+        assert!(yaml.contains(REDIS_PASSWORD_ENV), "{yaml}");
+        assert!(!yaml.contains("redis-password"), "{yaml}");
+    }
+}
+
+#[test]
+fn receiver_config_round_trips_through_the_workers_parser() {
+    let (_, children) = built(FULL);
+    let config = parsed_config(&children, "receiver.yaml");
+    assert_eq!(config.pipeline, "orders");
+    assert_eq!(
+        config.kafka.bootstrap_servers,
+        "kafka-0.kafka:9093,kafka-1.kafka:9093"
+    );
+    assert_eq!(config.kafka.topic, "orders.raw");
+    assert_eq!(config.kafka.consumer_group, "orders-ingest");
+    assert_eq!(config.kafka.auto_offset_reset, OffsetReset::Latest);
+    assert_eq!(
+        config.kafka.tls.as_ref().unwrap().ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/ferry/tls/kafka-ca/ca.crt"))
+    );
+    assert_eq!(
+        config.kafka.sasl.as_ref().unwrap().password_env,
+        KAFKA_SASL_PASSWORD_ENV
+    );
+    assert_eq!(config.redis.url, "rediss://redis-master.data:6380/2");
+    assert_eq!(config.redis.key_prefix, "shop");
+    assert_eq!(config.format, RecordFormat::Json);
+    let StageConfig::Receiver(receiver) = config.stage else {
+        panic!("expected a receiver");
+    };
+    assert_eq!(receiver.storage.kind, StorageKind::Zset);
+    assert_eq!(receiver.storage.history_depth, 500);
+    assert_eq!(receiver.storage.ttl.unwrap().to_string(), "24h");
+    assert_eq!(receiver.max_age.unwrap().to_string(), "10m");
+    assert_eq!(receiver.dead_letter.unwrap().topic, "orders.dlq");
+    assert_eq!(receiver.batch.max_records, 1000);
+}
+
+#[test]
+fn processors_get_their_own_group_kind_and_output() {
+    let (_, children) = built(FULL);
+    let enrich = parsed_config(&children, "processor-enrich.yaml");
+    assert_eq!(enrich.kafka.consumer_group, "orders-ingest-enrich");
+    let StageConfig::Processor(processor) = enrich.stage else {
+        panic!("expected a processor");
+    };
+    assert_eq!(processor.output.unwrap().topic, "orders.enriched");
+    let ProcessorKind::Enrich(kind) = processor.kind else {
+        panic!("expected enrich");
+    };
+    assert_eq!(kind.reference_key, "shop:ref:customers");
+    assert_eq!(kind.fields, ["tier", "region"]);
+
+    let check = parsed_config(&children, "processor-check.yaml");
+    let StageConfig::Processor(processor) = check.stage else {
+        panic!("expected a processor");
+    };
+    assert_eq!(processor.dead_letter.unwrap().topic, "orders.invalid");
+    assert!(matches!(processor.kind, ProcessorKind::Validate(ref v) if v.rules.len() == 1));
+}
+
+#[test]
+fn default_consumer_group_comes_from_namespace_and_name() {
+    let (_, children) = built(SAMPLE);
+    let receiver = parsed_config(&children, "receiver.yaml");
+    assert_eq!(receiver.kafka.consumer_group, "ferry-default-sensors");
+    let stats = parsed_config(&children, "processor-stats.yaml");
+    assert_eq!(stats.kafka.consumer_group, "ferry-default-sensors-stats");
+    assert_eq!(stats.redis.url, "redis://10.244.0.1:16379/0");
+}
+
+#[test]
+fn replicas_follow_min_replicas_manual_mode_and_pause() {
+    let (_, children) = built(FULL);
+    let replicas = |children: &Children, name: &str| {
+        deployment(children, name)
+            .spec
+            .as_ref()
+            .unwrap()
+            .replicas
+            .unwrap()
+    };
+    assert_eq!(replicas(&children, "orders-receiver"), 2);
+    assert_eq!(replicas(&children, "orders-enrich"), 1);
+    assert_eq!(replicas(&children, "orders-check"), 3);
+
+    let paused = FULL.replace("  format: json", "  paused: true\n  format: json");
+    let (_, children) = built(&paused);
+    for deployment in &children.deployments {
+        assert_eq!(deployment.spec.as_ref().unwrap().replicas, Some(0));
+    }
+    // Pausing keeps every object.
+    assert_eq!(children.deployments.len(), 3);
+}
+
+#[test]
+fn image_defaults_from_the_operator_and_can_be_overridden() {
+    let (_, children) = built(SAMPLE);
+    let image = |d: &Deployment| pod_spec(d).containers[0].image.clone().unwrap();
+    assert_eq!(
+        image(deployment(&children, "sensors-receiver")),
+        "ferry/worker:test"
+    );
+    let (_, children) = built(FULL);
+    assert_eq!(
+        image(deployment(&children, "orders-receiver")),
+        "registry.example/ferry/worker:1.2.3"
+    );
+}
+
+#[test]
+fn a_config_change_changes_only_that_stages_pod_template_hash() {
+    let hash = |children: &Children, name: &str| {
+        deployment(children, name)
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[ANNOTATION_CONFIG_HASH]
+            .clone()
+    };
+    let (_, before) = built(SAMPLE);
+    let (_, after) = built(&SAMPLE.replace("window: 60", "window: 120"));
+    assert_eq!(
+        hash(&before, "sensors-receiver"),
+        hash(&after, "sensors-receiver")
+    );
+    assert_ne!(
+        hash(&before, "sensors-stats"),
+        hash(&after, "sensors-stats")
+    );
+}
+
+#[test]
+fn selectors_are_stable_per_stage() {
+    let (_, children) = built(SAMPLE);
+    let receiver = deployment(&children, "sensors-receiver");
+    let selector = receiver
+        .spec
+        .as_ref()
+        .unwrap()
+        .selector
+        .match_labels
+        .as_ref()
+        .unwrap();
+    assert_eq!(selector.len(), 3);
+    assert_eq!(selector["ferry.dev/stage"], "receiver");
+}
+
+#[test]
+fn a_processor_named_receiver_is_refused() {
+    let yaml = SAMPLE.replace("- name: stats", "- name: receiver");
+    let pipeline = with_metadata(&yaml);
+    let err = validate(
+        &pipeline,
+        &Dereferenced {
+            bootstrap: Bootstrap::Resolved("x:1".to_owned()),
+        },
+        &OperatorDefaults {
+            worker_image: "w".to_owned(),
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, ValidateError::ReservedProcessorName { .. }));
+    assert!(err.to_string().contains("spec.processors[].name"));
+}
+
+#[test]
+fn strimzi_bootstrap_reaches_the_worker_config() {
+    let yaml = SAMPLE.replace(
+        "bootstrapServers: 10.244.0.1:19092",
+        "strimzi: {cluster: my-cluster}",
+    );
+    let (_, children) = built(&yaml);
+    assert_eq!(
+        parsed_config(&children, "receiver.yaml")
+            .kafka
+            .bootstrap_servers,
+        "resolved:9092"
+    );
+}
