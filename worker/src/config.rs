@@ -32,6 +32,9 @@ pub struct WorkerConfig {
     pub format: RecordFormat,
     #[serde(default)]
     pub http: HttpConfig,
+    /// Written `stage: {receiver: ...}`: serde_yaml 0.9 wants `!receiver` tags otherwise.
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    #[schemars(with = "StageConfig")]
     pub stage: StageConfig,
 }
 
@@ -224,6 +227,8 @@ impl Default for BatchConfig {
 #[serde(deny_unknown_fields)]
 pub struct ProcessorConfig {
     pub name: String,
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    #[schemars(with = "ProcessorKind")]
     pub kind: ProcessorKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputConfig>,

@@ -1,0 +1,351 @@
+//! Kafka plumbing every stage shares: client settings (TLS, SASL), a consumer context that
+//! hands rebalances to the stage in order with its records, and the shutdown signal.
+//!
+//! The model is Vector's Kafka source: auto commit on, auto offset store off, offsets stored
+//! only once the stage has made their records durable. The consumer task forwards records
+//! and rebalance events through one bounded channel, so
+//! - memory stays flat under any backlog (the consumer waits when the channel is full);
+//! - a revoke reaches the writer after every record consumed before it. The rebalance
+//!   callback runs on the consumer's thread: it waits (up to a deadline) until the writer has
+//!   drained the revoked partitions and stored their offsets, then commits synchronously.
+//!
+//! [`receiver`] is the receive stage built on it.
+
+pub mod receiver;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::TopicPartitionList;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::config::KafkaConfig;
+use crate::metrics::{Metrics, PartitionLabel};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("environment variable {var} (kafka.sasl.password_env) is not set")]
+    MissingSaslPassword { var: String },
+    #[error("cannot create the Kafka {role}: {source}")]
+    CreateClient {
+        role: &'static str,
+        source: KafkaError,
+    },
+    #[error("cannot subscribe to topic {topic}: {source}")]
+    Subscribe { topic: String, source: KafkaError },
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
+    #[error("the writer task failed: {0}")]
+    WriterTask(String),
+}
+
+/// Connection and security settings shared by consumers and producers. The SASL password
+/// is read from the environment variable the config names and never logged.
+pub fn kafka_client_config(kafka: &KafkaConfig) -> Result<ClientConfig, ConsumeError> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    let protocol = match (&kafka.tls, &kafka.sasl) {
+        (None, None) => "plaintext",
+        (Some(_), None) => "ssl",
+        (None, Some(_)) => "sasl_plaintext",
+        (Some(_), Some(_)) => "sasl_ssl",
+    };
+    config.set("security.protocol", protocol);
+    if let Some(tls) = &kafka.tls {
+        if let Some(ca) = &tls.ca_file {
+            config.set("ssl.ca.location", ca.display().to_string());
+        }
+        if let Some(cert) = &tls.cert_file {
+            config.set("ssl.certificate.location", cert.display().to_string());
+        }
+        if let Some(key) = &tls.key_file {
+            config.set("ssl.key.location", key.display().to_string());
+        }
+    }
+    if let Some(sasl) = &kafka.sasl {
+        let password =
+            std::env::var(&sasl.password_env).map_err(|_| ConsumeError::MissingSaslPassword {
+                var: sasl.password_env.clone(),
+            })?;
+        config
+            .set("sasl.mechanism", sasl.mechanism.as_str())
+            .set("sasl.username", &sasl.username)
+            .set("sasl.password", password);
+    }
+    Ok(config)
+}
+
+/// Consumer settings: group membership, at-least-once offset handling, bounded prefetch.
+pub fn consumer_config(
+    kafka: &KafkaConfig,
+    session_timeout: Duration,
+) -> Result<ClientConfig, ConsumeError> {
+    let mut config = kafka_client_config(kafka)?;
+    config
+        .set("group.id", &kafka.consumer_group)
+        .set("auto.offset.reset", kafka.auto_offset_reset.as_str())
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        // Offsets are stored by the stage once their records are durable, never on receipt.
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set(
+            "session.timeout.ms",
+            session_timeout.as_millis().to_string(),
+        )
+        .set("statistics.interval.ms", "5000")
+        // librdkafka prefetches per partition; bound it so memory stays flat.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.max.bytes", "16777216");
+    Ok(config)
+}
+
+/// What the consumer task sends the stage's writer, in consumption order.
+#[derive(Debug)]
+pub enum ConsumerEvent<T> {
+    Item(T),
+    /// These partitions are now this worker's (the whole assignment: eager rebalancing).
+    Assigned {
+        partitions: Vec<i32>,
+    },
+    /// These partitions go away: finish their records and store their offsets by
+    /// `deadline`, then answer on `done`.
+    Revoked {
+        partitions: Vec<i32>,
+        deadline: Instant,
+        done: oneshot::Sender<()>,
+    },
+    /// Shutting down: finish everything by `deadline`, then answer on `done` and stop.
+    Stop {
+        deadline: Instant,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// The consumer context: forwards rebalances in band, reports lag from librdkafka
+/// statistics, and logs client errors.
+pub struct StageContext<T> {
+    events: mpsc::Sender<ConsumerEvent<T>>,
+    runtime: tokio::runtime::Handle,
+    drain_timeout: Duration,
+    metrics: Metrics,
+    topic: String,
+    closing: AtomicBool,
+}
+
+impl<T> std::fmt::Debug for StageContext<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageContext")
+            .field("topic", &self.topic)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish()
+    }
+}
+
+impl<T: Send + 'static> StageContext<T> {
+    /// Must be created inside a multi-threaded tokio runtime: the rebalance callback blocks
+    /// its thread with `block_in_place` while the writer drains.
+    pub fn new(
+        events: mpsc::Sender<ConsumerEvent<T>>,
+        drain_timeout: Duration,
+        metrics: Metrics,
+        topic: &str,
+    ) -> Self {
+        Self {
+            events,
+            runtime: tokio::runtime::Handle::current(),
+            drain_timeout,
+            metrics,
+            topic: topic.to_owned(),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// From now on revokes do not wait for the writer (it has finished): set before closing
+    /// the consumer.
+    pub fn set_closing(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// Runs `future` to completion from a librdkafka callback, which is synchronous and may
+    /// run on a runtime worker (inside `recv`) or outside the runtime (while closing).
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::task::block_in_place(|| self.runtime.block_on(future))
+        } else {
+            self.runtime.block_on(future)
+        }
+    }
+
+    fn partitions_of(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements()
+            .iter()
+            .filter(|element| element.topic() == self.topic)
+            .map(|element| element.partition())
+            .collect()
+    }
+}
+
+impl<T: Send + 'static> ClientContext for StageContext<T> {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        for (partition, stats) in &topic.partitions {
+            // librdkafka reports -1 for partitions it does not consume.
+            if *partition >= 0 && stats.consumer_lag >= 0 {
+                self.metrics
+                    .consumer_lag
+                    .get_or_create(&PartitionLabel {
+                        partition: *partition,
+                    })
+                    .set(stats.consumer_lag);
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.metrics.kafka_error("client");
+        warn!(%error, reason, "kafka client error");
+    }
+}
+
+impl<T: Send + 'static> ConsumerContext for StageContext<T> {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let partitions = self.partitions_of(tpl);
+                info!(?partitions, "partitions revoked; draining");
+                if !self.closing.load(Ordering::SeqCst) {
+                    let deadline = Instant::now() + self.drain_timeout;
+                    let (done, drained) = oneshot::channel();
+                    let event = ConsumerEvent::Revoked {
+                        partitions,
+                        deadline,
+                        done,
+                    };
+                    let events = self.events.clone();
+                    let finished = self.block_on(async move {
+                        tokio::time::timeout_at(deadline, async move {
+                            events.send(event).await.is_ok() && drained.await.is_ok()
+                        })
+                        .await
+                    });
+                    if !matches!(finished, Ok(true)) {
+                        warn!(
+                            timeout = ?self.drain_timeout,
+                            "revoked partitions not drained in time; their uncommitted records \
+                             will be read again by the next owner and skipped if already applied"
+                        );
+                    }
+                }
+                commit_stored(consumer, &self.metrics);
+                self.metrics.consumer_lag.clear();
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(error) => {
+                self.metrics.kafka_error("rebalance");
+                warn!(%error, "rebalance error");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let partitions = self.partitions_of(tpl);
+            info!(?partitions, "partitions assigned");
+            if self.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            let events = self.events.clone();
+            // The writer must see this before any record of the new assignment; the channel
+            // keeps that order. A closed channel means the stage is stopping.
+            let _ = self.block_on(events.send(ConsumerEvent::Assigned { partitions }));
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => {
+                self.metrics.kafka_error("commit");
+                warn!(%error, "offset commit failed; it is retried with the next commit");
+            }
+        }
+    }
+}
+
+/// Commits the stored offsets synchronously; "nothing to commit" is fine.
+pub fn commit_stored<C: Consumer<X>, X: ConsumerContext>(consumer: &C, metrics: &Metrics) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => {
+            metrics.kafka_error("commit");
+            warn!(%error, "synchronous offset commit failed");
+        }
+    }
+}
+
+/// A shutdown signal every task can wait on; [`Shutdown::from_signals`] ties it to
+/// SIGTERM and SIGINT.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    receiver: watch::Receiver<bool>,
+}
+
+/// Triggers a [`Shutdown`].
+#[derive(Debug)]
+pub struct ShutdownTrigger {
+    sender: watch::Sender<bool>,
+}
+
+impl ShutdownTrigger {
+    pub fn trigger(&self) {
+        self.sender.send_replace(true);
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (sender, receiver) = watch::channel(false);
+        (ShutdownTrigger { sender }, Shutdown { receiver })
+    }
+
+    /// A signal triggered by the first SIGTERM or SIGINT (Ctrl-C).
+    pub fn from_signals() -> std::io::Result<Shutdown> {
+        let (trigger, shutdown) = Self::new();
+        #[cfg(unix)]
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::spawn(async move {
+            #[cfg(unix)]
+            tokio::select! {
+                _ = terminate.recv() => info!("SIGTERM: shutting down"),
+                _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+            }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+            trigger.trigger();
+        });
+        Ok(shutdown)
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.receiver.borrow()
+    }
+
+    /// Resolves once shutdown is triggered (at once if it already was).
+    pub async fn wait(&mut self) {
+        // An error means every trigger is gone, which only happens at exit: stop too.
+        let _ = self.receiver.wait_for(|triggered| *triggered).await;
+    }
+}

@@ -1,0 +1,99 @@
+//! The worker's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process
+//! serves) and `/readyz` (the stage reports ready: for a receiver, partitions assigned and
+//! Redis reachable).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+
+/// Readiness, set by the stage and read by `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    assigned: Arc<AtomicBool>,
+    redis_connected: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    pub fn set_assigned(&self, assigned: bool) {
+        self.assigned.store(assigned, Ordering::Relaxed);
+    }
+
+    pub fn set_redis_connected(&self, connected: bool) {
+        self.redis_connected.store(connected, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.assigned.load(Ordering::Relaxed) && self.redis_connected.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server on {addr} failed: {source}")]
+    Serve {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = readiness.is_ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n").into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+                    }
+                }
+            }),
+        )
+}
+
+/// Binds `addr` now (so a taken port fails the start) and serves in the background.
+pub async fn spawn(
+    addr: SocketAddr,
+    metrics: Metrics,
+    readiness: Readiness,
+) -> Result<tokio::task::JoinHandle<Result<(), HttpError>>, HttpError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind { addr, source })?;
+    let app = router(metrics, readiness);
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, app)
+            .await
+            .map_err(|source| HttpError::Serve { addr, source })
+    }))
+}

@@ -1,0 +1,122 @@
+//! The `json` record format: `{"ts": <ms since the epoch>, "values": [floats], "text": "..."}`.
+//!
+//! All three fields are required; unknown fields are ignored so sources can add fields
+//! without breaking receivers. The limits of [`dsdata`](super::dsdata) apply.
+
+use serde::{Deserialize, Serialize};
+
+use super::{DataRecord, DecodeError, EncodeError, MAX_FLOATS, MAX_TEXT_BYTES, check_encodable};
+
+#[derive(Deserialize)]
+struct WireIn<'a> {
+    ts: i64,
+    values: Vec<f64>,
+    #[serde(borrow)]
+    text: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Serialize)]
+struct WireOut<'a> {
+    ts: i64,
+    values: &'a [f64],
+    text: &'a str,
+}
+
+pub fn decode(bytes: &[u8]) -> Result<DataRecord, DecodeError> {
+    let wire: WireIn<'_> =
+        serde_json::from_slice(bytes).map_err(|err| DecodeError::InvalidJson {
+            message: err.to_string(),
+        })?;
+    if wire.values.len() > MAX_FLOATS {
+        return Err(DecodeError::TooManyFloats {
+            count: wire.values.len(),
+        });
+    }
+    if wire.text.len() > MAX_TEXT_BYTES {
+        return Err(DecodeError::TextTooLong {
+            len: wire.text.len(),
+        });
+    }
+    // serde_json refuses out-of-range numbers, but stay explicit: stored values are finite.
+    if let Some(index) = wire.values.iter().position(|v| !v.is_finite()) {
+        return Err(DecodeError::NonFiniteFloat { index });
+    }
+    Ok(DataRecord {
+        timestamp_ms: wire.ts,
+        values: wire.values,
+        text: wire.text.into_owned(),
+    })
+}
+
+pub fn encode(record: &DataRecord) -> Result<Vec<u8>, EncodeError> {
+    check_encodable(&record.values, &record.text)?;
+    let wire = WireOut {
+        ts: record.timestamp_ms,
+        values: &record.values,
+        text: &record.text,
+    };
+    // Serializing plain numbers and strings into a Vec cannot fail.
+    Ok(serde_json::to_vec(&wire).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::RejectReason;
+
+    fn reason(text: &str) -> RejectReason {
+        decode(text.as_bytes()).unwrap_err().reason()
+    }
+
+    #[test]
+    fn decodes_the_documented_shape() {
+        let record =
+            decode(br#"{"ts": 5, "values": [1, 2.5], "text": "a\"b", "extra": 1}"#).unwrap();
+        assert_eq!(record.timestamp_ms, 5);
+        assert_eq!(record.values, vec![1.0, 2.5]);
+        assert_eq!(record.text, "a\"b");
+    }
+
+    #[test]
+    fn rejects_bad_json_and_oversize_records() {
+        assert_eq!(reason("{"), RejectReason::InvalidJson);
+        assert_eq!(reason("not json"), RejectReason::InvalidJson);
+        assert_eq!(
+            reason(r#"{"values": [], "text": ""}"#),
+            RejectReason::InvalidJson
+        );
+        assert_eq!(
+            reason(r#"{"ts": 1, "values": [1e999], "text": ""}"#),
+            RejectReason::InvalidJson
+        );
+        assert_eq!(
+            reason(r#"{"ts": 1.5, "values": [], "text": ""}"#),
+            RejectReason::InvalidJson
+        );
+        let many = format!(
+            r#"{{"ts": 1, "values": [{}0], "text": ""}}"#,
+            "0,".repeat(MAX_FLOATS)
+        );
+        assert_eq!(reason(&many), RejectReason::TooManyFloats);
+        let long = format!(
+            r#"{{"ts": 1, "values": [], "text": "{}"}}"#,
+            "a".repeat(MAX_TEXT_BYTES + 1)
+        );
+        assert_eq!(reason(&long), RejectReason::TextTooLong);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..50_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = (state % 40) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| b"{}[]\":,0123456789tsvaluetext-.e "[(state >> (i % 60)) as usize % 32])
+                .collect();
+            let _ = decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,548 @@
+//! Redis writes: how records map to keys and commands, and the transaction that applies a
+//! batch together with its checkpoints.
+//!
+//! # Keys
+//! A record from source `S` lives at `{key_prefix}:{storage}:{S}`, e.g. `ferry:list:src-0042`:
+//! - `list`: values newest first, trimmed to `history_depth` (`LPUSH` + `LTRIM`);
+//! - `stream`: one entry per record with fields `ts` (ms) and `v` (the value), capped by
+//!   `XADD MAXLEN ~ history_depth`;
+//! - `hash`: fields `ts` and `v` of the last record applied;
+//! - `zset`: members are values scored by record timestamp; the newest `history_depth` kept.
+//!   Two byte-identical records are one member, as sets go.
+//!
+//! Values are stored exactly as received. With a TTL each touched key gets `EXPIRE`.
+//!
+//! # Exactly once
+//! Each partition has a checkpoint key ([`WorkerConfig::checkpoint_key`]) holding the last
+//! offset applied. A batch is applied by [`RedisSink`] in two round trips on a connection no
+//! one else uses: `WATCH` + `GET` the checkpoints, drop records at or below them, then one
+//! `MULTI … EXEC` with the data, the new checkpoints and the `PUBLISH` of the batch event.
+//! If any checkpoint changed in between (another worker took the partition), `EXEC` aborts
+//! and the batch is re-filtered and retried. So whoever writes, whenever, each offset is
+//! applied once; a lost `EXEC` reply is harmless, since the retry finds its checkpoint.
+//!
+//! [`WorkerConfig::checkpoint_key`]: crate::config::WorkerConfig::checkpoint_key
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, Value};
+
+use crate::config::{RedisConfig, StorageConfig, StorageKind};
+
+/// How the receiver's storage maps onto Redis.
+#[derive(Debug, Clone)]
+pub struct StorageLayout {
+    pub key_prefix: String,
+    pub kind: StorageKind,
+    pub history_depth: u32,
+    pub ttl: Option<Duration>,
+}
+
+impl StorageLayout {
+    pub fn new(key_prefix: &str, storage: &StorageConfig) -> Self {
+        Self {
+            key_prefix: key_prefix.to_owned(),
+            kind: storage.kind,
+            history_depth: storage.history_depth.max(1),
+            ttl: storage.ttl.map(|ttl| ttl.as_duration()),
+        }
+    }
+
+    /// `{key_prefix}:{storage}:{source}`.
+    pub fn data_key(&self, source: &str) -> String {
+        format!("{}:{}:{source}", self.key_prefix, storage_name(self.kind))
+    }
+
+    /// Where each batch's event is published.
+    pub fn events_channel(&self) -> String {
+        format!("{}:events", self.key_prefix)
+    }
+}
+
+pub const fn storage_name(kind: StorageKind) -> &'static str {
+    match kind {
+        StorageKind::List => "list",
+        StorageKind::Stream => "stream",
+        StorageKind::Hash => "hash",
+        StorageKind::Zset => "zset",
+    }
+}
+
+/// One record to store, in partition order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub source: String,
+    pub timestamp_ms: i64,
+    pub value: Vec<u8>,
+}
+
+/// The commands for `records` (already filtered and in order), coalesced per key:
+/// - list: one `LPUSH key v1 … vn` (so vn, the newest, ends up first; only the newest
+///   `history_depth` are sent) and one `LTRIM key 0 depth-1`;
+/// - stream: one `XADD key MAXLEN ~ depth * ts <ms> v <value>` per record;
+/// - hash: one `HSET key ts <ms> v <value>` with the key's last record;
+/// - zset: one `ZADD key ts1 v1 … tsn vn` and one `ZREMRANGEBYRANK key 0 -(depth+1)`;
+///
+/// then `EXPIRE key ttl` per key with a TTL. Keys come in order of first appearance.
+pub fn storage_commands<'a>(
+    layout: &StorageLayout,
+    records: impl IntoIterator<Item = &'a StoredRecord>,
+) -> Vec<Cmd> {
+    let mut order: Vec<&'a str> = Vec::new();
+    let mut per_source: HashMap<&'a str, Vec<&'a StoredRecord>> = HashMap::new();
+    for record in records {
+        per_source
+            .entry(record.source.as_str())
+            .or_insert_with(|| {
+                order.push(record.source.as_str());
+                Vec::new()
+            })
+            .push(record);
+    }
+    let depth = layout.history_depth as usize;
+    let mut commands = Vec::with_capacity(order.len() * 2);
+    for source in order {
+        let Some(group) = per_source.get(source) else {
+            continue;
+        };
+        let key = layout.data_key(source);
+        match layout.kind {
+            StorageKind::List => {
+                let mut push = redis::cmd("LPUSH");
+                push.arg(&key);
+                for record in &group[group.len().saturating_sub(depth)..] {
+                    push.arg(record.value.as_slice());
+                }
+                commands.push(push);
+                let mut trim = redis::cmd("LTRIM");
+                trim.arg(&key)
+                    .arg(0)
+                    .arg(i64::from(layout.history_depth) - 1);
+                commands.push(trim);
+            }
+            StorageKind::Stream => {
+                for record in group {
+                    let mut add = redis::cmd("XADD");
+                    add.arg(&key)
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(layout.history_depth)
+                        .arg("*")
+                        .arg("ts")
+                        .arg(record.timestamp_ms)
+                        .arg("v")
+                        .arg(record.value.as_slice());
+                    commands.push(add);
+                }
+            }
+            StorageKind::Hash => {
+                if let Some(last) = group.last() {
+                    let mut set = redis::cmd("HSET");
+                    set.arg(&key)
+                        .arg("ts")
+                        .arg(last.timestamp_ms)
+                        .arg("v")
+                        .arg(last.value.as_slice());
+                    commands.push(set);
+                }
+            }
+            StorageKind::Zset => {
+                let mut add = redis::cmd("ZADD");
+                add.arg(&key);
+                for record in &group[group.len().saturating_sub(depth)..] {
+                    add.arg(record.timestamp_ms).arg(record.value.as_slice());
+                }
+                commands.push(add);
+                let mut trim = redis::cmd("ZREMRANGEBYRANK");
+                trim.arg(&key)
+                    .arg(0)
+                    .arg(-(i64::from(layout.history_depth) + 1));
+                commands.push(trim);
+            }
+        }
+        if let Some(ttl) = layout.ttl {
+            // EXPIRE takes whole seconds; round up so a key never outlives less than asked.
+            let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+            let mut expire = redis::cmd("EXPIRE");
+            expire.arg(&key).arg(seconds.max(1));
+            commands.push(expire);
+        }
+    }
+    commands
+}
+
+/// The compact event published after a batch: `{"keys":3,"records":10,"dead_lettered":1,
+/// "offsets":{"0":41,"2":17}}` with the last offset applied per partition.
+pub fn batch_event(
+    keys: usize,
+    records: usize,
+    dead_lettered: usize,
+    offsets: &BTreeMap<i32, i64>,
+) -> String {
+    let offsets: serde_json::Map<String, serde_json::Value> = offsets
+        .iter()
+        .map(|(partition, offset)| (partition.to_string(), (*offset).into()))
+        .collect();
+    serde_json::json!({
+        "keys": keys,
+        "records": records,
+        "dead_lettered": dead_lettered,
+        "offsets": offsets,
+    })
+    .to_string()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("invalid redis.url {url:?}: {source}")]
+    InvalidUrl {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error("environment variable {var} (redis.password_env) is not set")]
+    MissingPassword { var: String },
+    #[error("cannot connect to Redis at {url}: {source}")]
+    Connect {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error("Redis {operation} failed: {source}")]
+    Command {
+        operation: &'static str,
+        source: redis::RedisError,
+    },
+    #[error("checkpoint {key} holds {value:?}, not an offset")]
+    CorruptCheckpoint { key: String, value: String },
+}
+
+impl SinkError {
+    /// A short stable label for metrics.
+    pub const fn operation(&self) -> &'static str {
+        match self {
+            Self::InvalidUrl { .. } | Self::MissingPassword { .. } => "config",
+            Self::Connect { .. } => "connect",
+            Self::Command { operation, .. } => operation,
+            Self::CorruptCheckpoint { .. } => "checkpoint",
+        }
+    }
+}
+
+/// What became of a transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TransactionOutcome {
+    /// Applied. Redis does not roll back: commands that failed inside it (say, `WRONGTYPE`
+    /// on a key someone else wrote) are listed, the rest took effect.
+    Committed { failed_commands: Vec<String> },
+    /// A watched checkpoint changed; nothing was applied.
+    Aborted,
+}
+
+/// A Redis connection owned by one writer, reconnecting after any failure.
+///
+/// It is not shared: `WATCH` is per connection, and the checkpoint fencing relies on no
+/// other traffic running a transaction on it.
+pub struct RedisSink {
+    client: Client,
+    url: String,
+    config: AsyncConnectionConfig,
+    connection: Option<MultiplexedConnection>,
+}
+
+impl std::fmt::Debug for RedisSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSink")
+            .field("url", &self.url)
+            .field("connected", &self.connection.is_some())
+            .finish()
+    }
+}
+
+impl RedisSink {
+    /// Builds the client; the password comes from the environment variable the config
+    /// names. Connects lazily.
+    pub fn new(config: &RedisConfig, response_timeout: Duration) -> Result<Self, SinkError> {
+        let invalid = |source| SinkError::InvalidUrl {
+            url: config.url.clone(),
+            source,
+        };
+        let mut info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str())
+            .map_err(invalid)?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(username) = &config.username {
+            settings = settings.set_username(username);
+        }
+        if let Some(var) = &config.password_env {
+            let password =
+                std::env::var(var).map_err(|_| SinkError::MissingPassword { var: var.clone() })?;
+            settings = settings.set_password(password);
+        }
+        info = info.set_redis_settings(settings);
+        let client = Client::open(info).map_err(invalid)?;
+        Ok(Self {
+            client,
+            url: config.url.clone(),
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(5)))
+                .set_response_timeout(Some(response_timeout)),
+            connection: None,
+        })
+    }
+
+    /// The live connection, made on first use or after a failure. Cloning one is cheap.
+    async fn connection(&mut self) -> Result<MultiplexedConnection, SinkError> {
+        if let Some(connection) = &self.connection {
+            return Ok(connection.clone());
+        }
+        let connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+            .map_err(|source| SinkError::Connect {
+                url: self.url.clone(),
+                source,
+            })?;
+        self.connection = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        operation: &'static str,
+        pipeline: &Pipeline,
+    ) -> Result<T, SinkError> {
+        let mut connection = self.connection().await?;
+        match pipeline.query_async(&mut connection).await {
+            Ok(value) => Ok(value),
+            Err(source) => {
+                // A fresh connection next time: this one may be broken or mid-transaction.
+                self.connection = None;
+                Err(SinkError::Command { operation, source })
+            }
+        }
+    }
+
+    pub async fn ping(&mut self) -> Result<(), SinkError> {
+        let mut pipeline = redis::pipe();
+        pipeline.cmd("PING");
+        self.query::<Vec<Value>>("ping", &pipeline).await.map(drop)
+    }
+
+    /// The checkpoints of `keys` (`None` where none was written yet), without watching.
+    pub async fn read_checkpoints(
+        &mut self,
+        keys: &[String],
+    ) -> Result<Vec<Option<i64>>, SinkError> {
+        let mut pipeline = redis::pipe();
+        pipeline.cmd("MGET").arg(keys);
+        let (values,): (Vec<Option<String>>,) = self.query("read_checkpoints", &pipeline).await?;
+        parse_checkpoints(keys, values)
+    }
+
+    /// `WATCH`es `keys` and reads them in one round trip; the next [`Self::transaction`]
+    /// aborts if any of them changes meanwhile.
+    pub async fn watch_checkpoints(
+        &mut self,
+        keys: &[String],
+    ) -> Result<Vec<Option<i64>>, SinkError> {
+        let mut pipeline = redis::pipe();
+        pipeline.cmd("WATCH").arg(keys).ignore();
+        pipeline.cmd("MGET").arg(keys);
+        let (values,): (Vec<Option<String>>,) = self.query("watch_checkpoints", &pipeline).await?;
+        parse_checkpoints(keys, values)
+    }
+
+    pub async fn unwatch(&mut self) -> Result<(), SinkError> {
+        let mut pipeline = redis::pipe();
+        pipeline.cmd("UNWATCH");
+        self.query::<Vec<Value>>("unwatch", &pipeline)
+            .await
+            .map(drop)
+    }
+
+    /// Runs `commands` as one pipelined `MULTI … EXEC`.
+    pub async fn transaction(
+        &mut self,
+        commands: Vec<Cmd>,
+    ) -> Result<TransactionOutcome, SinkError> {
+        let mut pipeline = redis::pipe();
+        pipeline.atomic().ignore_errors();
+        let names: Vec<String> = commands.iter().map(command_name).collect();
+        for command in commands {
+            pipeline.add_command(command);
+        }
+        let replies: Option<Vec<Value>> = self.query("transaction", &pipeline).await?;
+        Ok(match replies {
+            None => TransactionOutcome::Aborted,
+            Some(replies) => TransactionOutcome::Committed {
+                failed_commands: replies
+                    .iter()
+                    .zip(names)
+                    .filter_map(|(reply, name)| match reply {
+                        Value::ServerError(err) => Some(format!("{name}: {err:?}")),
+                        _ => None,
+                    })
+                    .collect(),
+            },
+        })
+    }
+}
+
+fn command_name(command: &Cmd) -> String {
+    match command.args_iter().next() {
+        Some(redis::Arg::Simple(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+        _ => "?".to_owned(),
+    }
+}
+
+fn parse_checkpoints(
+    keys: &[String],
+    values: Vec<Option<String>>,
+) -> Result<Vec<Option<i64>>, SinkError> {
+    keys.iter()
+        .zip(values)
+        .map(|(key, value)| match value {
+            None => Ok(None),
+            Some(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|_| SinkError::CorruptCheckpoint {
+                    key: key.clone(),
+                    value: text,
+                }),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::duration::HumanDuration;
+
+    fn layout(kind: StorageKind, depth: u32, ttl: Option<u64>) -> StorageLayout {
+        StorageLayout::new(
+            "ferry",
+            &StorageConfig {
+                kind,
+                history_depth: depth,
+                ttl: ttl.map(HumanDuration::from_millis),
+            },
+        )
+    }
+
+    fn record(offset: i64, source: &str, value: &str) -> StoredRecord {
+        StoredRecord {
+            partition: 0,
+            offset,
+            source: source.to_owned(),
+            timestamp_ms: 1000 + offset,
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
+    fn render(commands: &[Cmd]) -> Vec<String> {
+        commands
+            .iter()
+            .map(|cmd| {
+                cmd.args_iter()
+                    .map(|arg| match arg {
+                        redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                        _ => "<cursor>".to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    }
+
+    fn batch() -> Vec<StoredRecord> {
+        vec![
+            record(1, "a", "a1"),
+            record(2, "b", "b1"),
+            record(3, "a", "a2"),
+            record(4, "a", "a3"),
+        ]
+    }
+
+    #[test]
+    fn list_pushes_once_per_key_newest_last_and_trims() {
+        let commands = storage_commands(&layout(StorageKind::List, 100, None), &batch());
+        assert_eq!(
+            render(&commands),
+            [
+                "LPUSH ferry:list:a a1 a2 a3",
+                "LTRIM ferry:list:a 0 99",
+                "LPUSH ferry:list:b b1",
+                "LTRIM ferry:list:b 0 99",
+            ]
+        );
+    }
+
+    #[test]
+    fn list_sends_only_what_survives_the_trim() {
+        let commands = storage_commands(&layout(StorageKind::List, 2, Some(1500)), &batch());
+        assert_eq!(
+            render(&commands),
+            [
+                "LPUSH ferry:list:a a2 a3",
+                "LTRIM ferry:list:a 0 1",
+                "EXPIRE ferry:list:a 2",
+                "LPUSH ferry:list:b b1",
+                "LTRIM ferry:list:b 0 1",
+                "EXPIRE ferry:list:b 2",
+            ]
+        );
+    }
+
+    #[test]
+    fn stream_adds_every_record() {
+        let commands = storage_commands(&layout(StorageKind::Stream, 10, None), &batch()[..2]);
+        assert_eq!(
+            render(&commands),
+            [
+                "XADD ferry:stream:a MAXLEN ~ 10 * ts 1001 v a1",
+                "XADD ferry:stream:b MAXLEN ~ 10 * ts 1002 v b1",
+            ]
+        );
+    }
+
+    #[test]
+    fn hash_keeps_the_last_value() {
+        let commands = storage_commands(&layout(StorageKind::Hash, 1, Some(60_000)), &batch());
+        assert_eq!(
+            render(&commands),
+            [
+                "HSET ferry:hash:a ts 1004 v a3",
+                "EXPIRE ferry:hash:a 60",
+                "HSET ferry:hash:b ts 1002 v b1",
+                "EXPIRE ferry:hash:b 60",
+            ]
+        );
+    }
+
+    #[test]
+    fn zset_scores_by_timestamp_and_trims_by_rank() {
+        let commands = storage_commands(&layout(StorageKind::Zset, 5, None), &batch());
+        assert_eq!(
+            render(&commands),
+            [
+                "ZADD ferry:zset:a 1001 a1 1003 a2 1004 a3",
+                "ZREMRANGEBYRANK ferry:zset:a 0 -6",
+                "ZADD ferry:zset:b 1002 b1",
+                "ZREMRANGEBYRANK ferry:zset:b 0 -6",
+            ]
+        );
+    }
+
+    #[test]
+    fn event_is_compact_json() {
+        let offsets = BTreeMap::from([(0, 41), (2, 17)]);
+        assert_eq!(
+            batch_event(3, 10, 1, &offsets),
+            r#"{"dead_lettered":1,"keys":3,"offsets":{"0":41,"2":17},"records":10}"#
+        );
+    }
+}
