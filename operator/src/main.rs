@@ -43,6 +43,9 @@ struct RunArgs {
     leader_election: bool,
     #[arg(long, env = "FERRY_LEASE_NAME", default_value = "ferry-operator")]
     lease_name: String,
+    /// Watch only this namespace (namespaced RBAC suffices); all namespaces when absent.
+    #[arg(long, env = "FERRY_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
     /// Namespace of the Lease; the pod's own in a cluster.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
@@ -114,7 +117,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     if !args.leader_election {
         info!(worker_image = %args.worker_image, "starting the Pipeline controller");
-        return controller::run(ctx, shutdown_rx).await;
+        return controller::run(ctx, args.watch_namespace.as_deref(), shutdown_rx).await;
     }
 
     let manager = LeaseManagerBuilder::new(client, &args.lease_name)
@@ -159,7 +162,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         let _ = stop_tx.send(true);
     });
-    let result = controller::run(ctx, stop_rx).await;
+    let result = controller::run(ctx, args.watch_namespace.as_deref(), stop_rx).await;
     drop(leader_rx);
     match lease_task.await {
         Ok(Ok(_)) => info!("released the Lease"),

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DynamicObject, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -328,10 +328,15 @@ pub fn backoff(failures: u32) -> Duration {
     BACKOFF_BASE.saturating_mul(1 << exponent).min(BACKOFF_MAX)
 }
 
-/// Runs the controller until `shutdown` turns true.
-pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+/// Runs the controller until `shutdown` turns true. With `namespace`, it watches only that
+/// namespace, which needs only namespaced RBAC.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let client = ctx.client.clone();
-    let pipelines: Api<Pipeline> = Api::all(client.clone());
+    let pipelines: Api<Pipeline> = scoped_api(&client, namespace);
     // Fail fast with a clear message when the CRD is missing.
     pipelines
         .list(&ListParams::default().limit(1))
@@ -344,14 +349,21 @@ pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) -> anyh
         build::MANAGED_BY
     ));
     let mut controller = Controller::new(pipelines, watcher::Config::default())
-        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned);
+        .owns(scoped_api::<Deployment>(&client, namespace), owned.clone())
+        .owns(scoped_api::<ConfigMap>(&client, namespace), owned);
 
-    if strimzi_served(&client).await {
+    let kafka_api = |client: &Client| match namespace {
+        Some(ns) => Api::<DynamicObject>::namespaced_with(
+            client.clone(),
+            ns,
+            &dereference::kafka_api_resource(),
+        ),
+        None => Api::<DynamicObject>::all_with(client.clone(), &dereference::kafka_api_resource()),
+    };
+    if strimzi_served(&kafka_api(&client)).await {
         info!("Strimzi Kafka API found: watching kafkas.kafka.strimzi.io for listener changes");
         let store = controller.store();
-        let kafkas: Api<kube::api::DynamicObject> =
-            Api::all_with(client.clone(), &dereference::kafka_api_resource());
+        let kafkas = kafka_api(&client);
         controller = controller.watches_with(
             kafkas,
             dereference::kafka_api_resource(),
@@ -393,12 +405,20 @@ pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) -> anyh
     Ok(())
 }
 
-async fn strimzi_served(client: &Client) -> bool {
-    let api: Api<kube::api::DynamicObject> =
-        Api::all_with(client.clone(), &dereference::kafka_api_resource());
+async fn strimzi_served(api: &Api<DynamicObject>) -> bool {
     api.list_metadata(&ListParams::default().limit(1))
         .await
         .is_ok()
+}
+
+fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,76 @@
+# Ferry: the developers' entry points. `make demo` and `make test` are the two that matter.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+STACK := e2e/local/stack.sh
+FERRY_STACK_DIR ?= /tmp/ferry-stack
+export FERRY_STACK_DIR
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+# ---- the two commands -------------------------------------------------------
+
+.PHONY: demo
+demo: ## Local stack + operator + sample Pipeline + simulator under load, with live progress
+	bash e2e/local/demo.sh
+
+.PHONY: test
+test: ## Every check and test: static checks, unit tests, then integration tests on the local stack
+	bash e2e/local/test.sh
+
+# ---- static checks ------------------------------------------------------------
+
+.PHONY: fmt-check
+fmt-check: ## rustfmt, as CI runs it
+	$(CARGO) fmt --all -- --check
+
+.PHONY: clippy
+clippy: ## clippy with warnings as errors
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: crd
+crd: ## Regenerate crds/pipeline.yaml (and the chart's copy) from the Rust types
+	$(CARGO) run -q -p ferry-operator --bin crdgen > crds/pipeline.yaml
+	@if [ -d charts/ferry/crds ]; then cp crds/pipeline.yaml charts/ferry/crds/pipeline.yaml; fi
+
+.PHONY: crd-check
+crd-check: ## Fail when crds/pipeline.yaml differs from what crdgen prints
+	@$(CARGO) run -q -p ferry-operator --bin crdgen | diff -u crds/pipeline.yaml - \
+	  || { echo "crds/pipeline.yaml is stale: run 'make crd' and commit it"; exit 1; }
+	@if [ -f charts/ferry/crds/pipeline.yaml ]; then diff -u crds/pipeline.yaml charts/ferry/crds/pipeline.yaml \
+	  || { echo "charts/ferry/crds/pipeline.yaml differs from crds/pipeline.yaml: run 'make crd'"; exit 1; }; fi
+
+.PHONY: check
+check: fmt-check clippy crd-check ## All static checks
+
+# ---- tests ----------------------------------------------------------------------
+
+.PHONY: build
+build: ## Build every binary and test target
+	$(CARGO) build --workspace --all-targets
+
+.PHONY: test-unit
+test-unit: ## Pure unit tests, no services needed
+	$(CARGO) test --workspace --lib --bins
+
+.PHONY: test-integration
+test-integration: ## Integration tests against the running local stack (make stack-up first)
+	$(CARGO) test --workspace --tests -- --test-threads=2
+
+# ---- the local stack ----------------------------------------------------------------
+
+.PHONY: stack-up
+stack-up: ## Start Redis, Kafka (KRaft) and Kubernetes as local processes
+	bash $(STACK) up
+
+.PHONY: stack-down
+stack-down: ## Stop the local stack and remove its state (caches stay)
+	bash $(STACK) down
+
+.PHONY: stack-status
+stack-status: ## One line per component
+	bash $(STACK) status

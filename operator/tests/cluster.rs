@@ -1,0 +1,329 @@
+//! The operator against a real API server, etcd and controller-manager (the local stack).
+//! Each test runs its own operator process, watching its own fresh namespace.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use ferry_operator::crd::Pipeline;
+use ferry_worker::config::{StageConfig, WorkerConfig};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use support::{OperatorProcess, TestNamespace, eventually, install_crds, kubectl};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn sample(name: &str) -> Pipeline {
+    let mut pipeline: Pipeline =
+        serde_yaml::from_str(include_str!("../../examples/pipeline.yaml")).unwrap();
+    pipeline.metadata.name = Some(name.to_owned());
+    pipeline
+}
+
+async fn setup(test: &str) -> (Client, TestNamespace, OperatorProcess) {
+    install_crds();
+    let namespace = TestNamespace::new(test);
+    let operator = OperatorProcess::start(&namespace.name);
+    (support::client().await, namespace, operator)
+}
+
+async fn deployment_names(api: &Api<Deployment>, pipeline: &str) -> Vec<String> {
+    let mut names: Vec<String> = api
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={pipeline}")))
+        .await
+        .map(|list| list.items.iter().map(ResourceExt::name_any).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+async fn receiver_config(api: &Api<ConfigMap>, name: &str) -> Option<WorkerConfig> {
+    let config_map = api.get_opt(&format!("{name}-config")).await.ok()??;
+    let yaml = config_map.data?.get("receiver.yaml")?.clone();
+    WorkerConfig::from_yaml(&yaml).ok()
+}
+
+#[tokio::test]
+async fn applying_a_pipeline_creates_owned_children() {
+    let (client, ns, _operator) = setup("creates-children").await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    let created = pipelines
+        .create(&PostParams::default(), &sample("sensors"))
+        .await
+        .unwrap();
+    let uid = created.uid().unwrap();
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let names = eventually(WAIT, "three Deployments", || async {
+        let names = deployment_names(&deployments, "sensors").await;
+        (names.len() == 3).then_some(names)
+    })
+    .await;
+    assert_eq!(
+        names,
+        ["sensors-receiver", "sensors-stats", "sensors-validate"]
+    );
+
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let config_map = config_maps.get("sensors-config").await.unwrap();
+    for meta in std::iter::once(&config_map.metadata).chain(
+        deployments
+            .list(&ListParams::default().labels("app.kubernetes.io/instance=sensors"))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|d| &d.metadata)
+            .collect::<Vec<_>>()
+            .into_iter(),
+    ) {
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.uid, uid);
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(
+            meta.managed_fields.as_ref().unwrap()[0].manager.as_deref(),
+            Some("ferry-operator")
+        );
+    }
+
+    let status = eventually(WAIT, "a status with observedGeneration", || async {
+        let pipeline = pipelines.get("sensors").await.ok()?;
+        let status = pipeline.status?;
+        (status.observed_generation == pipeline.metadata.generation).then_some(status)
+    })
+    .await;
+    let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
+    assert_eq!(types, ["Ready", "Progressing", "Degraded"]);
+    assert_eq!(status.stages.len(), 3);
+    assert_eq!(
+        status.bootstrap_servers.as_deref(),
+        Some("10.244.0.1:19092")
+    );
+}
+
+#[tokio::test]
+async fn a_spec_change_updates_the_children() {
+    let (client, ns, _operator) = setup("spec-change").await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    pipelines
+        .create(&PostParams::default(), &sample("sensors"))
+        .await
+        .unwrap();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let depth = |config: &WorkerConfig| match &config.stage {
+        StageConfig::Receiver(r) => r.storage.history_depth,
+        StageConfig::Processor(_) => 0,
+    };
+    eventually(WAIT, "the first config", || async {
+        receiver_config(&config_maps, "sensors")
+            .await
+            .filter(|c| depth(c) == 100)
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let hash_of = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()["ferry.dev/config-hash"]
+            .clone()
+    };
+    let before = hash_of(&deployments.get("sensors-receiver").await.unwrap());
+
+    let patch = json!({"spec": {"receiver": {"storage": {"historyDepth": 250}, "scaling": {"minReplicas": 2}}}});
+    pipelines
+        .patch("sensors", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+
+    eventually(WAIT, "historyDepth 250 in the rendered config", || async {
+        receiver_config(&config_maps, "sensors")
+            .await
+            .filter(|c| depth(c) == 250)
+    })
+    .await;
+    let receiver = eventually(WAIT, "the receiver at 2 replicas", || async {
+        let d = deployments.get("sensors-receiver").await.ok()?;
+        (d.spec.as_ref()?.replicas == Some(2)).then_some(d)
+    })
+    .await;
+    assert_ne!(
+        hash_of(&receiver),
+        before,
+        "a config change must roll the pods"
+    );
+}
+
+#[tokio::test]
+async fn removing_a_processor_deletes_its_deployment() {
+    let (client, ns, _operator) = setup("remove-processor").await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    pipelines
+        .create(&PostParams::default(), &sample("sensors"))
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    eventually(WAIT, "three Deployments", || async {
+        (deployment_names(&deployments, "sensors").await.len() == 3).then_some(())
+    })
+    .await;
+
+    let mut pipeline = pipelines.get("sensors").await.unwrap();
+    pipeline.spec.processors.retain(|p| p.name != "stats");
+    pipelines
+        .replace("sensors", &PostParams::default(), &pipeline)
+        .await
+        .unwrap();
+
+    let names = eventually(WAIT, "the stats Deployment to go", || async {
+        let names = deployment_names(&deployments, "sensors").await;
+        (names.len() == 2).then_some(names)
+    })
+    .await;
+    assert_eq!(names, ["sensors-receiver", "sensors-validate"]);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let keys = eventually(WAIT, "the stats config to go", || async {
+        let data = config_maps.get("sensors-config").await.ok()?.data?;
+        (!data.contains_key("processor-stats.yaml")).then_some(data.into_keys().collect::<Vec<_>>())
+    })
+    .await;
+    assert_eq!(keys, ["processor-validate.yaml", "receiver.yaml"]);
+}
+
+#[tokio::test]
+async fn deleting_the_pipeline_garbage_collects_everything() {
+    let (client, ns, _operator) = setup("garbage-collect").await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    pipelines
+        .create(&PostParams::default(), &sample("sensors"))
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    eventually(WAIT, "three Deployments", || async {
+        (deployment_names(&deployments, "sensors").await.len() == 3).then_some(())
+    })
+    .await;
+
+    pipelines
+        .delete("sensors", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    // The real controller-manager's garbage collector removes the owned objects.
+    eventually(WAIT, "every child to be collected", || async {
+        let left = deployment_names(&deployments, "sensors").await;
+        let config_left = config_maps.get_opt("sensors-config").await.ok()?.is_some();
+        (left.is_empty() && !config_left).then_some(())
+    })
+    .await;
+    eventually(WAIT, "the Pipeline to be gone", || async {
+        pipelines
+            .get_opt("sensors")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pausing_scales_every_stage_to_zero_and_keeps_the_objects() {
+    let (client, ns, _operator) = setup("pause").await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    pipelines
+        .create(&PostParams::default(), &sample("sensors"))
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    eventually(WAIT, "three Deployments", || async {
+        (deployment_names(&deployments, "sensors").await.len() == 3).then_some(())
+    })
+    .await;
+    pipelines
+        .patch(
+            "sensors",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"paused": true}})),
+        )
+        .await
+        .unwrap();
+    eventually(WAIT, "every stage at 0 replicas", || async {
+        let list = deployments
+            .list(&ListParams::default().labels("app.kubernetes.io/instance=sensors"))
+            .await
+            .ok()?;
+        (list.items.len() == 3
+            && list
+                .items
+                .iter()
+                .all(|d| d.spec.as_ref().and_then(|s| s.replicas) == Some(0)))
+        .then_some(())
+    })
+    .await;
+    let ready = eventually(WAIT, "Ready=False reason Paused", || async {
+        let status = pipelines.get("sensors").await.ok()?.status?;
+        status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready" && c.reason == "Paused")
+    })
+    .await;
+    assert_eq!(ready.status, "False");
+}
+
+/// Every file in examples/invalid is refused by the real API server through `kubectl apply`,
+/// with a message naming the field and saying what is wrong.
+#[tokio::test]
+async fn invalid_pipelines_are_rejected_at_admission_with_the_field_named() {
+    install_crds();
+    let ns = TestNamespace::new("invalid");
+    let dir = support::repo_root().join("examples/invalid");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 30,
+        "expected at least 30 invalid examples, found {}",
+        files.len()
+    );
+    let mut failures = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let expect = |tag: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("# {tag}: ")))
+                .unwrap_or_else(|| panic!("{} lacks a `# {tag}:` line", file.display()))
+                .to_owned()
+        };
+        let (field, phrase) = (expect("expect-field"), expect("expect"));
+        let out = kubectl(&["apply", "-n", &ns.name, "-f", file.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !stderr.contains(&field) || !stderr.contains(&phrase) {
+            failures.push(format!(
+                "{}: expected a rejection naming {field:?} with {phrase:?}, got: {stderr}",
+                file.file_name().unwrap().to_string_lossy()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} not rejected as expected:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+}

@@ -1,0 +1,303 @@
+//! Shared plumbing for the operator's integration tests against the local stack's real
+//! Kubernetes API server (`make stack-up`).
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// What `e2e/local/stack.sh up` wrote to `$FERRY_STACK_DIR/env`.
+#[derive(Debug, Clone)]
+pub struct StackEnv {
+    pub vars: BTreeMap<String, String>,
+}
+
+impl StackEnv {
+    pub fn load() -> Self {
+        static ENV: OnceLock<StackEnv> = OnceLock::new();
+        ENV.get_or_init(|| {
+            let dir = std::env::var("FERRY_STACK_DIR").unwrap_or_else(|_| "/tmp/ferry-stack".to_owned());
+            let file = Path::new(&dir).join("env");
+            let mut vars = BTreeMap::new();
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                for line in text.lines() {
+                    let line = line.trim().trim_start_matches("export ");
+                    if let Some((key, value)) = line.split_once('=') {
+                        vars.insert(key.to_owned(), value.trim_matches('"').trim_matches('\'').to_owned());
+                    }
+                }
+            }
+            for key in ["KUBECONFIG", "KAFKA_BOOTSTRAP", "REDIS_URL", "FERRY_BIN", "FERRY_ADVERTISE_HOST"] {
+                if let Ok(value) = std::env::var(key) {
+                    vars.insert(key.to_owned(), value);
+                }
+            }
+            assert!(
+                vars.contains_key("KUBECONFIG"),
+                "no KUBECONFIG in the environment or in {}: start the stack first with `make stack-up`",
+                file.display()
+            );
+            StackEnv { vars }
+        })
+        .clone()
+    }
+
+    pub fn get(&self, key: &str) -> &str {
+        self.vars
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} is not set by the local stack: run `make stack-up`"))
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        PathBuf::from(self.get("KUBECONFIG"))
+    }
+
+    pub fn kubectl_path(&self) -> PathBuf {
+        let bin = Path::new(self.get("FERRY_BIN")).join("kubectl");
+        if bin.exists() {
+            bin
+        } else {
+            PathBuf::from("kubectl")
+        }
+    }
+
+    /// The address pods reach the host's Kafka and Redis on.
+    pub fn pod_host(&self) -> String {
+        self.vars
+            .get("FERRY_ADVERTISE_HOST")
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1".to_owned())
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub async fn client() -> Client {
+    let env = StackEnv::load();
+    let kubeconfig =
+        Kubeconfig::read_from(env.kubeconfig()).expect("the stack's kubeconfig is readable");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("the stack's kubeconfig is valid");
+    Client::try_from(config).expect("a client for the stack's API server")
+}
+
+pub fn kubectl(args: &[&str]) -> Output {
+    let env = StackEnv::load();
+    Command::new(env.kubectl_path())
+        .args(args)
+        .env("KUBECONFIG", env.kubeconfig())
+        .output()
+        .expect("kubectl runs")
+}
+
+pub fn kubectl_ok(args: &[&str]) -> String {
+    let out = kubectl(args);
+    assert!(
+        out.status.success(),
+        "kubectl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Installs the Pipeline CRD once per test binary and waits until it is served.
+pub fn install_crds() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let crd = repo_root().join("crds/pipeline.yaml");
+        kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            crd.to_str().unwrap_or_default(),
+        ]);
+        kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/pipelines.ferry.dev",
+            "--timeout=60s",
+        ]);
+    });
+}
+
+/// Installs Strimzi 1.2.0's real CRDs from `../shared/strimzi-crds/`.
+pub fn install_strimzi_crds() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let dir = repo_root().join("../shared/strimzi-crds");
+        assert!(
+            dir.is_dir(),
+            "Strimzi's CRDs are expected in {} (the shared folder beside the repo)",
+            dir.display()
+        );
+        for file in [
+            "040-Crd-kafka.yaml",
+            "043-Crd-kafkatopic.yaml",
+            "045-Crd-kafkanodepool.yaml",
+        ] {
+            let path = dir.join(file);
+            kubectl_ok(&[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "-f",
+                path.to_str().unwrap_or_default(),
+            ]);
+        }
+        for crd in [
+            "kafkas.kafka.strimzi.io",
+            "kafkatopics.kafka.strimzi.io",
+            "kafkanodepools.kafka.strimzi.io",
+        ] {
+            kubectl_ok(&[
+                "wait",
+                "--for=condition=Established",
+                &format!("crd/{crd}"),
+                "--timeout=60s",
+            ]);
+        }
+    });
+}
+
+pub fn random_suffix() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..6)
+        .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+        .collect()
+}
+
+/// A fresh, labelled namespace, deleted when dropped. Its name says which test made it.
+#[derive(Debug)]
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub fn new(test: &str) -> Self {
+        let name = format!(
+            "t-{}-{}",
+            test.replace('_', "-").chars().take(40).collect::<String>(),
+            random_suffix()
+        );
+        kubectl_ok(&["create", "namespace", &name]);
+        kubectl_ok(&["label", "namespace", &name, "ferry.dev/test=true"]);
+        Self { name }
+    }
+
+    /// Prints what was in the namespace, to explain a failure.
+    pub fn dump(&self) {
+        let out = kubectl(&[
+            "get",
+            "pipelines,deployments,configmaps,pods,events",
+            "-n",
+            &self.name,
+            "-o",
+            "wide",
+        ]);
+        eprintln!(
+            "--- namespace {} ---\n{}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump();
+        }
+        let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+/// The real operator binary, watching one namespace, killed when dropped.
+#[derive(Debug)]
+pub struct OperatorProcess {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl OperatorProcess {
+    pub fn start(namespace: &str) -> Self {
+        let env = StackEnv::load();
+        let log_dir = repo_root().join("target/test-logs");
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+        let log = log_dir.join(format!("operator-{namespace}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_ferry-operator"))
+            .args([
+                "run",
+                "--watch-namespace",
+                namespace,
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .env("KUBECONFIG", env.kubeconfig())
+            .env("FERRY_WORKER_IMAGE", worker_image())
+            .env("RUST_LOG", "info,ferry_operator=debug")
+            .stdout(Stdio::from(file.try_clone().expect("log handle")))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("the operator starts");
+        Self { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("--- operator log tail ({}) ---", self.log.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// The worker image the local stack imported (`e2e/local/images.sh`).
+pub fn worker_image() -> String {
+    std::env::var("FERRY_TEST_WORKER_IMAGE").unwrap_or_else(|_| "ferry/worker:dev".to_owned())
+}
+
+/// Polls `check` until it returns `Some`, or fails the test with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
