@@ -1,0 +1,324 @@
+//! Shared harness for the processor integration tests: the real local stack (Kafka and
+//! Redis from `e2e/local/stack.sh up kafka redis`), random topic and group names per test,
+//! and the real `ferry-worker` binary.
+// Test-only helpers: failing loudly is their job.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+pub struct Stack {
+    pub kafka: String,
+    pub redis_url: String,
+}
+
+/// Reads the stack's addresses from the environment or the stack's env file, and fails
+/// loudly when neither has them: these tests never skip silently.
+pub fn stack() -> Stack {
+    let dir = std::env::var("FERRY_STACK_DIR").unwrap_or_else(|_| "/tmp/ferry-stack".to_owned());
+    let file: HashMap<String, String> = std::fs::read_to_string(format!("{dir}/env"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+        .collect();
+    let get = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .or_else(|| file.get(name).cloned())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{name} is not set and not in {dir}/env: start the local stack with \
+                     `bash e2e/local/stack.sh up kafka redis` first"
+                )
+            })
+    };
+    Stack {
+        kafka: get("KAFKA_BOOTSTRAP"),
+        redis_url: get("REDIS_URL"),
+    }
+}
+
+/// A name no other test run uses.
+pub fn unique(label: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "t-{label}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub async fn create_topics(stack: &Stack, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .expect("create topics")
+    {
+        result.expect("topic created");
+    }
+}
+
+pub fn producer(stack: &Stack) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// A JSON record, as the `json` format reads it.
+pub fn json_record(ts: i64, values: &[f64], text: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"ts": ts, "values": values, "text": text})).unwrap()
+}
+
+pub async fn produce(producer: &FutureProducer, topic: &str, records: &[(String, Vec<u8>)]) {
+    let sends = records.iter().map(|(key, payload)| {
+        producer.send(
+            FutureRecord::to(topic).key(key.as_bytes()).payload(payload),
+            Duration::from_secs(10),
+        )
+    });
+    for delivery in futures::future::join_all(sends).await {
+        delivery.expect("delivered");
+    }
+}
+
+/// A record read back from an output topic.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads `topic` from the start until `expected` records arrived (or `timeout`), then
+/// keeps reading for `settle` to catch extras.
+pub fn read_topic(
+    stack: &Stack,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+    settle: Duration,
+) -> Vec<Received> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut received = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut settle_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now > deadline || settle_until.is_some_and(|until| now > until) {
+            break;
+        }
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            let headers = message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            received.push(Received {
+                key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+                payload: message.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+        if received.len() >= expected && settle_until.is_none() {
+            settle_until = Some(Instant::now() + settle);
+        }
+    }
+    received
+}
+
+pub async fn redis(stack: &Stack) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(stack.redis_url.as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection")
+}
+
+/// A running `ferry-worker process`; killed when dropped.
+pub struct Worker {
+    child: Child,
+    pub log: PathBuf,
+    _dir: PathBuf,
+}
+
+impl Worker {
+    /// Writes `config` (YAML) to a file and starts the binary on it.
+    pub fn start(config_yaml: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique("worker"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.yaml");
+        std::fs::File::create(&config)
+            .unwrap()
+            .write_all(config_yaml.as_bytes())
+            .unwrap();
+        let log = dir.join("worker.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_ferry-worker"))
+            .args(["--log-format", "pretty", "process", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info,ferry_worker=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn ferry-worker");
+        Self {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails the test if the worker exited: it should run until stopped.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("ferry-worker exited with {status}:\n{}", self.log_text());
+        }
+    }
+
+    /// SIGKILL: a crash, with no chance to commit anything.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait: a graceful stop.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("ferry-worker did not stop on SIGTERM:\n{}", self.log_text());
+    }
+
+    pub fn wait_exit(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (status, self.log_text());
+            }
+            if Instant::now() > deadline {
+                panic!("ferry-worker did not exit:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free local port for the worker's HTTP endpoints.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A processor config; `stage` is the YAML of `stage.processor` indented by four spaces.
+pub fn processor_config(
+    stack: &Stack,
+    topic: &str,
+    group: &str,
+    prefix: &str,
+    processor: &str,
+) -> String {
+    format!(
+        r#"pipeline: test
+kafka:
+  bootstrap_servers: {kafka}
+  topic: {topic}
+  consumer_group: {group}
+redis:
+  url: {redis}
+  key_prefix: {prefix}
+format: json
+http:
+  listen: 127.0.0.1:{port}
+stage:
+  processor:
+{processor}
+"#,
+        kafka = stack.kafka,
+        redis = stack.redis_url,
+        port = free_port(),
+    )
+}
+
+/// Polls `check` until it returns Some, failing with the worker's log after `timeout`.
+pub async fn eventually<T, F, Fut>(worker: &mut Worker, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        worker.assert_running();
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "condition not met within {timeout:?}; worker log:\n{}",
+                worker.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
