@@ -17,6 +17,19 @@
 //!
 //! Transient Redis and Kafka failures retry the whole batch with backoff; the steps above
 //! make a retry safe.
+//!
+//! What each processor emits:
+//! - stats: writes `{prefix}:stats:{key}` and its window; input records pass through to
+//!   `output.topic` unchanged, so stats can sit in a chain.
+//! - validate: valid records pass through unchanged to `output.topic`; invalid ones go to
+//!   the dead-letter topic with `ferry-reason` = the first failing rule's name.
+//! - enrich: JSON (see [`enrich::EnrichedRecord`]) that the `json` format reads, so a
+//!   chain `raw → enriched → validated` is two processors, the second with `format: json`
+//!   reading the first's output topic.
+//!
+//! Undecodable records are dead-lettered with the decoder's reason label (and counted as
+//! `undecodable` in the validate totals). Without a dead-letter topic they are dropped
+//! and only counted in metrics.
 
 pub mod enrich;
 pub mod rules;
