@@ -13,6 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
+use serde::Deserialize;
 use serde_json::json;
 use support::{OperatorProcess, TestNamespace, eventually, install_crds, kubectl};
 
@@ -326,4 +327,190 @@ async fn invalid_pipelines_are_rejected_at_admission_with_the_field_named() {
         files.len(),
         failures.join("\n")
     );
+}
+
+fn strimzi_kafka(namespace: &str) -> serde_json::Value {
+    let example = std::fs::read_to_string(
+        support::repo_root().join("../shared/strimzi-crds/example-kafka-single-node.yaml"),
+    )
+    .expect("Strimzi's example is in the shared folder");
+    let kafka: serde_json::Value = serde_yaml::Deserializer::from_str(&example)
+        .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
+        .map(|doc| serde_json::to_value(doc).unwrap())
+        .find(|doc| doc["kind"] == "Kafka")
+        .expect("the example holds a Kafka");
+    let mut kafka = kafka;
+    kafka["metadata"]["namespace"] = json!(namespace);
+    kafka
+}
+
+fn strimzi_pipeline(name: &str) -> Pipeline {
+    let yaml = include_str!("../../examples/pipeline.yaml").replace(
+        "bootstrapServers: 10.244.0.1:19092",
+        "strimzi: {cluster: my-cluster, listener: plain}",
+    );
+    let mut pipeline: Pipeline = serde_yaml::from_str(&yaml).unwrap();
+    pipeline.metadata.name = Some(name.to_owned());
+    pipeline
+}
+
+async fn ready_condition(
+    pipelines: &Api<Pipeline>,
+    name: &str,
+) -> Option<ferry_operator::crd::Condition> {
+    pipelines
+        .get(name)
+        .await
+        .ok()?
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+}
+
+/// Strimzi 1.2.0's real CRDs; the test plays the Strimzi operator by writing the Kafka status.
+#[tokio::test]
+async fn strimzi_bootstrap_resolves_from_the_kafka_status_and_follows_listener_changes() {
+    support::install_strimzi_crds();
+    let (client, ns, _operator) = setup("strimzi-resolve").await;
+    let kafka_api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &ferry_operator::controller::dereference::kafka_api_resource(),
+    );
+    let kafka: kube::api::DynamicObject = serde_json::from_value(strimzi_kafka(&ns.name)).unwrap();
+    kafka_api
+        .create(&PostParams::default(), &kafka)
+        .await
+        .unwrap();
+    let kafka_status = |servers: &str| {
+        json!({"status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "listeners": [
+                {"name": "plain", "bootstrapServers": servers},
+                {"name": "tls", "bootstrapServers": "my-cluster-kafka-bootstrap.kafka.svc:9093"}
+            ]
+        }})
+    };
+    kafka_api
+        .patch_status(
+            "my-cluster",
+            &PatchParams::default(),
+            &Patch::Merge(&kafka_status("my-cluster-kafka-bootstrap.kafka.svc:9092")),
+        )
+        .await
+        .unwrap();
+
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    pipelines
+        .create(&PostParams::default(), &strimzi_pipeline("sensors"))
+        .await
+        .unwrap();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    eventually(
+        WAIT,
+        "the Strimzi listener's address in the worker config",
+        || async {
+            receiver_config(&config_maps, "sensors").await.filter(|c| {
+                c.kafka.bootstrap_servers == "my-cluster-kafka-bootstrap.kafka.svc:9092"
+            })
+        },
+    )
+    .await;
+    let status = pipelines.get("sensors").await.unwrap().status.unwrap();
+    assert_eq!(
+        status.bootstrap_servers.as_deref(),
+        Some("my-cluster-kafka-bootstrap.kafka.svc:9092")
+    );
+
+    // A listener change reaches the workers through the Kafka watch, not a resync.
+    kafka_api
+        .patch_status(
+            "my-cluster",
+            &PatchParams::default(),
+            &Patch::Merge(&kafka_status("new-bootstrap.kafka.svc:9092")),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the new listener address in the worker config",
+        || async {
+            receiver_config(&config_maps, "sensors")
+                .await
+                .filter(|c| c.kafka.bootstrap_servers == "new-bootstrap.kafka.svc:9092")
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_strimzi_kafka_without_status_is_reported_in_a_condition() {
+    support::install_strimzi_crds();
+    let (client, ns, _operator) = setup("strimzi-waiting").await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+
+    // No Kafka resource at all.
+    pipelines
+        .create(&PostParams::default(), &strimzi_pipeline("sensors"))
+        .await
+        .unwrap();
+    let condition = eventually(WAIT, "a StrimziKafkaNotFound condition", || async {
+        ready_condition(&pipelines, "sensors")
+            .await
+            .filter(|c| c.reason == "StrimziKafkaNotFound")
+    })
+    .await;
+    assert_eq!(condition.status, "False");
+    assert!(
+        condition.message.contains("my-cluster"),
+        "{}",
+        condition.message
+    );
+
+    // The Kafka exists but Strimzi hasn't written its status yet.
+    let kafka_api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &ferry_operator::controller::dereference::kafka_api_resource(),
+    );
+    let kafka: kube::api::DynamicObject = serde_json::from_value(strimzi_kafka(&ns.name)).unwrap();
+    kafka_api
+        .create(&PostParams::default(), &kafka)
+        .await
+        .unwrap();
+    let condition = eventually(WAIT, "a StrimziKafkaNoStatus condition", || async {
+        ready_condition(&pipelines, "sensors")
+            .await
+            .filter(|c| c.reason == "StrimziKafkaNoStatus")
+    })
+    .await;
+    assert!(
+        condition.message.contains("no status yet"),
+        "{}",
+        condition.message
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        deployment_names(&deployments, "sensors").await.is_empty(),
+        "nothing is built without a bootstrap address"
+    );
+
+    // Not Ready yet.
+    kafka_api
+        .patch_status(
+            "my-cluster",
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"status": {"conditions": [{"type": "NotReady", "status": "True"}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    eventually(WAIT, "a StrimziKafkaNotReady condition", || async {
+        ready_condition(&pipelines, "sensors")
+            .await
+            .filter(|c| c.reason == "StrimziKafkaNotReady")
+    })
+    .await;
 }
