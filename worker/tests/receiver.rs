@@ -1,0 +1,316 @@
+//! `ferry-worker receive` against the real local stack (Kafka and Redis): start it with
+//! `bash e2e/local/stack.sh up kafka redis`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod receiver_support;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::FutureRecord;
+use receiver_support::*;
+
+fn spec<'a>(topic: &'a str, redis_url: &'a str, depth: u32) -> ReceiverSpec<'a> {
+    ReceiverSpec {
+        topic,
+        redis_url,
+        format: "dsdata",
+        storage: "list",
+        depth,
+        max_records: 500,
+        extra: "",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keyed_records_keep_their_newest_history_newest_first() {
+    let stack = stack();
+    let topic = unique("keyed");
+    create_topic(&stack, &topic, 3).await;
+    let oracle = produce_keyed(&stack, &topic, 50, 5_000).await;
+    let mut receiver = Receiver::new(&stack, spec(&topic, &stack.redis, 20));
+    let worker = receiver.start();
+    receiver.wait_applied(&oracle.last_offsets, Duration::from_secs(60));
+    assert!(worker.terminate().success());
+    receiver.assert_lists_match(&oracle, 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
+    let stack = stack();
+    let topic = unique("sigkill");
+    create_topic(&stack, &topic, 6).await;
+    // 200 keys × 1000 records, history 1000: each list holds its key's whole sequence, so
+    // any lost or duplicated record shows.
+    let oracle = produce_keyed(&stack, &topic, 200, 200_000).await;
+    let mut spec = spec(&topic, &stack.redis, 1000);
+    spec.max_records = 300;
+    let mut receiver = Receiver::new(&stack, spec);
+    for round in 0..4 {
+        let worker = receiver.start();
+        let wait = Duration::from_millis(1_500 + rand::random::<u64>() % 2_500);
+        tokio::time::sleep(wait).await;
+        worker.sigkill();
+        eprintln!(
+            "round {round}: killed after {wait:?}, checkpoints {:?}",
+            receiver.checkpoints(&[0, 1, 2, 3, 4, 5])
+        );
+    }
+    let worker = receiver.start();
+    receiver.wait_applied(&oracle.last_offsets, Duration::from_secs(150));
+    assert!(worker.terminate().success());
+    receiver.assert_lists_match(&oracle, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn receivers_joining_and_sharing_a_group_apply_each_record_once() {
+    let stack = stack();
+    let topic = unique("group");
+    create_topic(&stack, &topic, 6).await;
+    let oracle = produce_keyed(&stack, &topic, 100, 100_000).await;
+    let mut spec = spec(&topic, &stack.redis, 1000);
+    spec.max_records = 200;
+    let mut receiver = Receiver::new(&stack, spec);
+    let first = receiver.start();
+    let second = receiver.start();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let third = receiver.start();
+    receiver.wait_applied(&oracle.last_offsets, Duration::from_secs(150));
+    for worker in [first, second, third] {
+        assert!(worker.terminate().success());
+    }
+    receiver.assert_lists_match(&oracle, 1000);
+}
+
+async fn dead_letters(
+    stack: &Stack,
+    topic: &str,
+    expected: usize,
+) -> Vec<(String, HashMap<String, String>)> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka)
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut found = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while found.len() < expected {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(remaining, consumer.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {expected} dead letters arrived: {found:?}",
+                    found.len()
+                )
+            })
+            .unwrap();
+        let mut headers = HashMap::new();
+        if let Some(list) = message.headers() {
+            for header in list.iter() {
+                headers.insert(
+                    header.key.to_owned(),
+                    String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+        found.push((key, headers));
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_records_are_dead_lettered_with_reasons_while_the_rest_flows() {
+    let stack = stack();
+    let producer = producer(&stack);
+    let mut checks = Vec::new();
+    for format in ["dsdata", "json"] {
+        let topic = unique(&format!("poison-{format}"));
+        let dead_letter_topic = format!("{topic}-dlq");
+        create_topic(&stack, &topic, 2).await;
+        create_topic(&stack, &dead_letter_topic, 1).await;
+        let now = now_ms();
+        let good = |key: &str, n: usize| -> Vec<u8> {
+            match format {
+                "dsdata" => value(key, n, now),
+                _ => {
+                    format!(r#"{{"ts": {now}, "values": [{n}], "text": "{key}#{n}"}}"#).into_bytes()
+                }
+            }
+        };
+        let old = |key: &str| -> Vec<u8> {
+            match format {
+                "dsdata" => value(key, 0, now - 7_200_000),
+                _ => format!(
+                    r#"{{"ts": {}, "values": [], "text": "old"}}"#,
+                    now - 7_200_000
+                )
+                .into_bytes(),
+            }
+        };
+        let broken = |key: &str| -> Vec<u8> {
+            match format {
+                "dsdata" => value(key, 1, now)[..20].to_vec(),
+                _ => b"{\"ts\": 1, \"values\": [".to_vec(),
+            }
+        };
+        let mut sent: Vec<(String, Vec<u8>, Option<&str>)> = Vec::new();
+        for n in 0..300 {
+            let key = format!("src-{}", n % 10);
+            let (payload, reason) = match n % 50 {
+                7 => (
+                    broken(&key),
+                    Some(if format == "dsdata" {
+                        "truncated"
+                    } else {
+                        "invalid_json"
+                    }),
+                ),
+                13 => (old(&key), Some("too_old")),
+                _ => (good(&key, n), None),
+            };
+            sent.push((key, payload, reason));
+        }
+        for (key, payload, _) in &sent {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(key).payload(payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+        let extra = format!("    max_age: 1h\n    dead_letter: {{topic: {dead_letter_topic}}}\n");
+        let mut receiver = Receiver::new(
+            &stack,
+            ReceiverSpec {
+                topic: &topic,
+                redis_url: &stack.redis,
+                format,
+                storage: "list",
+                depth: 100,
+                max_records: 50,
+                extra: &extra,
+            },
+        );
+        let worker = receiver.start();
+        checks.push((receiver, worker, topic, dead_letter_topic, sent));
+    }
+    for (receiver, worker, topic, dead_letter_topic, sent) in checks {
+        let expected: Vec<&str> = sent.iter().filter_map(|(_, _, reason)| *reason).collect();
+        let letters = dead_letters(&stack, &dead_letter_topic, expected.len()).await;
+        let mut reasons: Vec<String> = letters
+            .iter()
+            .map(|(_, h)| h["ferry-reason"].clone())
+            .collect();
+        reasons.sort();
+        let mut expected_sorted: Vec<String> = expected.iter().map(|r| (*r).to_owned()).collect();
+        expected_sorted.sort();
+        assert_eq!(reasons, expected_sorted);
+        for (_, headers) in &letters {
+            assert_eq!(headers["ferry-source-topic"], topic);
+            assert!(headers["ferry-source-partition"].parse::<i32>().is_ok());
+            assert!(headers["ferry-source-offset"].parse::<i64>().is_ok());
+        }
+        // Every good record is stored, newest first; the refused ones are not.
+        let mut per_key: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
+        for (key, payload, reason) in &sent {
+            if reason.is_none() {
+                per_key.entry(key).or_default().push(payload.clone());
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (key, values) in per_key {
+            let expected: Vec<Vec<u8>> = values.into_iter().rev().collect();
+            loop {
+                let stored = receiver.list(key);
+                if stored == expected {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{key}: {} stored, {} expected",
+                    stored.len(),
+                    expected.len()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        assert!(worker.terminate().success());
+    }
+}
+
+/// A private redis-server on a free port, persisted to `dir` so a restart keeps the data.
+fn start_redis(dir: &std::path::Path, port: u16) -> std::process::Child {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH")
+}
+
+fn wait_redis(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis::Client::open(url).unwrap().get_connection().is_err() {
+        assert!(Instant::now() < deadline, "private redis did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_outage_mid_run_loses_nothing() {
+    let stack = stack();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(unique("ferry-redis"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let mut redis_server = start_redis(&dir, port);
+    wait_redis(&url);
+
+    let topic = unique("outage");
+    create_topic(&stack, &topic, 3).await;
+    let oracle = produce_keyed(&stack, &topic, 100, 100_000).await;
+    let mut spec = spec(&topic, &url, 1000);
+    spec.max_records = 100;
+    let mut receiver = Receiver::new(&stack, spec);
+    let worker = receiver.start();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // SHUTDOWN SAVE writes the data to disk; the restart loads it, as a real outage would.
+    let _ = redis::cmd("SHUTDOWN")
+        .arg("SAVE")
+        .query::<()>(&mut receiver.redis());
+    redis_server.wait().unwrap();
+    let during = receiver.checkpoints(&[0]);
+    assert_eq!(during, vec![None], "redis is down");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    redis_server = start_redis(&dir, port);
+    wait_redis(&url);
+    receiver.wait_applied(&oracle.last_offsets, Duration::from_secs(120));
+    assert!(worker.terminate().success());
+    receiver.assert_lists_match(&oracle, 1000);
+    redis_server.kill().unwrap();
+    redis_server.wait().unwrap();
+}
