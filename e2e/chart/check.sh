@@ -14,8 +14,6 @@ CHECK_NAME=chart-check
 # shellcheck source=e2e/chart/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-KUBE_VERSION="${KUBE_VERSION:-v1.34.4}" # matches e2e/local/k8s.sh and kind-config.yaml's node image
-STRIMZI_CRDS_DIR="${STRIMZI_CRDS_DIR:-$REPO_ROOT/../shared/strimzi-crds}"
 
 need_helm
 need_kubeconform
@@ -28,51 +26,7 @@ failed=0
 pass() { passed=$((passed + 1)); say "ok: $*"; }
 fail() { failed=$((failed + 1)); say "FAIL: $*" >&2; }
 
-# ---- schemas -----------------------------------------------------------------
-# Built-in kinds: from k8s.io/kubernetes's api/openapi-spec/swagger.json (the Go module
-# e2e/local/k8s.sh builds from), cached per version and per generator revision.
-swagger_json() {
-  local modcache f
-  modcache="$(go env GOMODCACHE 2>/dev/null || true)"
-  f="$modcache/k8s.io/kubernetes@$KUBE_VERSION/api/openapi-spec/swagger.json"
-  if [[ -n "$modcache" && ! -f "$f" ]]; then
-    say "fetching the Go module k8s.io/kubernetes@$KUBE_VERSION for its OpenAPI spec"
-    (cd "$WORK" && GOFLAGS=-mod=mod go mod download "k8s.io/kubernetes@$KUBE_VERSION") >&2 ||
-      die "cannot download k8s.io/kubernetes@$KUBE_VERSION from the Go module proxy"
-  fi
-  [[ -f "$f" ]] || die "no OpenAPI spec for $KUBE_VERSION (looked for $f)"
-  printf '%s\n' "$f"
-}
-
-gen_rev="$(sha256sum "$CHART_LIB_DIR/schemas.py" | cut -c1-12)"
-BUILTIN_SCHEMAS="$FERRY_CACHE/kubeconform-schemas/k8s-$KUBE_VERSION-$gen_rev"
-if [[ ! -f "$BUILTIN_SCHEMAS/.complete" ]]; then
-  rm -rf "$BUILTIN_SCHEMAS"
-  python3 "$CHART_LIB_DIR/schemas.py" builtin "$(swagger_json)" "$BUILTIN_SCHEMAS" >/dev/null ||
-    die "cannot generate the built-in schemas"
-  touch "$BUILTIN_SCHEMAS/.complete"
-fi
-CRD_SCHEMAS="$WORK/crd-schemas"
-strimzi_crds=()
-if [[ -d "$STRIMZI_CRDS_DIR" ]]; then
-  mapfile -t strimzi_crds < <(find "$STRIMZI_CRDS_DIR" -maxdepth 1 -name '0*-Crd-*.yaml' | sort)
-fi
-python3 "$CHART_LIB_DIR/schemas.py" crd "$CRD_SCHEMAS" "$CHART_DIR/crds/pipeline.yaml" "${strimzi_crds[@]}" >/dev/null ||
-  die "cannot generate the CRD schemas"
-cp "$CHART_LIB_DIR"/schemas/*.json "$CRD_SCHEMAS/"
-say "schemas: $(find "$BUILTIN_SCHEMAS" -name '*.json' | wc -l) built-in ($KUBE_VERSION), $(find "$CRD_SCHEMAS" -name '*.json' | wc -l) custom ($(basename -a "$CRD_SCHEMAS"/*.json | tr '\n' ' '))"
-skip_args=()
-if ((${#strimzi_crds[@]} == 0)); then
-  say "no Strimzi CRDs at $STRIMZI_CRDS_DIR: Strimzi kinds are skipped"
-  skip_args=(-skip "Kafka,KafkaNodePool,KafkaTopic")
-fi
-
-kubeconform_run() {
-  "$KUBECONFORM" -strict -summary -kubernetes-version "${KUBE_VERSION#v}" \
-    -schema-location "$BUILTIN_SCHEMAS/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
-    -schema-location "$CRD_SCHEMAS/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
-    "${skip_args[@]}" "$@"
-}
+prepare_schemas "$WORK"
 
 # ---- 1. CRD copy ---------------------------------------------------------------
 if "$CHART_LIB_DIR/check-crd-copy.sh"; then pass "CRD copy"; else fail "CRD copy"; fi

@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # some variables here are used only by the scripts that source this file
 # Sourced by the chart and kind checks: paths, messages and the helm/kubeconform lookup.
 #
 # helm and kubeconform are looked up, in this order, in $FERRY_BIN (where
@@ -74,4 +75,59 @@ need_pyyaml() {
     say "installing PyYAML with pip"
     python3 -m pip install --quiet 'PyYAML>=6,<7' || die "cannot install PyYAML"
   fi
+}
+
+# ---- kubeconform schemas --------------------------------------------------------------
+KUBE_VERSION="${KUBE_VERSION:-v1.34.4}" # matches e2e/local/k8s.sh; the kind node image is 1.34 too
+STRIMZI_CRDS_DIR="${STRIMZI_CRDS_DIR:-$REPO_ROOT/../shared/strimzi-crds}"
+
+# _swagger_json WORKDIR: the OpenAPI v2 spec of k8s.io/kubernetes@$KUBE_VERSION, from the Go
+# module cache (where e2e/local/k8s.sh's build leaves it), else downloaded as a Go module.
+_swagger_json() {
+  local modcache f
+  modcache="$(go env GOMODCACHE 2>/dev/null || true)"
+  f="$modcache/k8s.io/kubernetes@$KUBE_VERSION/api/openapi-spec/swagger.json"
+  if [[ -n "$modcache" && ! -f "$f" ]]; then
+    say "fetching the Go module k8s.io/kubernetes@$KUBE_VERSION for its OpenAPI spec"
+    (cd "$1" && GOFLAGS=-mod=mod go mod download "k8s.io/kubernetes@$KUBE_VERSION") >&2 ||
+      die "cannot download k8s.io/kubernetes@$KUBE_VERSION from the Go module proxy"
+  fi
+  [[ -f "$f" ]] || die "no OpenAPI spec for $KUBE_VERSION (looked for $f)"
+  printf '%s\n' "$f"
+}
+
+# prepare_schemas WORKDIR: sets BUILTIN_SCHEMAS (cached per Kubernetes version and per
+# revision of schemas.py), CRD_SCHEMAS (made fresh in WORKDIR from the chart's Pipeline
+# CRD, the Strimzi CRDs and e2e/chart/schemas/) and KUBECONFORM_SKIP.
+prepare_schemas() {
+  local work="$1" gen_rev strimzi_crds=()
+  gen_rev="$(sha256sum "$CHART_LIB_DIR/schemas.py" | cut -c1-12)"
+  BUILTIN_SCHEMAS="$FERRY_CACHE/kubeconform-schemas/k8s-$KUBE_VERSION-$gen_rev"
+  if [[ ! -f "$BUILTIN_SCHEMAS/.complete" ]]; then
+    rm -rf "$BUILTIN_SCHEMAS"
+    python3 "$CHART_LIB_DIR/schemas.py" builtin "$(_swagger_json "$work")" "$BUILTIN_SCHEMAS" >/dev/null ||
+      die "cannot generate the built-in schemas"
+    touch "$BUILTIN_SCHEMAS/.complete"
+  fi
+  CRD_SCHEMAS="$work/crd-schemas"
+  if [[ -d "$STRIMZI_CRDS_DIR" ]]; then
+    mapfile -t strimzi_crds < <(find "$STRIMZI_CRDS_DIR" -maxdepth 1 -name '0*-Crd-*.yaml' | sort)
+  fi
+  python3 "$CHART_LIB_DIR/schemas.py" crd "$CRD_SCHEMAS" "$CHART_DIR/crds/pipeline.yaml" "${strimzi_crds[@]}" >/dev/null ||
+    die "cannot generate the CRD schemas"
+  cp "$CHART_LIB_DIR"/schemas/*.json "$CRD_SCHEMAS/"
+  KUBECONFORM_SKIP=()
+  if ((${#strimzi_crds[@]} == 0)); then
+    say "no Strimzi CRDs at $STRIMZI_CRDS_DIR: Strimzi kinds are skipped"
+    KUBECONFORM_SKIP=(-skip "Kafka,KafkaNodePool,KafkaTopic")
+  fi
+  say "schemas: $(find "$BUILTIN_SCHEMAS" -name '*.json' | wc -l) built-in ($KUBE_VERSION), $(find "$CRD_SCHEMAS" -name '*.json' | wc -l) custom ($(find "$CRD_SCHEMAS" -name '*.json' -printf '%f ' | sort))"
+}
+
+# kubeconform_run FILE...: strict validation against the prepared schemas only (offline).
+kubeconform_run() {
+  "$KUBECONFORM" -strict -summary -kubernetes-version "${KUBE_VERSION#v}" \
+    -schema-location "$BUILTIN_SCHEMAS/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
+    -schema-location "$CRD_SCHEMAS/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
+    "${KUBECONFORM_SKIP[@]}" "$@"
 }
