@@ -59,7 +59,7 @@ test-unit: ## Pure unit tests, no services needed
 
 .PHONY: test-integration
 test-integration: ## Integration tests against the running local stack (make stack-up first)
-	$(CARGO) test --workspace --tests -- --test-threads=2
+	$(CARGO) test --workspace --test '*' -- --test-threads=2
 
 # ---- the local stack ----------------------------------------------------------------
 
