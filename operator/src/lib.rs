@@ -4,5 +4,7 @@ pub mod controller;
 pub mod crd;
 pub mod crdgen;
 pub mod http;
+pub mod lag;
 pub mod metrics;
+pub mod scaling;
 pub mod telemetry;
