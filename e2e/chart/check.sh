@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Static checks of charts/ferry, runnable offline (the Makefile's `chart-check`):
 #   1. the chart's CRD copy matches the generated crds/pipeline.yaml;
-#   2. helm lint;
+#   2. helm lint, and every value is documented in README.md and typed in the schema;
 #   3. for several value sets (defaults, HA with every option, single-namespace mode, the
 #      kind path's values): helm template | kubeconform -strict against JSON schemas made
 #      here from the Kubernetes OpenAPI spec and the Pipeline/Strimzi CRDs, and the RBAC
@@ -37,6 +37,14 @@ if "$HELM" lint --strict "$CHART_DIR" --kube-version "${KUBE_VERSION#v}" >"$WORK
 else
   cat "$WORK/lint.log" >&2
   fail "helm lint"
+fi
+
+# ---- 2b. every value documented and in the schema -----------------------------------
+if docs_out="$(python3 "$CHART_LIB_DIR/check-docs.py" "$CHART_DIR" 2>&1)"; then
+  pass "every value in README.md's table and values.schema.json ($docs_out)"
+else
+  printf '%s\n' "$docs_out" >&2
+  fail "values documentation"
 fi
 
 # ---- 3. render + kubeconform + RBAC per value set ------------------------------
