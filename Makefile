@@ -74,3 +74,17 @@ stack-down: ## Stop the local stack and remove its state (caches stay)
 .PHONY: stack-status
 stack-status: ## One line per component
 	bash $(STACK) status
+
+# ---- chart and kind path ----------------------------------------------------------------
+
+.PHONY: chart-check
+chart-check: ## helm lint, helm template | kubeconform -strict, RBAC and values checks
+	bash e2e/chart/check.sh
+
+.PHONY: kind-check
+kind-check: ## shellcheck and hadolint the kind path, dry-run its manifests on the local cluster
+	bash e2e/kind/check.sh
+
+.PHONY: chart-install-test
+chart-install-test: ## A real helm install/uninstall into the local cluster
+	bash e2e/chart/install-test.sh

@@ -69,8 +69,11 @@ phase_start integration-tests
 cargo test --workspace --test '*' -- --test-threads=2
 phase_end integration-tests
 
-if [[ -x e2e/chart/check.sh ]]; then
-  phase_start chart-checks
-  bash e2e/chart/check.sh
-  phase_end chart-checks
-fi
+phase_start chart
+step "chart: helm lint, kubeconform -strict, RBAC and values checks"
+bash e2e/chart/check.sh
+step "kind path: shellcheck, hadolint, server-side dry run of its manifests"
+bash e2e/kind/check.sh
+step "chart: a real helm install and uninstall on the local cluster"
+FERRY_OPERATOR_BIN="$CARGO_TARGET_DIR/debug/ferry-operator" bash e2e/chart/install-test.sh
+phase_end chart
