@@ -1,5 +1,6 @@
 //! Ferry's operator: reconciles `Pipeline`s into receiver and processor Deployments.
 
+pub mod autoscale;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;

@@ -5,6 +5,7 @@ use std::time::Instant;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -13,12 +14,34 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+/// One stage of one Pipeline.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub namespace: String,
+    pub pipeline: String,
+    pub stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScaleLabels {
+    pub namespace: String,
+    pub pipeline: String,
+    pub stage: String,
+    /// `up` or `down`.
+    pub direction: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     pub registry: Registry,
     reconciliations: Counter,
     failures: Family<ErrorLabels, Counter>,
     duration: Histogram,
+    stage_lag: Family<StageLabels, Gauge>,
+    stage_desired_replicas: Family<StageLabels, Gauge>,
+    stage_persistent_lag_partitions: Family<StageLabels, Gauge>,
+    scale_events: Family<ScaleLabels, Counter>,
+    lag_poll_failures: Family<StageLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -43,11 +66,46 @@ impl Default for Metrics {
             "How long one reconcile took",
             duration.clone(),
         );
+        let stage_lag = Family::<StageLabels, Gauge>::default();
+        registry.register(
+            "stage_lag",
+            "Consumer-group lag of a Pipeline stage, in records, at the last poll",
+            stage_lag.clone(),
+        );
+        let stage_desired_replicas = Family::<StageLabels, Gauge>::default();
+        registry.register(
+            "stage_desired_replicas",
+            "Replicas the autoscaler wants for a Pipeline stage",
+            stage_desired_replicas.clone(),
+        );
+        let stage_persistent_lag_partitions = Family::<StageLabels, Gauge>::default();
+        registry.register(
+            "stage_persistent_lag_partitions",
+            "Partitions whose committed offset is stuck while their consumer is alive",
+            stage_persistent_lag_partitions.clone(),
+        );
+        let scale_events = Family::<ScaleLabels, Counter>::default();
+        registry.register(
+            "scale_events",
+            "Replica changes made by the autoscaler",
+            scale_events.clone(),
+        );
+        let lag_poll_failures = Family::<StageLabels, Counter>::default();
+        registry.register(
+            "lag_poll_failures",
+            "Lag polls that could not read Kafka",
+            lag_poll_failures.clone(),
+        );
         Self {
             registry,
             reconciliations,
             failures,
             duration,
+            stage_lag,
+            stage_desired_replicas,
+            stage_persistent_lag_partitions,
+            scale_events,
+            lag_poll_failures,
         }
     }
 }
@@ -71,6 +129,46 @@ impl Metrics {
             start: Instant::now(),
             histogram: self.duration.clone(),
         }
+    }
+
+    /// What the autoscaler saw and decided for one stage at one poll.
+    pub fn observe_stage(
+        &self,
+        stage: &StageLabels,
+        lag: i64,
+        desired_replicas: i32,
+        persistent_partitions: usize,
+    ) {
+        self.stage_lag.get_or_create(stage).set(lag);
+        self.stage_desired_replicas
+            .get_or_create(stage)
+            .set(i64::from(desired_replicas));
+        self.stage_persistent_lag_partitions
+            .get_or_create(stage)
+            .set(i64::try_from(persistent_partitions).unwrap_or(i64::MAX));
+    }
+
+    pub fn count_scale(&self, stage: &StageLabels, up: bool) {
+        self.scale_events
+            .get_or_create(&ScaleLabels {
+                namespace: stage.namespace.clone(),
+                pipeline: stage.pipeline.clone(),
+                stage: stage.stage.clone(),
+                direction: if up { "up" } else { "down" }.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn count_lag_poll_failure(&self, stage: &StageLabels) {
+        self.lag_poll_failures.get_or_create(stage).inc();
+    }
+
+    /// Drops a removed stage's series so they don't linger at their last value.
+    pub fn forget_stage(&self, stage: &StageLabels) {
+        self.stage_lag.remove(stage);
+        self.stage_desired_replicas.remove(stage);
+        self.stage_persistent_lag_partitions.remove(stage);
+        self.lag_poll_failures.remove(stage);
     }
 
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
@@ -115,5 +213,36 @@ mod tests {
             text.contains("ferry_operator_reconcile_duration_seconds_count 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn encodes_stage_lag_and_desired_replicas() {
+        let metrics = Metrics::default();
+        let stage = StageLabels {
+            namespace: "ns".into(),
+            pipeline: "orders".into(),
+            stage: "receiver".into(),
+        };
+        metrics.observe_stage(&stage, 4200, 5, 1);
+        metrics.count_scale(&stage, true);
+        let text = metrics.encode().unwrap();
+        let labels = r#"{namespace="ns",pipeline="orders",stage="receiver"}"#;
+        assert!(
+            text.contains(&format!("ferry_operator_stage_lag{labels} 4200")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("ferry_operator_stage_desired_replicas{labels} 5")),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"ferry_operator_scale_events_total{namespace="ns",pipeline="orders",stage="receiver",direction="up"} 1"#
+            ),
+            "{text}"
+        );
+        metrics.forget_stage(&stage);
+        let text = metrics.encode().unwrap();
+        assert!(!text.contains("ferry_operator_stage_lag{"), "{text}");
     }
 }

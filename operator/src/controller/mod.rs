@@ -89,6 +89,8 @@ pub struct Context {
     pub defaults: OperatorDefaults,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// Desired replicas and lag per stage, owned by the autoscaler, read by every reconcile.
+    pub autoscaler: Arc<crate::autoscale::Autoscaler>,
     /// Consecutive failures per Pipeline, for exponential requeue.
     failures: Mutex<HashMap<ObjectRef<Pipeline>, u32>>,
 }
@@ -117,6 +119,7 @@ impl Context {
             client,
             defaults,
             metrics,
+            autoscaler: Arc::new(crate::autoscale::Autoscaler::new()),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -188,7 +191,14 @@ pub async fn reconcile(pipeline: Arc<Pipeline>, ctx: Arc<Context>) -> Result<Act
 async fn reconcile_stages(pipeline: &Pipeline, ctx: &Context) -> Result<Action, Error> {
     let dereferenced = dereference::dereference(&ctx.client, pipeline).await?;
     let Bootstrap::Resolved(bootstrap_servers) = &dereferenced.bootstrap;
-    let validated = validate::validate(pipeline, &dereferenced, &ctx.defaults)?;
+    let mut validated = validate::validate(pipeline, &dereferenced, &ctx.defaults)?;
+    ctx.autoscaler.sync(
+        &mut validated,
+        bootstrap_servers,
+        pipeline.spec.kafka.tls.is_some(),
+        pipeline.spec.kafka.sasl.is_some(),
+        pipeline.status.as_ref(),
+    );
     let children = build::build(&validated)?;
     let previous_replicas = pipeline
         .status
@@ -197,13 +207,15 @@ async fn reconcile_stages(pipeline: &Pipeline, ctx: &Context) -> Result<Action, 
         .unwrap_or_default();
     let applied =
         apply::apply(&ctx.client, &validated.namespace, &validated.name, children).await?;
-    let status = status::healthy_status(
+    let mut status = status::healthy_status(
         &validated,
         &applied.deployments,
         bootstrap_servers,
         pipeline.status.as_ref(),
         &now_rfc3339(),
     );
+    ctx.autoscaler
+        .fill_status(&mut status, &validated.namespace, &validated.name);
     let first_apply = pipeline
         .status
         .as_ref()
@@ -387,7 +399,16 @@ pub async fn run(
         );
     }
 
+    // The autoscaler asks for a reconcile when a stage's desired replicas change.
+    let (scale_trigger, scale_requests) = futures::channel::mpsc::unbounded();
+    tokio::spawn(crate::autoscale::run(
+        ctx.clone(),
+        controller.store(),
+        scale_trigger,
+        shutdown.clone(),
+    ));
     controller
+        .reconcile_on(scale_requests)
         .graceful_shutdown_on(async move {
             while !*shutdown.borrow() {
                 if shutdown.changed().await.is_err() {
