@@ -353,17 +353,21 @@ _k8s_start_kubelet() {
 _k8s_write_env() { env_set KUBECONFIG "$K8S_KUBECONFIG"; }
 
 k8s_up() {
-  phase_start k8s
   mkdir -p "$K8S_STATE" "$FERRY_LOG_DIR" "$FERRY_BIN"
   if k8s_status >/dev/null 2>&1; then
     _k8s_write_env
     ok "k8s already up: $(k8s_status)"
-    phase_end k8s
     return 0
   fi
   local t0
-  apt_install containerd runc containernetworking-plugins openssl iptables iproute2 curl util-linux
+  phase_start k8s-build
+  # nostart: Debian's containerd must not start its own system instance.
+  apt_install_nostart containerd runc containernetworking-plugins
+  apt_install openssl iptables iproute2 curl util-linux
+  command -v go >/dev/null || die "go is not installed (needed to build Kubernetes $K8S_VERSION)"
   k8s_build
+  phase_end k8s-build
+  phase_start k8s-start
   t0=$(date +%s)
   k8s_network_up
   _k8s_pki
@@ -390,7 +394,7 @@ k8s_up() {
   _k8s_wait 60 "default service account" k8s-controller-manager _k8s_sa_ready
   _k8s_write_env
   ok "k8s up in $(( $(date +%s) - t0 ))s (excluding builds); KUBECONFIG=$K8S_KUBECONFIG"
-  phase_end k8s
+  phase_end k8s-start
 }
 
 # Kill every process whose command line mentions our containerd socket (the
