@@ -11,7 +11,7 @@
 #   images: OCI layouts written by e2e/local/images.sh and imported with ctr
 #
 # Sourced by stack.sh (which calls k8s_network_up, k8s_up, k8s_down, k8s_status),
-# or run directly: bash e2e/local/k8s.sh up|down|status|network-up|smoke|build
+# or run directly: bash e2e/local/k8s.sh up|down|status|network-up|smoke|build|kubeconform-schemas
 #
 # Everything runtime lives in $FERRY_STACK_DIR/k8s; built binaries are cached in
 # $FERRY_CACHE/k8s-$K8S_VERSION/bin and $FERRY_CACHE/tools-$K8S_TOOLS_TAG/bin.
@@ -350,7 +350,22 @@ _k8s_start_kubelet() {
 
 # ---- up / down / status -----------------------------------------------------
 
-_k8s_write_env() { env_set KUBECONFIG "$K8S_KUBECONFIG"; }
+_k8s_write_env() {
+  env_set KUBECONFIG "$K8S_KUBECONFIG"
+  env_set FERRY_KUBECONFORM_SCHEMAS "$K8S_STATE/kubeconform/standalone-strict/{{ .ResourceKind }}{{ .KindSuffix }}.json"
+}
+
+# kubeconform cannot download schemas here: write them from this cluster's
+# OpenAPI (built-in kinds + CRDs installed so far; rerun after installing CRDs).
+# Use: kubeconform -strict -schema-location "$FERRY_KUBECONFORM_SCHEMAS" file.yaml
+k8s_kubeconform_schemas() {
+  local dir="$K8S_STATE/kubeconform"
+  mkdir -p "$dir"
+  _k8s_kubectl get --raw /openapi/v2 >"$dir/openapi-v2.json" || die "cannot read /openapi/v2"
+  python3 "$K8S_MOD_DIR/kubeconform-schemas.py" "$dir/openapi-v2.json" "$dir" >/dev/null \
+    || die "writing kubeconform schemas failed"
+  rm -f "$dir/openapi-v2.json"
+}
 
 k8s_up() {
   mkdir -p "$K8S_STATE" "$FERRY_LOG_DIR" "$FERRY_BIN"
@@ -364,6 +379,7 @@ k8s_up() {
   # nostart: Debian's containerd must not start its own system instance.
   apt_install_nostart containerd runc containernetworking-plugins
   apt_install openssl iptables iproute2 curl util-linux
+  command -v python3 >/dev/null || apt_install python3
   command -v go >/dev/null || die "go is not installed (needed to build Kubernetes $K8S_VERSION)"
   k8s_build
   phase_end k8s-build
@@ -392,6 +408,7 @@ k8s_up() {
   _k8s_wait 60 "kubelet healthz" k8s-kubelet _k8s_kubelet_healthy
   _k8s_wait 120 "node $K8S_NODE_NAME Ready" k8s-kubelet _k8s_node_ready
   _k8s_wait 60 "default service account" k8s-controller-manager _k8s_sa_ready
+  k8s_kubeconform_schemas
   _k8s_write_env
   ok "k8s up in $(( $(date +%s) - t0 ))s (excluding builds); KUBECONFIG=$K8S_KUBECONFIG"
   phase_end k8s-start
@@ -496,6 +513,7 @@ k8s_down() {
     fi
   fi
   env_unset KUBECONFIG
+  env_unset FERRY_KUBECONFORM_SCHEMAS
   ok "k8s down"
   phase_end k8s-down
 }
@@ -576,6 +594,7 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     network-up) k8s_network_up ;;
     build) k8s_build ;;
     smoke) k8s_smoke ;;
-    *) echo "usage: $0 up|down|status|network-up|build|smoke" >&2; exit 2 ;;
+    kubeconform-schemas) k8s_kubeconform_schemas && _k8s_write_env ;;
+    *) echo "usage: $0 up|down|status|network-up|build|smoke|kubeconform-schemas" >&2; exit 2 ;;
   esac
 fi
