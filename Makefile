@@ -88,3 +88,9 @@ kind-check: ## shellcheck and hadolint the kind path, dry-run its manifests on t
 .PHONY: chart-install-test
 chart-install-test: ## A real helm install/uninstall into the local cluster
 	bash e2e/chart/install-test.sh
+
+# ---- benchmarks (figures, never timed tests) -------------------------------------
+
+.PHONY: bench-receiver
+bench-receiver: ## One receiver over 1,000,000 dsdata records, beside redis-benchmark and a bare consume
+	bash worker/benches/receiver.sh

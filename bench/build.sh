@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Builds every contender of the benchmark, one heavy build at a time (the machine has 2
+# cores): each build holds /tmp/ferry-heavy-build.lock, like the stack's own builds.
+#
+#   bench/build.sh [ferry] [tools] [redpanda-connect]      (no argument: all three)
+#
+# ferry            cargo build --release -p ferry-worker      -> target/release/ferry-worker
+# tools            bench/tools (own crate, not a workspace member): bench-kafka-count,
+#                  bench-redis-writer, bench-latency          -> target/release/bench-*
+# redpanda-connect go build of bench/contenders/redpanda-connect (the pinned module's
+#                  components)                                -> $FERRY_CACHE/bench-redpanda-connect-<v>/
+# Prints nothing but progress; a build that is already there is skipped (cargo decides for
+# the Rust ones).
+set -euo pipefail
+export FERRY_LOG_TAG=bench
+# shellcheck source=e2e/local/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../e2e/local/lib.sh"
+BENCH_DIR="$REPO_ROOT/bench"
+RPC_VERSION="$(sed -n 's/^.*github.com\/redpanda-data\/connect\/v4 \(v[0-9.]*\).*$/\1/p' "$BENCH_DIR/contenders/redpanda-connect/go.mod" | head -n1)"
+RPC_DIR="$FERRY_CACHE/bench-redpanda-connect-$RPC_VERSION"
+export RPC_BIN="$RPC_DIR/redpanda-connect"
+
+build_ferry() {
+  step "cargo build --release -p ferry-worker"
+  (cd "$REPO_ROOT" && with_build_lock cargo build --release -q -p ferry-worker --bin ferry-worker)
+  ok "ferry-worker: $REPO_ROOT/target/release/ferry-worker"
+}
+
+build_tools() {
+  step "cargo build --release (bench/tools)"
+  # The workspace's target dir, so rdkafka-sys and friends built for ferry-worker are reused.
+  (cd "$BENCH_DIR/tools" && with_build_lock env CARGO_TARGET_DIR="$REPO_ROOT/target" \
+      cargo build --release -q --locked)
+  ok "bench tools: $REPO_ROOT/target/release/bench-{kafka-count,redis-writer,latency}"
+}
+
+build_redpanda_connect() {
+  if [[ -x "$RPC_BIN" ]]; then
+    ok "redpanda-connect $RPC_VERSION: cached at $RPC_BIN"
+    return
+  fi
+  step "go build redpanda-connect $RPC_VERSION (first time: several minutes)"
+  mkdir -p "$RPC_DIR"
+  # go.sum is committed, so the checksum database is not needed (nor reachable here).
+  (cd "$BENCH_DIR/contenders/redpanda-connect" && with_build_lock env CGO_ENABLED=0 \
+      GOFLAGS="-buildvcs=false -mod=readonly" GONOSUMDB='*' GOSUMDB=off \
+      go build -trimpath -ldflags "-s -w -X main.Version=$RPC_VERSION" -o "$RPC_BIN.tmp" .) \
+    || die "go build of redpanda-connect failed"
+  mv "$RPC_BIN.tmp" "$RPC_BIN"
+  ok "redpanda-connect $RPC_VERSION: $RPC_BIN"
+}
+
+main() {
+  local what=("$@")
+  ((${#what[@]})) || what=(ferry tools redpanda-connect)
+  local w
+  for w in "${what[@]}"; do
+    case "$w" in
+      ferry) build_ferry ;;
+      tools) build_tools ;;
+      redpanda-connect) build_redpanda_connect ;;
+      *) die "unknown build '$w' (ferry, tools, redpanda-connect)" ;;
+    esac
+  done
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
+fi
