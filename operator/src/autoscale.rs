@@ -275,14 +275,8 @@ pub async fn run(
     trigger: UnboundedSender<ObjectRef<Pipeline>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    tokio::select! {
-        ready = store.wait_until_ready() => {
-            if ready.is_err() {
-                return;
-            }
-        }
-        _ = shutdown.changed() => return,
-    }
+    // Stages register themselves from the reconcile, which only sees Pipelines already in
+    // `store`; so pruning by `store` needs no wait for it to fill.
     info!("autoscaler started");
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
