@@ -4,8 +4,8 @@
 # A real single-node Kubernetes cluster made of local processes, for Ferry's e2e
 # tests on a machine without Docker or any container registry.
 #
-#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet
-#     built with `go build` from the pinned module in e2e/local/k8s/go.mod
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+#   kube-proxy built with `go build` from the pinned module in e2e/local/k8s/go.mod
 #   containerd + runc + CNI plugins from Debian, with our own config/state/socket
 #   pod network: Linux bridge ferry0 (10.244.0.1/24), CNI bridge + host-local + portmap
 #   images: OCI layouts written by e2e/local/images.sh and imported with ctr
@@ -57,7 +57,7 @@ K8S_TEST_IMAGE=ferry/testhttp:dev
 K8S_RUNC=/usr/sbin/runc
 K8S_CNI_BIN=/usr/lib/cni
 
-K8S_DAEMONS=(k8s-etcd k8s-apiserver k8s-containerd k8s-controller-manager k8s-scheduler k8s-kubelet)
+K8S_DAEMONS=(k8s-etcd k8s-apiserver k8s-containerd k8s-controller-manager k8s-scheduler k8s-kubelet k8s-proxy)
 
 _k8s_kubectl() { "$K8S_BIN_DIR/kubectl" --kubeconfig "$K8S_KUBECONFIG" "$@"; }
 _k8s_ctr() { ctr --address "$K8S_CONTAINERD_SOCK" --namespace k8s.io "$@"; }
@@ -76,10 +76,19 @@ _k8s_go_build() {
   mkdir -p "$(dirname "$out")"
   step "go build $(basename "$out") ($pkg)"
   t0=$(date +%s)
-  (cd "$K8S_MOD_DIR" && with_build_lock env CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
+  (cd "$K8S_MOD_DIR" && with_build_lock _k8s_timed env CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
       go build -trimpath -ldflags "$ldflags" -o "$out.tmp" "$pkg") || die "go build $pkg failed"
   mv "$out.tmp" "$out"
-  ok "built $(basename "$out") in $(( $(date +%s) - t0 ))s"
+  ok "built $(basename "$out") in $(<"$out.time")s (+$(( $(date +%s) - t0 - $(<"$out.time") ))s waiting for the build lock)"
+  rm -f "$out.time"
+}
+
+# _k8s_timed cmd...: run cmd (under the build lock), write its seconds to $out.time.
+_k8s_timed() {
+  local s0=$SECONDS rc=0
+  "$@" || rc=$?
+  echo $((SECONDS - s0)) >"$out.time"
+  return $rc
 }
 
 k8s_build() {
@@ -88,7 +97,7 @@ k8s_build() {
     ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=34"
     ld+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
   done
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl; do
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy; do
     _k8s_go_build "$K8S_BIN_DIR/$b" "k8s.io/kubernetes/cmd/$b" "$ld"
   done
   # etcd: built from the same module graph, so it is exactly the etcd release
@@ -109,9 +118,11 @@ _k8s_go_install() {
   mkdir -p "$K8S_TOOLS_DIR"
   step "go install $pkg"
   t0=$(date +%s)
-  with_build_lock env CGO_ENABLED=0 GOBIN="$K8S_TOOLS_DIR" GOFLAGS=-buildvcs=false \
+  local out="$K8S_TOOLS_DIR/$name"
+  with_build_lock _k8s_timed env CGO_ENABLED=0 GOBIN="$K8S_TOOLS_DIR" GOFLAGS=-buildvcs=false \
     go install -trimpath -ldflags "$ldflags" "$pkg" || die "go install $pkg failed"
-  ok "built $name in $(( $(date +%s) - t0 ))s"
+  ok "built $name in $(<"$out.time")s (+$(( $(date +%s) - t0 - $(<"$out.time") ))s waiting for the build lock)"
+  rm -f "$out.time"
 }
 
 k8s_build_tools() {
@@ -128,8 +139,8 @@ k8s_build_tools() {
 # ---- network ----------------------------------------------------------------
 
 # Creates the pod bridge and our iptables chains. Idempotent. Pods get no default
-# route (CNI routes only the service CIDR via the bridge), so nothing is routed to
-# outside addresses; the only NAT is the in-cluster API service IP -> apiserver.
+# route (CNI routes only the service CIDR via the bridge), and nothing from the
+# bridge is forwarded to another interface, so nothing reaches outside addresses.
 k8s_network_up() {
   if ! ip link show "$K8S_BRIDGE" >/dev/null 2>&1; then
     ip link add "$K8S_BRIDGE" type bridge || die "cannot create bridge $K8S_BRIDGE"
@@ -138,15 +149,25 @@ k8s_network_up() {
     ip addr add "$K8S_BRIDGE_IP/24" dev "$K8S_BRIDGE" || die "cannot address $K8S_BRIDGE"
   fi
   ip link set "$K8S_BRIDGE" up
-  # br_netfilter makes bridged pod<->pod frames traverse FORWARD: accept them.
+  # Service IPs are on-link on the bridge, so host traffic to one that kube-proxy
+  # does not DNAT stays on the bridge instead of following the default route.
+  ip route replace "$K8S_SERVICE_CIDR" dev "$K8S_BRIDGE" src "$K8S_BRIDGE_IP"
+  # Pods may talk to the host (INPUT) and, for Services, be forwarded back onto
+  # the bridge (kube-proxy DNATs a service IP to a pod IP on the same bridge).
+  # Forwarding is enabled on ferry0 only, and FERRY-FORWARD drops anything
+  # arriving from the bridge that would leave through another interface.
+  sysctl -qw "net.ipv4.conf.$K8S_BRIDGE.forwarding=1"
   iptables -w -N FERRY-FILTER 2>/dev/null || true
   iptables -w -F FERRY-FILTER
   iptables -w -A FERRY-FILTER -i "$K8S_BRIDGE" -j ACCEPT
-  iptables -w -A FERRY-FILTER -o "$K8S_BRIDGE" -j ACCEPT
   iptables -w -C INPUT -j FERRY-FILTER 2>/dev/null || iptables -w -I INPUT 1 -j FERRY-FILTER
-  iptables -w -C FORWARD -j FERRY-FILTER 2>/dev/null || iptables -w -I FORWARD 1 -j FERRY-FILTER
-  # No kube-proxy: the one service pods need (kubernetes.default, for in-cluster
-  # clients) is DNATed to the apiserver on the bridge IP.
+  iptables -w -N FERRY-FORWARD 2>/dev/null || true
+  iptables -w -F FERRY-FORWARD
+  iptables -w -A FERRY-FORWARD -i "$K8S_BRIDGE" -o "$K8S_BRIDGE" -j ACCEPT
+  iptables -w -A FERRY-FORWARD -i "$K8S_BRIDGE" -j DROP
+  iptables -w -C FORWARD -j FERRY-FORWARD 2>/dev/null || iptables -w -I FORWARD 1 -j FERRY-FORWARD
+  # kube-proxy serves Services; this rule keeps the one service in-cluster
+  # clients need (kubernetes.default -> apiserver) working even without it.
   iptables -w -t nat -N FERRY-PREROUTING 2>/dev/null || true
   iptables -w -t nat -F FERRY-PREROUTING
   iptables -w -t nat -A FERRY-PREROUTING -s "$K8S_POD_CIDR" -d "$K8S_API_SERVICE_IP/32" -p tcp --dport 443 \
@@ -158,8 +179,10 @@ k8s_network_up() {
 
 k8s_network_down() {
   iptables -w -D INPUT -j FERRY-FILTER 2>/dev/null || true
-  iptables -w -D FORWARD -j FERRY-FILTER 2>/dev/null || true
+  iptables -w -D FORWARD -j FERRY-FILTER 2>/dev/null || true # (older versions)
   iptables -w -F FERRY-FILTER 2>/dev/null && iptables -w -X FERRY-FILTER 2>/dev/null
+  iptables -w -D FORWARD -j FERRY-FORWARD 2>/dev/null || true
+  iptables -w -F FERRY-FORWARD 2>/dev/null && iptables -w -X FERRY-FORWARD 2>/dev/null
   iptables -w -t nat -D PREROUTING -i "$K8S_BRIDGE" -j FERRY-PREROUTING 2>/dev/null || true
   iptables -w -t nat -F FERRY-PREROUTING 2>/dev/null && iptables -w -t nat -X FERRY-PREROUTING 2>/dev/null
   if ip link show "$K8S_BRIDGE" >/dev/null 2>&1; then
@@ -217,7 +240,7 @@ EOF
 }
 
 _k8s_pki() {
-  [[ -s "$K8S_STATE/kubelet.kubeconfig" ]] && return 0
+  [[ -s "$K8S_STATE/kube-proxy.kubeconfig" ]] && return 0
   step "generating certificates and kubeconfigs in $K8S_PKI"
   mkdir -p "$K8S_PKI" && chmod 700 "$K8S_PKI"
   local d="$K8S_PKI"
@@ -231,6 +254,7 @@ _k8s_pki() {
   _k8s_cert admin "/O=system:masters/CN=ferry-admin" clientAuth
   _k8s_cert controller-manager "/CN=system:kube-controller-manager" clientAuth
   _k8s_cert scheduler "/CN=system:kube-scheduler" clientAuth
+  _k8s_cert kube-proxy "/CN=system:kube-proxy" clientAuth
   _k8s_cert kubelet "/O=system:nodes/CN=system:node:$K8S_NODE_NAME" clientAuth
   _k8s_cert kubelet-serving "/CN=$K8S_NODE_NAME" serverAuth \
     "DNS:$K8S_NODE_NAME,DNS:localhost,IP:127.0.0.1,IP:$K8S_BRIDGE_IP"
@@ -238,6 +262,7 @@ _k8s_pki() {
   openssl pkey -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
   _k8s_kubeconfig "$K8S_STATE/controller-manager.kubeconfig" controller-manager
   _k8s_kubeconfig "$K8S_STATE/scheduler.kubeconfig" scheduler
+  _k8s_kubeconfig "$K8S_STATE/kube-proxy.kubeconfig" kube-proxy
   _k8s_kubeconfig "$K8S_KUBECONFIG" admin
   _k8s_kubeconfig "$K8S_STATE/kubelet.kubeconfig" kubelet
 }
@@ -348,6 +373,20 @@ _k8s_start_kubelet() {
     --hostname-override "$K8S_NODE_NAME" --node-ip "$K8S_BRIDGE_IP" --v=1
 }
 
+# iptables-mode kube-proxy for ClusterIP/NodePort Services. NodePorts only on the
+# bridge IP; it leaves conntrack sysctls alone (0 = don't change).
+_k8s_start_proxy() {
+  daemon_running k8s-proxy && return 0
+  start_daemon k8s-proxy "$FERRY_LOG_DIR/k8s-proxy.log" "$K8S_BIN_DIR/kube-proxy" \
+    --kubeconfig "$K8S_STATE/kube-proxy.kubeconfig" --hostname-override "$K8S_NODE_NAME" \
+    --proxy-mode iptables --cluster-cidr "$K8S_POD_CIDR" \
+    --nodeport-addresses "$K8S_BRIDGE_IP/32" --iptables-localhost-nodeports=false \
+    --healthz-bind-address 127.0.0.1:10256 --metrics-bind-address 127.0.0.1:10249 \
+    --conntrack-max-per-core 0 --conntrack-tcp-timeout-established 0 \
+    --conntrack-tcp-timeout-close-wait 0 --v=1
+}
+_k8s_proxy_healthy() { curl -fsS -m 2 http://127.0.0.1:10256/healthz >/dev/null 2>&1; }
+
 # ---- up / down / status -----------------------------------------------------
 
 _k8s_write_env() {
@@ -378,7 +417,7 @@ k8s_up() {
   phase_start k8s-build
   # nostart: Debian's containerd must not start its own system instance.
   apt_install_nostart containerd runc containernetworking-plugins
-  apt_install openssl iptables iproute2 curl util-linux
+  apt_install openssl iptables iproute2 curl util-linux conntrack
   command -v python3 >/dev/null || apt_install python3
   command -v go >/dev/null || die "go is not installed (needed to build Kubernetes $K8S_VERSION)"
   k8s_build
@@ -399,14 +438,16 @@ k8s_up() {
   _k8s_wait 120 "kube-apiserver /readyz" k8s-apiserver _k8s_api_ready
   ok "kube-apiserver ready after $(( $(date +%s) - t0 ))s"
 
-  step "starting controller-manager, scheduler, kubelet"
+  step "starting controller-manager, scheduler, kubelet, kube-proxy"
   _k8s_start_controller_manager
   _k8s_start_scheduler
   _k8s_start_kubelet
+  _k8s_start_proxy
   _k8s_wait 60 "kube-controller-manager healthz" k8s-controller-manager _k8s_healthz 10257
   _k8s_wait 60 "kube-scheduler healthz" k8s-scheduler _k8s_healthz 10259
   _k8s_wait 60 "kubelet healthz" k8s-kubelet _k8s_kubelet_healthy
   _k8s_wait 120 "node $K8S_NODE_NAME Ready" k8s-kubelet _k8s_node_ready
+  _k8s_wait 60 "kube-proxy healthz" k8s-proxy _k8s_proxy_healthy
   _k8s_wait 60 "default service account" k8s-controller-manager _k8s_sa_ready
   k8s_kubeconform_schemas
   _k8s_write_env
@@ -481,8 +522,9 @@ _k8s_iptables_cleanup() {
 
 k8s_down() {
   phase_start k8s-down
-  step "stopping kubelet"
+  step "stopping kubelet and kube-proxy"
   stop_daemon k8s-kubelet
+  stop_daemon k8s-proxy
   if daemon_running k8s-containerd && [[ -x "$K8S_BIN_DIR/cricleanup" ]]; then
     step "removing pod sandboxes (CNI DEL)"
     "$K8S_BIN_DIR/cricleanup" -endpoint "unix://$K8S_CONTAINERD_SOCK" -timeout 60s rm-all \
@@ -542,7 +584,7 @@ k8s_status() {
 # Deploy the test image, wait until Ready, and check a pod reaches the host
 # through the bridge (apiserver on 10.244.0.1) and via the kubernetes service IP.
 k8s_smoke() {
-  local ns=ferry-smoke ip out
+  local ns=ferry-smoke ip out svc
   _k8s_kubectl create namespace "$ns" --dry-run=client -o yaml | _k8s_kubectl apply -f - >/dev/null
   _k8s_kubectl -n "$ns" apply -f - >/dev/null <<EOF
 apiVersion: apps/v1
@@ -576,13 +618,19 @@ EOF
   ip="$(_k8s_kubectl -n "$ns" get pods -l app=testhttp -o 'jsonpath={.items[0].status.podIP}')"
   curl -fsS -m 10 "http://$ip:8080/probe?addr=$K8S_BRIDGE_IP:$K8S_API_PORT" || die "pod $ip cannot reach $K8S_BRIDGE_IP"
   curl -fsS -m 10 "http://$ip:8080/probe?addr=$K8S_API_SERVICE_IP:443" || die "pod $ip cannot reach the kubernetes service"
+  # A ClusterIP Service (kube-proxy) in front of both replicas, called from a pod.
+  _k8s_kubectl -n "$ns" expose deployment testhttp --port 80 --target-port 8080 >/dev/null
+  svc="$(_k8s_kubectl -n "$ns" get service testhttp -o 'jsonpath={.spec.clusterIP}')"
+  FERRY_WAIT_LOG="$FERRY_LOG_DIR/k8s-proxy.log" wait_for 30 "service $svc:80 reachable from pod $ip" \
+    curl -fsS -m 5 "http://$ip:8080/probe?addr=$svc:80" || die "pod $ip cannot reach service $svc:80"
+  curl -fsS -m 10 "http://$ip:8080/probe?addr=$svc:80"
   # In-cluster client path: service IP + SA token + CA. The default SA may not
   # list pods, so a 403 naming the SA proves TLS and token authentication work.
   out="$(curl -sS -m 10 "http://$ip:8080/k8sapi")"
   [[ "$out" == 403*system:serviceaccount:$ns:default* ]] || die "in-cluster API call from pod $ip failed: $out"
   echo "in-cluster API: ${out:0:120}"
   _k8s_kubectl delete namespace "$ns" --wait=true --timeout=120s >/dev/null
-  ok "smoke test passed (pod $ip Ready, reached $K8S_BRIDGE_IP and $K8S_API_SERVICE_IP)"
+  ok "smoke test passed (pod $ip Ready; reached $K8S_BRIDGE_IP, $K8S_API_SERVICE_IP with its SA token, service $svc)"
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
