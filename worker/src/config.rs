@@ -381,6 +381,9 @@ impl WorkerConfig {
                 "must not embed a password; set redis.password_env instead",
             );
         }
+        if let Some(problem) = redis_url_problem(&self.redis.url) {
+            return invalid("redis.url", problem);
+        }
         match &self.stage {
             StageConfig::Receiver(receiver) => {
                 if receiver.storage.history_depth == 0 {
@@ -403,6 +406,24 @@ impl WorkerConfig {
                             "stage.processor.kind.validate.rules",
                             "must hold at least one rule",
                         );
+                    }
+                    // The rule language lives with the processors (runtime feature); the
+                    // operator's build checks rules at admission instead.
+                    #[cfg(feature = "runtime")]
+                    ProcessorKind::Validate(validate) => {
+                        for (index, rule) in validate.rules.iter().enumerate() {
+                            if let Err(err) = crate::process::rules::parse(&rule.expression) {
+                                return Err(ConfigError::Invalid {
+                                    key: format!(
+                                        "stage.processor.kind.validate.rules[{index}].expression"
+                                    ),
+                                    message: format!(
+                                        "rule `{}` does not parse {err}: {}",
+                                        rule.name, rule.expression
+                                    ),
+                                });
+                            }
+                        }
                     }
                     ProcessorKind::Enrich(enrich) if enrich.reference_key.is_empty() => {
                         return invalid(
@@ -435,6 +456,40 @@ pub fn url_has_password(url: &str) -> bool {
     authority
         .rsplit_once('@')
         .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// What is wrong with the shape of a `redis://` or `rediss://` URL, if anything: it needs
+/// a host, a numeric port when one is given, and a numeric database when one is given.
+/// Checked here so a typo fails at start as a config error, not later as a connect error.
+fn redis_url_problem(url: &str) -> Option<&'static str> {
+    let rest = url
+        .strip_prefix("rediss://")
+        .or_else(|| url.strip_prefix("redis://"))?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host_port)| host_port);
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((host, after)) => (host, after.strip_prefix(':')),
+            None => return Some("has an unclosed `[` in its host"),
+        },
+        None => match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
+    };
+    if host.is_empty() {
+        return Some("has no host; write redis://host:port/db");
+    }
+    if port.is_some_and(|port| !port.parse::<u16>().is_ok_and(|port| port != 0)) {
+        return Some("port must be a number from 1 to 65535");
+    }
+    let database = path.split('?').next().unwrap_or_default();
+    if !database.is_empty() && database.parse::<u32>().is_err() {
+        return Some("database (the path) must be a number, as in redis://host:6379/0");
+    }
+    None
 }
 
 fn apply_override(root: &mut serde_yaml::Value, var: &str, raw: &str) -> Result<(), ConfigError> {
@@ -574,5 +629,29 @@ stage:
             err.contains("redis.url") && !err.contains("hunter2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn checks_the_shape_of_redis_urls() {
+        for good in [
+            "redis://127.0.0.1:16379/0",
+            "redis://host",
+            "rediss://user@host:6380/2",
+            "redis://[::1]:6379/0?protocol=resp3",
+            "redis://host/",
+        ] {
+            assert_eq!(redis_url_problem(good), None, "{good}");
+        }
+        for bad in [
+            "redis://",
+            "redis://:6379/0",
+            "redis://host:port/0",
+            "redis://host:0",
+            "redis://host:99999",
+            "redis://host:6379/zero",
+            "redis://[::1/0",
+        ] {
+            assert!(redis_url_problem(bad).is_some(), "{bad}");
+        }
     }
 }

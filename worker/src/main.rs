@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ferry_worker::config::{RecordFormat, WorkerConfig};
+use ferry_worker::config::{RecordFormat, StageConfig, WorkerConfig};
 use ferry_worker::consume::Shutdown;
 use ferry_worker::consume::receiver::{self, ReceiveOptions};
 use ferry_worker::duration::HumanDuration;
@@ -127,11 +127,25 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load_config(path: &Path) -> Result<WorkerConfig, ExitCode> {
-    WorkerConfig::load(path).map_err(|err| {
+/// Loads the config for `subcommand`, whose stage must be `stage`: any problem is one line
+/// on stderr naming the key, and exit code 2.
+fn load_config(path: &Path, subcommand: &str, stage: &str) -> Result<WorkerConfig, ExitCode> {
+    let config = WorkerConfig::load(path).map_err(|err| {
         eprintln!("ferry-worker: {err}");
         ExitCode::from(2)
-    })
+    })?;
+    let found = match config.stage {
+        StageConfig::Receiver(_) => "receiver",
+        StageConfig::Processor(_) => "processor",
+    };
+    if found != stage {
+        eprintln!(
+            "ferry-worker: config {}: `stage`: `ferry-worker {subcommand}` needs `stage.{stage}`, found `stage.{found}`",
+            path.display()
+        );
+        return Err(ExitCode::from(2));
+    }
+    Ok(config)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -162,7 +176,7 @@ fn run(command: Command) -> Result<(), ExitCode> {
             session_timeout,
             redis_timeout,
         } => {
-            let config = load_config(&config)?;
+            let config = load_config(&config, "receive", "receiver")?;
             let options = ReceiveOptions {
                 drain_timeout: drain_timeout.as_duration(),
                 shutdown_timeout: shutdown_timeout.as_duration(),
@@ -183,7 +197,7 @@ fn run(command: Command) -> Result<(), ExitCode> {
             })
         }
         Command::Process { config } => {
-            let config = load_config(&config)?;
+            let config = load_config(&config, "process", "processor")?;
             runtime()?.block_on(async move {
                 let shutdown = Shutdown::from_signals().map_err(|err| {
                     tracing::error!(%err, "cannot install signal handlers");

@@ -91,6 +91,12 @@ pub struct Rejected {
     pub payload: Option<Vec<u8>>,
 }
 
+/// With `max_age` set, how far ahead of the receiver's clock a record's timestamp may be:
+/// clock skew between sources and workers. A record further ahead is refused as
+/// `future_timestamp`; it would otherwise count as fresh for as long as it likes (a year
+/// ahead passes any `max_age`) and sort above every real record in a `zset`.
+pub const MAX_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
+
 /// Decides per record: store it, or refuse it with a reason.
 #[derive(Debug, Clone)]
 pub struct Validator {
@@ -133,6 +139,15 @@ impl Validator {
                 return reject(
                     RejectReason::TooOld,
                     format!("record is {age_ms} ms old, max_age is {max_age_ms} ms"),
+                );
+            }
+            if age_ms < -MAX_FUTURE_SKEW_MS {
+                return reject(
+                    RejectReason::FutureTimestamp,
+                    format!(
+                        "record is {} ms ahead of the receiver's clock, more than the {MAX_FUTURE_SKEW_MS} ms allowed",
+                        age_ms.saturating_neg()
+                    ),
                 );
             }
         }
@@ -847,6 +862,28 @@ mod tests {
             Some(RejectReason::Truncated)
         );
         assert_eq!(check(None, Some(b"k"), None), Some(RejectReason::Truncated));
+    }
+
+    #[test]
+    fn refuses_timestamps_too_far_ahead_only_with_max_age() {
+        let now = 1_700_000_000_000;
+        let at = |max_age, timestamp_ms| {
+            let bytes = dsdata(timestamp_ms);
+            reason(validator(max_age).check(0, 0, Some(b"k"), Some(&bytes), None, now))
+        };
+        assert_eq!(at(Some(60_000), now + MAX_FUTURE_SKEW_MS), None);
+        assert_eq!(
+            at(Some(60_000), now + MAX_FUTURE_SKEW_MS + 1),
+            Some(RejectReason::FutureTimestamp)
+        );
+        assert_eq!(
+            at(Some(60_000), i64::MAX),
+            Some(RejectReason::FutureTimestamp)
+        );
+        assert_eq!(at(Some(60_000), i64::MIN), Some(RejectReason::TooOld));
+        // Without max_age the receiver does not judge time at all.
+        assert_eq!(at(None, i64::MAX), None);
+        assert_eq!(at(None, i64::MIN), None);
     }
 
     #[test]

@@ -19,6 +19,9 @@ use crate::config::RecordFormat;
 pub const MAX_FLOATS: usize = 4096;
 /// The largest text, in bytes of UTF-8, one record may carry, in every format.
 pub const MAX_TEXT_BYTES: usize = 4096;
+/// The longest source id (Kafka key), in bytes. It becomes part of a Redis key, so a huge
+/// key would be stored, and kept, at that size; no real source id comes near this.
+pub const MAX_KEY_BYTES: usize = 1024;
 
 /// A decoded record, owned. The receiver does not need it (it stores bytes as received);
 /// processors and tests do.
@@ -48,11 +51,13 @@ pub enum RejectReason {
     InvalidKey,
     MissingTimestamp,
     TooOld,
+    KeyTooLong,
+    FutureTimestamp,
 }
 
 impl RejectReason {
     /// Every reason, so metrics can show zeroes for reasons not seen yet.
-    pub const ALL: [RejectReason; 14] = [
+    pub const ALL: [RejectReason; 16] = [
         Self::BadMagic,
         Self::UnsupportedVersion,
         Self::ReservedFlags,
@@ -67,6 +72,8 @@ impl RejectReason {
         Self::InvalidKey,
         Self::MissingTimestamp,
         Self::TooOld,
+        Self::KeyTooLong,
+        Self::FutureTimestamp,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -85,6 +92,8 @@ impl RejectReason {
             Self::InvalidKey => "invalid_key",
             Self::MissingTimestamp => "missing_timestamp",
             Self::TooOld => "too_old",
+            Self::KeyTooLong => "key_too_long",
+            Self::FutureTimestamp => "future_timestamp",
         }
     }
 }
@@ -128,6 +137,8 @@ pub enum DecodeError {
     InvalidKey { valid_up_to: usize },
     #[error("raw record has no Kafka timestamp")]
     MissingTimestamp,
+    #[error("key of {len} bytes, more than the {MAX_KEY_BYTES} allowed")]
+    KeyTooLong { len: usize },
 }
 
 impl DecodeError {
@@ -146,6 +157,7 @@ impl DecodeError {
             Self::MissingKey => RejectReason::MissingKey,
             Self::InvalidKey { .. } => RejectReason::InvalidKey,
             Self::MissingTimestamp => RejectReason::MissingTimestamp,
+            Self::KeyTooLong { .. } => RejectReason::KeyTooLong,
         }
     }
 }
@@ -177,11 +189,15 @@ fn check_encodable(values: &[f64], text: &str) -> Result<(), EncodeError> {
     Ok(())
 }
 
-/// The source id of a record: its Kafka key, which must be present and UTF-8.
+/// The source id of a record: its Kafka key, which must be present, UTF-8 and at most
+/// [`MAX_KEY_BYTES`] long.
 pub fn source_id(key: Option<&[u8]>) -> Result<&str, DecodeError> {
     let key = key.ok_or(DecodeError::MissingKey)?;
     if key.is_empty() {
         return Err(DecodeError::MissingKey);
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(DecodeError::KeyTooLong { len: key.len() });
     }
     std::str::from_utf8(key).map_err(|err| DecodeError::InvalidKey {
         valid_up_to: err.valid_up_to(),
@@ -250,6 +266,15 @@ mod tests {
         assert_eq!(
             source_id(Some(b"ab\xff")).map_err(|e| e.reason()),
             Err(RejectReason::InvalidKey)
+        );
+        let longest = "k".repeat(MAX_KEY_BYTES);
+        assert_eq!(source_id(Some(longest.as_bytes())), Ok(longest.as_str()));
+        let huge = "k".repeat(MAX_KEY_BYTES + 1);
+        assert_eq!(
+            source_id(Some(huge.as_bytes())),
+            Err(DecodeError::KeyTooLong {
+                len: MAX_KEY_BYTES + 1
+            })
         );
     }
 
