@@ -140,7 +140,12 @@ async fn a_spec_change_updates_the_children() {
             .unwrap()["ferry.dev/config-hash"]
             .clone()
     };
-    let before = hash_of(&deployments.get("sensors-receiver").await.unwrap());
+    // The ConfigMap is applied before the Deployments, so wait for the receiver too.
+    let receiver = eventually(WAIT, "the receiver Deployment", || async {
+        deployments.get_opt("sensors-receiver").await.ok()?
+    })
+    .await;
+    let before = hash_of(&receiver);
 
     let patch = json!({"spec": {"receiver": {"storage": {"historyDepth": 250}, "scaling": {"minReplicas": 2}}}});
     pipelines
@@ -180,10 +185,19 @@ async fn removing_a_processor_deletes_its_deployment() {
     })
     .await;
 
-    let mut pipeline = pipelines.get("sensors").await.unwrap();
-    pipeline.spec.processors.retain(|p| p.name != "stats");
+    // A merge patch replaces the whole list, and unlike get-then-replace it cannot
+    // conflict with the operator's concurrent status writes.
+    let remaining = json!({"spec": {"processors": [{
+        "name": "validate",
+        "validate": {"rules": [{"name": "in-range", "expression": "values[0] IN RANGE -10 10 AND text NOT NULL"}]},
+        "deadLetter": {"topic": "sensors-invalid"}
+    }]}});
     pipelines
-        .replace("sensors", &PostParams::default(), &pipeline)
+        .patch(
+            "sensors",
+            &PatchParams::default(),
+            &Patch::Merge(&remaining),
+        )
         .await
         .unwrap();
 
@@ -417,11 +431,13 @@ async fn strimzi_bootstrap_resolves_from_the_kafka_status_and_follows_listener_c
         },
     )
     .await;
-    let status = pipelines.get("sensors").await.unwrap().status.unwrap();
-    assert_eq!(
-        status.bootstrap_servers.as_deref(),
-        Some("my-cluster-kafka-bootstrap.kafka.svc:9092")
-    );
+    // Status is written after the children are applied.
+    eventually(WAIT, "the resolved address in status", || async {
+        let status = pipelines.get("sensors").await.ok()?.status?;
+        (status.bootstrap_servers.as_deref() == Some("my-cluster-kafka-bootstrap.kafka.svc:9092"))
+            .then_some(())
+    })
+    .await;
 
     // A listener change reaches the workers through the Kafka watch, not a resync.
     kafka_api
