@@ -205,6 +205,12 @@ pub enum SinkError {
     },
     #[error("environment variable {var} (redis.password_env) is not set")]
     MissingPassword { var: String },
+    #[error("cannot read {key} {path}: {source}")]
+    ReadTlsFile {
+        key: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot connect to Redis at {url}: {source}")]
     Connect {
         url: String,
@@ -223,12 +229,65 @@ impl SinkError {
     /// A short stable label for metrics.
     pub const fn operation(&self) -> &'static str {
         match self {
-            Self::InvalidUrl { .. } | Self::MissingPassword { .. } => "config",
+            Self::InvalidUrl { .. } | Self::MissingPassword { .. } | Self::ReadTlsFile { .. } => {
+                "config"
+            }
             Self::Connect { .. } => "connect",
             Self::Command { operation, .. } => operation,
             Self::CorruptCheckpoint { .. } => "checkpoint",
         }
     }
+}
+
+/// A Redis client as the config says: the URL, the ACL username, the password from the
+/// environment variable the config names, and for `rediss://` the CA (and client
+/// certificate) files of `redis.tls`. Connects lazily.
+pub fn redis_client(config: &RedisConfig) -> Result<Client, SinkError> {
+    let invalid = |source| SinkError::InvalidUrl {
+        url: config.url.clone(),
+        source,
+    };
+    let mut info =
+        redis::IntoConnectionInfo::into_connection_info(config.url.as_str()).map_err(invalid)?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(username) = &config.username {
+        settings = settings.set_username(username);
+    }
+    if let Some(var) = &config.password_env {
+        let password =
+            std::env::var(var).map_err(|_| SinkError::MissingPassword { var: var.clone() })?;
+        settings = settings.set_password(password);
+    }
+    info = info.set_redis_settings(settings);
+    let Some(tls) = &config.tls else {
+        return Client::open(info).map_err(invalid);
+    };
+    let read = |key: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| SinkError::ReadTlsFile {
+            key,
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let root_cert = match &tls.ca_file {
+        Some(path) => Some(read("redis.tls.ca_file", path)?),
+        None => None,
+    };
+    let client_tls = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("redis.tls.cert_file", cert)?,
+            client_key: read("redis.tls.key_file", key)?,
+        }),
+        _ => None,
+    };
+    Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(invalid)
 }
 
 /// What became of a transaction.
@@ -265,23 +324,7 @@ impl RedisSink {
     /// Builds the client; the password comes from the environment variable the config
     /// names. Connects lazily.
     pub fn new(config: &RedisConfig, response_timeout: Duration) -> Result<Self, SinkError> {
-        let invalid = |source| SinkError::InvalidUrl {
-            url: config.url.clone(),
-            source,
-        };
-        let mut info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str())
-            .map_err(invalid)?;
-        let mut settings = info.redis_settings().clone();
-        if let Some(username) = &config.username {
-            settings = settings.set_username(username);
-        }
-        if let Some(var) = &config.password_env {
-            let password =
-                std::env::var(var).map_err(|_| SinkError::MissingPassword { var: var.clone() })?;
-            settings = settings.set_password(password);
-        }
-        info = info.set_redis_settings(settings);
-        let client = Client::open(info).map_err(invalid)?;
+        let client = redis_client(config)?;
         Ok(Self {
             client,
             url: config.url.clone(),

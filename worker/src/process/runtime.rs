@@ -45,11 +45,6 @@ pub enum ProcessError {
     Kafka(#[from] ConsumeError),
     #[error(transparent)]
     Redis(#[from] SinkError),
-    #[error("invalid redis.url {url:?}: {source}")]
-    RedisUrl {
-        url: String,
-        source: redis::RedisError,
-    },
     #[error("cannot create the Kafka {role}: {source}")]
     CreateKafkaClient {
         role: &'static str,
@@ -898,27 +893,7 @@ fn create_producer(kafka: &KafkaConfig) -> Result<FutureProducer, ProcessError> 
         })
 }
 
-/// A client for reads, with the same credentials the sink uses.
+/// A client for reads, with the same credentials and TLS settings the sink uses.
 fn redis_reader(config: &WorkerConfig) -> Result<redis::Client, ProcessError> {
-    use redis::IntoConnectionInfo;
-    let redis = &config.redis;
-    let url_error = |source| ProcessError::RedisUrl {
-        url: redis.url.clone(),
-        source,
-    };
-    let info = redis
-        .url
-        .as_str()
-        .into_connection_info()
-        .map_err(url_error)?;
-    let mut settings = info.redis_settings().clone();
-    if let Some(username) = &redis.username {
-        settings = settings.set_username(username);
-    }
-    if let Some(var) = &redis.password_env {
-        let password =
-            std::env::var(var).map_err(|_| SinkError::MissingPassword { var: var.clone() })?;
-        settings = settings.set_password(password);
-    }
-    redis::Client::open(info.set_redis_settings(settings)).map_err(url_error)
+    Ok(crate::sink::redis_client(&config.redis)?)
 }
