@@ -1,0 +1,319 @@
+//! Faults around `ferry-worker receive`: SIGKILLed receivers, a Redis outage, a SIGKILLed
+//! Redis with AOF, a Kafka outage and a slow Redis. Each compares Redis with an oracle of
+//! what was produced (every key's newest `historyDepth` values, in order, with the depth at
+//! least the records per key, so any loss or duplicate shows) and reports produced, found,
+//! lost, duplicated and the worker's peak RSS as a row of `make test-faults`' table.
+//!
+//! Redis and Kafka that a test stops are its own (free loopback ports, temp dirs); the shared
+//! stack's Kafka only carries topics with random names. Size: `FERRY_FAULT_RECORDS`
+//! (default small, for `make test`); `make test-faults` runs 1,000,000 for the kills.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod faults_support;
+mod receiver_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use faults_support::*;
+use receiver_support::*;
+
+const PARTITIONS: i32 = 6;
+
+fn spec<'a>(topic: &'a str, redis_url: &'a str, depth: u32) -> ReceiverSpec<'a> {
+    ReceiverSpec {
+        topic,
+        redis_url,
+        format: "dsdata",
+        storage: "list",
+        depth,
+        max_records: 500,
+        extra: "",
+    }
+}
+
+/// Produces in the background; the caller awaits the oracle.
+fn produce_in_background(
+    kafka: &str,
+    topic: &str,
+    keys: usize,
+    count: usize,
+    seconds: f64,
+) -> tokio::task::JoinHandle<Oracle> {
+    let stack = Stack {
+        kafka: kafka.to_owned(),
+        redis: String::new(),
+    };
+    let topic = topic.to_owned();
+    tokio::spawn(
+        async move { produce_paced(&stack, &topic, keys, count, count as f64 / seconds).await },
+    )
+}
+
+async fn create_topic_retrying(stack: &Stack, topic: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = tokio::spawn({
+            let stack = Stack {
+                kafka: stack.kafka.clone(),
+                redis: String::new(),
+            };
+            let topic = topic.to_owned();
+            async move { create_topic(&stack, &topic, PARTITIONS).await }
+        })
+        .await;
+        if attempt.is_ok() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "cannot create {topic}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_receivers_sigkilled_every_5s() {
+    let shared = stack();
+    let redis = PrivateRedis::start(&[]);
+    let count = records(60_000);
+    let (keys, depth) = keys_and_depth(count);
+    let topic = unique("fault-kill");
+    create_topic(&shared, &topic, PARTITIONS).await;
+    let seconds = (count as f64 / 20_000.0).max(20.0);
+    let producing = produce_in_background(&shared.kafka, &topic, keys, count, seconds);
+    let stack = Stack {
+        kafka: shared.kafka.clone(),
+        redis: redis.url.clone(),
+    };
+    let mut spec = spec(&topic, &redis.url, depth);
+    spec.max_records = 300;
+    let mut receiver = Receiver::new(&stack, spec);
+    let mut workers: Vec<Worker> = (0..3).map(|_| receiver.start()).collect();
+    let mut peak = 0;
+    let mut kills = 0;
+    while !producing.is_finished() || kills < 3 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let victim = workers.remove(kills % 3);
+        peak = peak.max(hwm_kb(victim.child.id()));
+        victim.sigkill();
+        kills += 1;
+        workers.insert(kills.wrapping_sub(1) % 3, receiver.start());
+        eprintln!(
+            "kill {kills}: backlog {}",
+            backlog(&receiver, &stack.kafka, PARTITIONS)
+        );
+    }
+    let oracle = producing.await.unwrap();
+    receiver.wait_applied(&oracle.last_offsets, Duration::from_secs(240));
+    for worker in workers {
+        peak = peak.max(hwm_kb(worker.child.id()));
+        assert!(worker.terminate().success());
+    }
+    let tally = tally(&receiver, &oracle, depth as usize);
+    report(
+        "receiver SIGKILL every 5s (3 receivers, 6 partitions)",
+        &tally,
+        peak,
+        &format!("{kills} kills"),
+    );
+    assert_exact("kills", &tally, &receiver.dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_redis_outage_mid_run() {
+    let shared = stack();
+    let mut redis = PrivateRedis::start(&[]);
+    let count = records(60_000);
+    let (keys, depth) = keys_and_depth(count);
+    let topic = unique("fault-redis");
+    create_topic(&shared, &topic, PARTITIONS).await;
+    let producing = produce_in_background(&shared.kafka, &topic, keys, count, 20.0);
+    let stack = Stack {
+        kafka: shared.kafka.clone(),
+        redis: redis.url.clone(),
+    };
+    let mut receiver = Receiver::new(&stack, spec(&topic, &redis.url, depth));
+    let worker = receiver.start();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = backlog(&receiver, &stack.kafka, PARTITIONS);
+    redis.stop();
+    tokio::time::sleep(outage()).await;
+    redis.restart();
+    let after = backlog(&receiver, &stack.kafka, PARTITIONS);
+    eprintln!("backlog before the outage {before}, after {after}");
+    let oracle = producing.await.unwrap();
+    receiver.wait_applied(&oracle.last_offsets, Duration::from_secs(180));
+    let peak = hwm_kb(worker.child.id());
+    assert!(worker.terminate().success());
+    let tally = tally(&receiver, &oracle, depth as usize);
+    report(
+        "Redis stopped (SHUTDOWN SAVE) mid-run, restarted",
+        &tally,
+        peak,
+        &format!("down {}s, backlog {before} -> {after}", outage().as_secs()),
+    );
+    assert_exact("redis outage", &tally, &receiver.dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_redis_with_aof_sigkilled_and_restarted() {
+    let shared = stack();
+    let mut redis = PrivateRedis::start(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let count = records(60_000);
+    let (keys, depth) = keys_and_depth(count);
+    let topic = unique("fault-aof");
+    create_topic(&shared, &topic, PARTITIONS).await;
+    let producing = produce_in_background(&shared.kafka, &topic, keys, count, 15.0);
+    let stack = Stack {
+        kafka: shared.kafka.clone(),
+        redis: redis.url.clone(),
+    };
+    let mut receiver = Receiver::new(&stack, spec(&topic, &redis.url, depth));
+    let worker = receiver.start();
+    let mut kills = 0;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        redis.sigkill();
+        kills += 1;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        redis.restart();
+    }
+    let oracle = producing.await.unwrap();
+    receiver.wait_applied(&oracle.last_offsets, Duration::from_secs(180));
+    let peak = hwm_kb(worker.child.id());
+    assert!(worker.terminate().success());
+    let tally = tally(&receiver, &oracle, depth as usize);
+    report(
+        "Redis (AOF, fsync always) SIGKILLed, restarted same dir",
+        &tally,
+        peak,
+        &format!("{kills} kills, 2s down each"),
+    );
+    assert_exact("redis aof kill", &tally, &receiver.dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_kafka_outage_mid_run() {
+    let mut kafka = tokio::task::spawn_blocking(PrivateKafka::start)
+        .await
+        .unwrap();
+    let redis = PrivateRedis::start(&[]);
+    let stack = Stack {
+        kafka: kafka.bootstrap.clone(),
+        redis: redis.url.clone(),
+    };
+    let count = records(60_000);
+    let (keys, depth) = keys_and_depth(count);
+    let topic = unique("fault-kafka");
+    create_topic_retrying(&stack, &topic).await;
+    let producing = produce_in_background(&stack.kafka, &topic, keys, count, 20.0);
+    let mut receiver = Receiver::new(&stack, spec(&topic, &redis.url, depth));
+    let worker = receiver.start();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = backlog(&receiver, &stack.kafka, PARTITIONS);
+    kafka = tokio::task::spawn_blocking(move || {
+        kafka.stop();
+        std::thread::sleep(outage());
+        kafka.restart();
+        kafka
+    })
+    .await
+    .unwrap();
+    let oracle = producing.await.unwrap();
+    receiver.wait_applied(&oracle.last_offsets, Duration::from_secs(180));
+    let peak = hwm_kb(worker.child.id());
+    assert!(worker.terminate().success());
+    let tally = tally(&receiver, &oracle, depth as usize);
+    report(
+        "Kafka (private KRaft broker) stopped mid-run, restarted",
+        &tally,
+        peak,
+        &format!("down {}s, backlog at stop {before}", outage().as_secs()),
+    );
+    assert_exact("kafka outage", &tally, &receiver.dir);
+    drop(kafka);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_slow_redis_keeps_memory_bounded() {
+    let shared = stack();
+    let redis = PrivateRedis::start(&["--enable-debug-command", "yes"]);
+    let count = records(60_000);
+    let (keys, depth) = keys_and_depth(count);
+    let topic = unique("fault-slow");
+    create_topic(&shared, &topic, PARTITIONS).await;
+    let stack = Stack {
+        kafka: shared.kafka.clone(),
+        redis: redis.url.clone(),
+    };
+    let mut receiver = Receiver::new(&stack, spec(&topic, &redis.url, depth));
+    let worker = receiver.start();
+    let pid = worker.child.id();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let baseline = rss_kb(pid);
+    let producing = produce_in_background(&shared.kafka, &topic, keys, count, 20.0);
+    // 20 s of DEBUG SLEEP 0.5 back to back: Redis answers about nothing.
+    let slow = Arc::new(AtomicBool::new(true));
+    let sleeper = {
+        let slow = slow.clone();
+        let url = redis.url.clone();
+        std::thread::spawn(move || {
+            let mut conn = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let mut sleeps = 0;
+            while slow.load(Ordering::Relaxed) {
+                redis::cmd("DEBUG")
+                    .arg("SLEEP")
+                    .arg("0.5")
+                    .query::<()>(&mut conn)
+                    .expect("DEBUG SLEEP");
+                sleeps += 1;
+            }
+            sleeps
+        })
+    };
+    let started = Instant::now();
+    let mut peak_rss = 0;
+    let first_backlog = backlog(&receiver, &stack.kafka, PARTITIONS);
+    let mut last_backlog = first_backlog;
+    while started.elapsed() < Duration::from_secs(20) {
+        peak_rss = peak_rss.max(rss_kb(pid));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The backlog as the sleeps end: reading the checkpoints waits for one sleep.
+    slow.store(false, Ordering::Relaxed);
+    let sleeps = sleeper.join().unwrap();
+    last_backlog = last_backlog.max(backlog(&receiver, &stack.kafka, PARTITIONS));
+    let oracle = producing.await.unwrap();
+    receiver.wait_applied(&oracle.last_offsets, Duration::from_secs(180));
+    peak_rss = peak_rss.max(rss_kb(pid));
+    let peak = hwm_kb(pid);
+    assert!(worker.terminate().success());
+    let tally = tally(&receiver, &oracle, depth as usize);
+    let note = format!(
+        "{sleeps} x DEBUG SLEEP 0.5; backlog {first_backlog} -> {last_backlog}; VmRSS {} MiB idle, {} MiB peak while slow",
+        baseline / 1024,
+        peak_rss / 1024
+    );
+    report(
+        "slow Redis (DEBUG SLEEP 0.5 loop, 20s)",
+        &tally,
+        peak,
+        &note,
+    );
+    assert!(
+        last_backlog > first_backlog,
+        "the backlog did not grow while Redis was slow: {note}"
+    );
+    let limit_mb = std::env::var("FERRY_FAULT_RSS_LIMIT_MB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(256);
+    assert!(
+        peak_rss / 1024 < limit_mb,
+        "worker memory not bounded while Redis was slow: {note}"
+    );
+    assert_exact("slow redis", &tally, &receiver.dir);
+}

@@ -1,0 +1,535 @@
+//! Plumbing of the fault tests: private Redis and Kafka servers on free loopback ports (the
+//! shared stack is never stopped), a paced producer that remembers what it sent, the
+//! oracle comparison (produced, found, lost, duplicated) and the report rows that
+//! `e2e/faults.sh` prints as one table.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{FutureRecord, Producer};
+
+use crate::receiver_support::{Oracle, Receiver, Stack, now_ms, producer, unique, value};
+
+/// Records per fault run: `FERRY_FAULT_RECORDS`, small by default so `make test` stays short.
+pub fn records(default: usize) -> usize {
+    std::env::var("FERRY_FAULT_RECORDS")
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// Keys and history depth for `records`: depth ≥ records per key, so a lost or duplicated
+/// record always shows in the lists.
+pub fn keys_and_depth(records: usize) -> (usize, u32) {
+    let keys = (records / 500).clamp(20, 1000);
+    (keys, u32::try_from(records.div_ceil(keys)).unwrap())
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Peak resident set (VmHWM) of a live process, in KiB.
+pub fn hwm_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmHWM:").unwrap_or(0)
+}
+
+/// Current resident set (VmRSS) of a live process, in KiB.
+pub fn rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS:").unwrap_or(0)
+}
+
+// ---------------------------------------------------------------- private Redis
+
+/// A redis-server of this test only, on a free loopback port, killed and removed on drop.
+pub struct PrivateRedis {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub url: String,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    /// `extra` e.g. `["--appendonly", "yes", "--appendfsync", "always"]`.
+    pub fn start(extra: &[&str]) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("ferry-fault-redis"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut redis = Self {
+            url: format!("redis://127.0.0.1:{port}/0"),
+            port,
+            dir,
+            args,
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// Starts the server again on the same port and dir (after `stop` or `sigkill`).
+    pub fn restart(&mut self) {
+        let log = std::fs::File::create(self.dir.join("redis.log")).unwrap();
+        let child = Command::new("redis-server")
+            .args(&self.args)
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(log)
+            .spawn()
+            .expect("redis-server on PATH");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut conn) = redis::Client::open(self.url.as_str())
+                .unwrap()
+                .get_connection()
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "private redis did not start: {}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// `SHUTDOWN SAVE`: the data goes to disk and comes back on `restart`.
+    pub fn stop(&mut self) {
+        let _ = redis::cmd("SHUTDOWN")
+            .arg("SAVE")
+            .query::<()>(&mut self.connection());
+        if let Some(mut child) = self.child.take() {
+            child.wait().unwrap();
+        }
+        assert!(
+            redis::Client::open(self.url.as_str())
+                .unwrap()
+                .get_connection()
+                .is_err(),
+            "redis is down"
+        );
+    }
+
+    pub fn sigkill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.sigkill();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- private Kafka
+
+/// The cached Kafka jars `e2e/local/kafka.sh` installed.
+fn kafka_libs() -> PathBuf {
+    let cache = std::env::var("FERRY_CACHE").map_or_else(
+        |_| Path::new(&std::env::var("HOME").unwrap()).join(".cache/ferry"),
+        PathBuf::from,
+    );
+    let version = std::env::var("KAFKA_VERSION").unwrap_or_else(|_| "4.3.1".to_owned());
+    let libs = cache.join(format!("kafka-{version}/libs"));
+    assert!(
+        libs.is_dir(),
+        "{} is missing: `bash e2e/local/stack.sh up kafka` installs the jars",
+        libs.display()
+    );
+    libs
+}
+
+/// A single KRaft broker+controller of this test only, on free loopback ports, with its own
+/// log dir in a temp folder; killed and removed on drop.
+pub struct PrivateKafka {
+    pub bootstrap: String,
+    pub dir: PathBuf,
+    props: PathBuf,
+    log4j: PathBuf,
+    child: Option<Child>,
+    starts: usize,
+}
+
+impl PrivateKafka {
+    pub fn start() -> Self {
+        let port = free_port();
+        let controller = free_port();
+        let dir = std::env::temp_dir().join(unique("ferry-fault-kafka"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let props = dir.join("server.properties");
+        std::fs::write(
+            &props,
+            format!(
+                "process.roles=broker,controller\nnode.id=1\n\
+                 controller.quorum.bootstrap.servers=127.0.0.1:{controller}\n\
+                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
+                 inter.broker.listener.name=PLAINTEXT\ncontroller.listener.names=CONTROLLER\n\
+                 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n\
+                 log.dirs={data}\nnum.partitions=6\ndefault.replication.factor=1\n\
+                 min.insync.replicas=1\noffsets.topic.replication.factor=1\n\
+                 offsets.topic.num.partitions=3\ntransaction.state.log.replication.factor=1\n\
+                 transaction.state.log.min.isr=1\ntransaction.state.log.num.partitions=3\n\
+                 share.coordinator.state.topic.replication.factor=1\n\
+                 share.coordinator.state.topic.min.isr=1\ngroup.initial.rebalance.delay.ms=0\n\
+                 num.network.threads=2\nnum.io.threads=2\n",
+                data = dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let log4j = dir.join("log4j2.properties");
+        std::fs::write(
+            &log4j,
+            "status = warn\nappender.out.type = Console\nappender.out.name = OUT\n\
+             appender.out.layout.type = PatternLayout\n\
+             appender.out.layout.pattern = [%d] %p %m (%c)%n\n\
+             rootLogger.level = warn\nrootLogger.appenderRef.out.ref = OUT\n",
+        )
+        .unwrap();
+        let libs = kafka_libs();
+        let format = Command::new("java")
+            .args(["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
+            .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
+            .arg("-cp")
+            .arg(format!("{}/*", libs.display()))
+            .args([
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "--cluster-id",
+                "MkU3OEVBNTcwNTJENDM2Qk",
+                "--config",
+            ])
+            .arg(&props)
+            .output()
+            .expect("java on PATH");
+        assert!(
+            format.status.success(),
+            "kafka-storage format failed: {}",
+            String::from_utf8_lossy(&format.stderr)
+        );
+        let mut kafka = Self {
+            bootstrap: format!("127.0.0.1:{port}"),
+            dir,
+            props,
+            log4j,
+            child: None,
+            starts: 0,
+        };
+        kafka.restart();
+        kafka
+    }
+
+    /// Starts the broker on the same ports and log dir; waits for its port.
+    pub fn restart(&mut self) {
+        self.starts += 1;
+        let log =
+            std::fs::File::create(self.dir.join(format!("kafka-{}.log", self.starts))).unwrap();
+        let child = Command::new("java")
+            .args([
+                "-Xms128m",
+                "-Xmx512m",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+            ])
+            .arg(format!(
+                "-Dlog4j2.configurationFile={}",
+                self.log4j.display()
+            ))
+            .arg(format!("-Dkafka.logs.dir={}", self.dir.display()))
+            .arg("-cp")
+            .arg(format!("{}/*", kafka_libs().display()))
+            .arg("kafka.Kafka")
+            .arg(&self.props)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("java on PATH");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while std::net::TcpStream::connect(&self.bootstrap).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "private kafka did not open {}: {}",
+                self.bootstrap,
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM (a clean broker shutdown), then waits for the process to end.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        assert!(
+            std::net::TcpStream::connect(&self.bootstrap).is_err(),
+            "kafka is down"
+        );
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- producing
+
+/// Produces `count` records round robin over `keys` keys at about `rate` a second,
+/// remembering them all. Retries through a full queue or a broker that is down.
+pub async fn produce_paced(
+    stack: &Stack,
+    topic: &str,
+    keys: usize,
+    count: usize,
+    rate: f64,
+) -> Oracle {
+    let producer = producer(stack);
+    let mut oracle = Oracle::default();
+    let mut pending = Vec::with_capacity(count);
+    let ts = now_ms();
+    let started = Instant::now();
+    for sequence in 0..count {
+        if sequence % 100 == 0 && rate > 0.0 {
+            let due = Duration::from_secs_f64(sequence as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let key = format!("src-{:04}", sequence % keys);
+        let payload = value(&key, sequence, ts);
+        oracle
+            .per_key
+            .entry(key.clone())
+            .or_default()
+            .push(payload.clone());
+        let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err((_, returned)) => {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(240)).unwrap();
+    for delivery in pending {
+        let delivered = delivery.await.unwrap().expect("delivered");
+        let last = oracle.last_offsets.entry(delivered.partition).or_insert(-1);
+        *last = (*last).max(delivered.offset);
+    }
+    oracle
+}
+
+// ---------------------------------------------------------------- the oracle
+
+/// What Redis holds against what was produced.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub produced: usize,
+    pub found: usize,
+    pub lost: usize,
+    pub duplicated: usize,
+    /// Keys whose list is not exactly the newest `depth` values, newest first.
+    pub wrong_keys: usize,
+}
+
+/// Compares every key's list with its newest `depth` values, newest first.
+pub fn tally(receiver: &Receiver, oracle: &Oracle, depth: usize) -> Tally {
+    let mut conn = receiver.redis();
+    let keys: Vec<&String> = oracle.per_key.keys().collect();
+    let mut stored: Vec<Vec<Vec<u8>>> = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(100) {
+        let mut pipe = redis::pipe();
+        for key in chunk {
+            pipe.cmd("LRANGE")
+                .arg(format!("{}:list:{key}", receiver.prefix))
+                .arg(0)
+                .arg(-1);
+        }
+        let lists: Vec<Vec<Vec<u8>>> = pipe.query(&mut conn).unwrap();
+        stored.extend(lists);
+    }
+    let mut tally = Tally::default();
+    for (key, list) in keys.iter().zip(&stored) {
+        let sent = &oracle.per_key[*key];
+        tally.produced += sent.len();
+        let expected: Vec<&Vec<u8>> = sent.iter().rev().take(depth).collect();
+        let wanted: HashSet<&Vec<u8>> = expected.iter().copied().collect();
+        let mut counts: HashMap<&Vec<u8>, usize> = HashMap::new();
+        for value in list {
+            *counts.entry(value).or_default() += 1;
+        }
+        for value in &expected {
+            if counts.contains_key(value) {
+                tally.found += 1;
+            } else {
+                tally.lost += 1;
+            }
+        }
+        // Extra copies, and values that are not among the newest `depth` (pushed in twice
+        // after being trimmed, or not produced at all).
+        tally.duplicated += counts
+            .iter()
+            .map(|(v, n)| if wanted.contains(v) { n - 1 } else { *n })
+            .sum::<usize>();
+        let in_order =
+            list.len() == expected.len() && list.iter().zip(&expected).all(|(a, b)| a == *b);
+        if !in_order {
+            tally.wrong_keys += 1;
+        }
+    }
+    // Found counts only the history kept; records older than `depth` are not "found".
+    tally
+}
+
+/// Appends one row to the report `e2e/faults.sh` prints (`FERRY_FAULT_REPORT`, default
+/// `target/fault-report.tsv`) and prints it.
+pub fn report(fault: &str, tally: &Tally, peak_rss_kb: u64, note: &str) {
+    let row = format!(
+        "{fault}\t{}\t{}\t{}\t{}\t{}\t{:.1}\t{note}",
+        tally.produced,
+        tally.found,
+        tally.lost,
+        tally.duplicated,
+        tally.wrong_keys,
+        peak_rss_kb as f64 / 1024.0
+    );
+    println!("FAULT ROW: {row}");
+    let path = std::env::var("FERRY_FAULT_REPORT").map_or_else(
+        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fault-report.tsv"),
+        PathBuf::from,
+    );
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(file, "{row}");
+    }
+}
+
+/// Fails the test unless nothing was lost or duplicated and every list is in order.
+pub fn assert_exact(fault: &str, tally: &Tally, logs: &Path) {
+    assert!(
+        tally.lost == 0 && tally.duplicated == 0 && tally.wrong_keys == 0,
+        "{fault}: {tally:?}; logs in {}",
+        logs.display()
+    );
+}
+
+/// Sum of the checkpoints against the last offsets: records still to apply.
+pub fn lag(receiver: &Receiver, last_offsets: &std::collections::BTreeMap<i32, i64>) -> i64 {
+    let partitions: Vec<i32> = last_offsets.keys().copied().collect();
+    receiver
+        .checkpoints(&partitions)
+        .iter()
+        .zip(&partitions)
+        .map(|(c, p)| last_offsets[p] - c.unwrap_or(-1))
+        .sum()
+}
+
+/// The high watermark of each partition: where producing has got to.
+pub fn end_offsets(kafka: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map_or(0, |(_, high)| high)
+        })
+        .collect()
+}
+
+/// Records in Kafka the receiver has not applied yet (from its checkpoints in Redis).
+pub fn backlog(receiver: &Receiver, kafka: &str, partitions: i32) -> i64 {
+    let ends = end_offsets(kafka, &receiver.topic, partitions);
+    let ids: Vec<i32> = (0..partitions).collect();
+    let checkpoints = receiver.checkpoints(&ids);
+    ends.iter()
+        .zip(&checkpoints)
+        .map(|(end, c)| (end - 1 - c.unwrap_or(-1)).max(0))
+        .sum()
+}
+
+/// `FERRY_FAULT_OUTAGE_SECS`, 30 by default: how long Redis or Kafka stays down.
+pub fn outage() -> Duration {
+    Duration::from_secs(
+        std::env::var("FERRY_FAULT_OUTAGE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30),
+    )
+}
