@@ -105,6 +105,24 @@ mod tests {
         assert_eq!(reason(&long), RejectReason::TextTooLong);
     }
 
+    /// Found by the json fuzz target: without serde_json's `float_roundtrip`, `2.3e55`
+    /// parsed one ULP away from the nearest f64, so a decoded value differed from the one
+    /// the source sent and re-encoding it printed `2.3000000000000001e55`.
+    #[test]
+    fn floats_parse_to_the_nearest_f64_and_round_trip() {
+        let bytes = br#"{"ts": 170000, "values": [1, 2.3e55, 0.1, 5e-324, 1.7976931348623157e308], "text": "a\"b"}"#;
+        let record = decode(bytes).unwrap();
+        for (value, text) in
+            record
+                .values
+                .iter()
+                .zip(["1", "2.3e55", "0.1", "5e-324", "1.7976931348623157e308"])
+        {
+            assert_eq!(*value, text.parse::<f64>().unwrap(), "{text}");
+        }
+        assert_eq!(decode(&encode(&record).unwrap()).unwrap(), record);
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic() {
         let mut state = 0x2545_f491_4f6c_dd1du64;
