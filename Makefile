@@ -94,3 +94,14 @@ chart-install-test: ## A real helm install/uninstall into the local cluster
 .PHONY: bench-receiver
 bench-receiver: ## One receiver over 1,000,000 dsdata records, beside redis-benchmark and a bare consume
 	bash worker/benches/receiver.sh
+	bash bench/operator.sh
+
+# ---- faults and scaling -----------------------------------------------------------
+
+.PHONY: test-faults
+test-faults: ## Fault suite at full size (kills, Redis/Kafka outages, rebalances, operator kill, slow Redis, no flapping): one table
+	bash e2e/faults.sh
+
+.PHONY: bench-scaling
+bench-scaling: ## Autoscaler reaction: lag over threshold -> spec.replicas -> pods Ready, median of 5, beside KEDA's defaults
+	bash bench/scaling/run.sh
