@@ -94,7 +94,6 @@ chart-install-test: ## A real helm install/uninstall into the local cluster
 .PHONY: bench-receiver
 bench-receiver: ## One receiver over 1,000,000 dsdata records, beside redis-benchmark and a bare consume
 	bash worker/benches/receiver.sh
-	bash bench/operator.sh
 
 # ---- faults and scaling -----------------------------------------------------------
 
