@@ -22,7 +22,7 @@ use crate::support::{self, StackEnv, TestNamespace, eventually, install_crds, ra
 
 const PARTITIONS: i32 = 6;
 const THRESHOLD: i64 = 5_000;
-const BURST: usize = 60_000;
+const BURST: usize = 200_000;
 
 fn committed_lag(consumer: &BaseConsumer, topic: &str) -> Option<i64> {
     let mut tpl = TopicPartitionList::new();
