@@ -177,7 +177,16 @@ spec:
             .lock()
             .unwrap()
             .expect("the lag never crossed lagThreshold");
-        let (changed, spec) = changed.expect("spec.replicas never changed");
+        let Some((changed, spec)) = changed else {
+            let status = pipelines.get("bench").await.ok().and_then(|p| p.status);
+            println!(
+                "run {}: lag crossed {THRESHOLD} but spec.replicas never changed in 90 s; now lag {:?}, status {status:?}",
+                run + 1,
+                committed_lag(&consumer, &topic)
+            );
+            rows.push(format!("{}	-	no scale	no scale", run + 1));
+            continue;
+        };
         let ready = ready.expect("the new pods never became Ready");
         let a = changed.saturating_duration_since(crossed).as_secs_f64();
         let b = ready.saturating_duration_since(crossed).as_secs_f64();
