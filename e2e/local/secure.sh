@@ -12,6 +12,7 @@
 #   SECURE_REDIS_DEFAULT_PASSWORD   `requirepass` (the default user)
 #   SECURE_REDIS_USER / SECURE_REDIS_USER_PASSWORD   an ACL user with every permission
 #   SECURE_KAFKA_SASL_SSL           host:port of the SASL_SSL listener (SCRAM-SHA-512)
+#   SECURE_KAFKA_SSL                host:port of an SSL listener (TLS, no SASL)
 #   SECURE_KAFKA_PLAINTEXT          host:port of a PLAINTEXT listener, for test setup only
 #   SECURE_KAFKA_USER / SECURE_KAFKA_PASSWORD        the SCRAM-SHA-512 user
 #
@@ -19,7 +20,7 @@
 # ${FERRY_CACHE:-$HOME/.cache/ferry}/kafka-4.3.1/libs (e2e/local/stack.sh up kafka).
 set -euo pipefail
 
-FERRY_LOG_TAG=secure
+export FERRY_LOG_TAG=secure
 # shellcheck source=e2e/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -85,11 +86,11 @@ start_kafka() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$SECURE_KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$SECURE_KAFKA_PLAIN_PORT,SASL_SSL://127.0.0.1:$SECURE_KAFKA_SASL_PORT,CONTROLLER://127.0.0.1:$SECURE_KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$SECURE_KAFKA_PLAIN_PORT,SASL_SSL://127.0.0.1:$SECURE_KAFKA_SASL_PORT,CONTROLLER://127.0.0.1:$SECURE_KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$SECURE_KAFKA_PLAIN_PORT,SASL_SSL://127.0.0.1:$SECURE_KAFKA_SASL_PORT,SSL://127.0.0.1:$SECURE_KAFKA_SSL_PORT,CONTROLLER://127.0.0.1:$SECURE_KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$SECURE_KAFKA_PLAIN_PORT,SASL_SSL://127.0.0.1:$SECURE_KAFKA_SASL_PORT,SSL://127.0.0.1:$SECURE_KAFKA_SSL_PORT,CONTROLLER://127.0.0.1:$SECURE_KAFKA_CONTROLLER_PORT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
 sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 ssl.keystore.type=PEM
@@ -149,6 +150,7 @@ up() {
   SECURE_REDIS_PLAIN_PORT="$(free_port)"
   SECURE_KAFKA_PLAIN_PORT="$(free_port)"
   SECURE_KAFKA_SASL_PORT="$(free_port)"
+  SECURE_KAFKA_SSL_PORT="$(free_port)"
   SECURE_KAFKA_CONTROLLER_PORT="$(free_port)"
   SECURE_REDIS_DEFAULT_PASSWORD="$(secret)"
   SECURE_REDIS_USER=ferry
@@ -160,7 +162,7 @@ up() {
   make_certs "$dir"
   step "redis-server: TLS on $SECURE_REDIS_TLS_PORT, AUTH on $SECURE_REDIS_PLAIN_PORT"
   start_redis "$dir"
-  step "kafka: SASL_SSL on $SECURE_KAFKA_SASL_PORT, PLAINTEXT on $SECURE_KAFKA_PLAIN_PORT"
+  step "kafka: SASL_SSL on $SECURE_KAFKA_SASL_PORT, SSL on $SECURE_KAFKA_SSL_PORT, PLAINTEXT on $SECURE_KAFKA_PLAIN_PORT"
   start_kafka "$dir"
 
   local env="$dir/env"
@@ -174,6 +176,7 @@ SECURE_REDIS_DEFAULT_PASSWORD=$SECURE_REDIS_DEFAULT_PASSWORD
 SECURE_REDIS_USER=$SECURE_REDIS_USER
 SECURE_REDIS_USER_PASSWORD=$SECURE_REDIS_USER_PASSWORD
 SECURE_KAFKA_SASL_SSL=127.0.0.1:$SECURE_KAFKA_SASL_PORT
+SECURE_KAFKA_SSL=127.0.0.1:$SECURE_KAFKA_SSL_PORT
 SECURE_KAFKA_PLAINTEXT=127.0.0.1:$SECURE_KAFKA_PLAIN_PORT
 SECURE_KAFKA_USER=$SECURE_KAFKA_USER
 SECURE_KAFKA_PASSWORD=$SECURE_KAFKA_PASSWORD

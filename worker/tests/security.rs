@@ -1,7 +1,7 @@
 //! Secure connections, for real: `ferry-worker receive` against a Redis that wants TLS and
 //! AUTH (an ACL user, and the default user's `requirepass`) and a Kafka broker that wants
-//! SASL_SSL with SCRAM-SHA-512, both started by `e2e/local/secure.sh` on loopback and free
-//! ports, with certificates from a throwaway CA.
+//! SASL_SSL with SCRAM-SHA-512 (or TLS alone, on a second listener), both started by
+//! `e2e/local/secure.sh` on loopback and free ports, with certificates from a throwaway CA.
 //!
 //! Records must land when everything is right, must not land when a password is wrong or
 //! the CA is missing (verification is on), and no password, right or wrong, may appear in
@@ -107,11 +107,23 @@ impl Drop for SecureServers {
 /// How one worker connects.
 struct Connection<'a> {
     name: &'a str,
+    kafka: Kafka,
     redis_url: String,
     redis_username: Option<&'a str>,
     redis_ca: bool,
     redis_password: String,
     kafka_password: String,
+}
+
+/// Which Kafka listener a worker uses, and how.
+#[derive(Clone, Copy)]
+enum Kafka {
+    /// SASL_SSL, SCRAM-SHA-512, with the CA file.
+    SaslSsl,
+    /// SSL without SASL, with the CA file.
+    Ssl,
+    /// SSL without SASL and without a CA file: the broker's certificate is untrusted.
+    SslWithoutCa,
 }
 
 struct Run {
@@ -159,18 +171,27 @@ fn start_worker(servers: &SecureServers, topic: &str, connection: &Connection<'_
     } else {
         String::new()
     };
+    let kafka_security = match connection.kafka {
+        Kafka::SaslSsl => format!(
+            "  tls: {{ca_file: \"{ca}\"}}\n  sasl: {{mechanism: SCRAM-SHA-512, username: {}, password_env: {KAFKA_SASL_PASSWORD_ENV}}}\n",
+            servers.get("SECURE_KAFKA_USER")
+        ),
+        Kafka::Ssl => format!("  tls: {{ca_file: \"{ca}\"}}\n"),
+        Kafka::SslWithoutCa => "  tls: {}\n".to_owned(),
+    };
+    let kafka = match connection.kafka {
+        Kafka::SaslSsl => servers.get("SECURE_KAFKA_SASL_SSL"),
+        Kafka::Ssl | Kafka::SslWithoutCa => servers.get("SECURE_KAFKA_SSL"),
+    };
     let config = format!(
         "pipeline: secure\n\
-         kafka:\n  bootstrap_servers: \"{kafka}\"\n  topic: {topic}\n  consumer_group: {group}\n  \
-         tls: {{ca_file: \"{ca}\"}}\n  \
-         sasl: {{mechanism: SCRAM-SHA-512, username: {kafka_user}, password_env: {KAFKA_SASL_PASSWORD_ENV}}}\n\
+         kafka:\n  bootstrap_servers: \"{kafka}\"\n  topic: {topic}\n  consumer_group: {group}\n\
+         {kafka_security}\
          redis:\n  url: \"{url}\"\n{username}  password_env: {REDIS_PASSWORD_ENV}\n{redis_tls}  key_prefix: {prefix}\n\
          format: dsdata\n\
          http: {{listen: '127.0.0.1:0'}}\n\
          stage:\n  receiver:\n    storage: {{type: list, history_depth: 1000}}\n    max_age: 1h\n    \
          dead_letter: {{topic: {topic}-dlq}}\n    batch: {{max_records: 100, max_wait: 20ms}}\n",
-        kafka = servers.get("SECURE_KAFKA_SASL_SSL"),
-        kafka_user = servers.get("SECURE_KAFKA_USER"),
         url = connection.redis_url,
     );
     let config_path = dir.join("config.yaml");
@@ -319,6 +340,7 @@ async fn tls_auth_acl_and_sasl_scram_work_and_wrong_credentials_do_not() {
         // rediss:// + ACL user + CA file, Kafka SASL_SSL SCRAM-SHA-512 + CA file.
         Connection {
             name: "tls-acl-user",
+            kafka: Kafka::SaslSsl,
             redis_url: format!("rediss://127.0.0.1:{tls_port}/0"),
             redis_username: Some(servers.get("SECURE_REDIS_USER")),
             redis_ca: true,
@@ -328,6 +350,7 @@ async fn tls_auth_acl_and_sasl_scram_work_and_wrong_credentials_do_not() {
         // rediss:// with `localhost`: the certificate's DNS name is checked too.
         Connection {
             name: "tls-default-user-by-name",
+            kafka: Kafka::SaslSsl,
             redis_url: format!("rediss://localhost:{tls_port}/0"),
             redis_username: None,
             redis_ca: true,
@@ -337,16 +360,28 @@ async fn tls_auth_acl_and_sasl_scram_work_and_wrong_credentials_do_not() {
         // Plain AUTH (requirepass), no TLS to Redis.
         Connection {
             name: "auth-only",
+            kafka: Kafka::SaslSsl,
             redis_url: format!("redis://127.0.0.1:{plain_port}/0"),
             redis_username: None,
             redis_ca: false,
             redis_password: default_password.clone(),
             kafka_password: kafka_password.clone(),
         },
+        // Kafka over TLS without SASL.
+        Connection {
+            name: "kafka-ssl-only",
+            kafka: Kafka::Ssl,
+            redis_url: format!("rediss://127.0.0.1:{tls_port}/0"),
+            redis_username: Some(servers.get("SECURE_REDIS_USER")),
+            redis_ca: true,
+            redis_password: user_password.clone(),
+            kafka_password: String::new(),
+        },
     ];
     let bad = [
         Connection {
             name: "wrong-redis-password",
+            kafka: Kafka::SaslSsl,
             redis_url: format!("rediss://127.0.0.1:{tls_port}/0"),
             redis_username: Some(servers.get("SECURE_REDIS_USER")),
             redis_ca: true,
@@ -355,6 +390,7 @@ async fn tls_auth_acl_and_sasl_scram_work_and_wrong_credentials_do_not() {
         },
         Connection {
             name: "wrong-kafka-password",
+            kafka: Kafka::SaslSsl,
             redis_url: format!("rediss://127.0.0.1:{tls_port}/0"),
             redis_username: Some(servers.get("SECURE_REDIS_USER")),
             redis_ca: true,
@@ -364,11 +400,22 @@ async fn tls_auth_acl_and_sasl_scram_work_and_wrong_credentials_do_not() {
         // The server's certificate is from a CA the system does not trust.
         Connection {
             name: "redis-tls-without-ca",
+            kafka: Kafka::SaslSsl,
             redis_url: format!("rediss://127.0.0.1:{tls_port}/0"),
             redis_username: Some(servers.get("SECURE_REDIS_USER")),
             redis_ca: false,
             redis_password: user_password.clone(),
             kafka_password: kafka_password.clone(),
+        },
+        // Likewise the broker's certificate.
+        Connection {
+            name: "kafka-ssl-without-ca",
+            kafka: Kafka::SslWithoutCa,
+            redis_url: format!("rediss://127.0.0.1:{tls_port}/0"),
+            redis_username: Some(servers.get("SECURE_REDIS_USER")),
+            redis_ca: true,
+            redis_password: user_password.clone(),
+            kafka_password: String::new(),
         },
     ];
     let good_runs: Vec<Run> = good
@@ -405,7 +452,7 @@ async fn tls_auth_acl_and_sasl_scram_work_and_wrong_credentials_do_not() {
         );
     }
 
-    // Dead letters went out through SASL_SSL too: three good workers, each dead-letters
+    // Dead letters went out through SASL_SSL and SSL too: each good worker dead-letters
     // every malformed record once.
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &plaintext)
@@ -446,6 +493,7 @@ async fn tls_auth_acl_and_sasl_scram_work_and_wrong_credentials_do_not() {
         ("wrong-redis-password", "AuthenticationFailed"),
         ("wrong-kafka-password", "SASL authentication error"),
         ("redis-tls-without-ca", "certificate"),
+        ("kafka-ssl-without-ca", "certificate verify failed"),
     ] {
         let (_, log) = complaints.iter().find(|(n, _)| n == name).unwrap();
         assert!(
