@@ -95,6 +95,14 @@ chart-install-test: ## A real helm install/uninstall into the local cluster
 bench-receiver: ## One receiver over 1,000,000 dsdata records, beside redis-benchmark and a bare consume
 	bash worker/benches/receiver.sh
 
+.PHONY: bench
+bench: ## Ferry's receiver vs Redpanda Connect and the Kafka/Redis limits, 2M records: bench/results/
+	bash bench/run.sh
+
+.PHONY: bench-operator
+bench-operator: ## 1000 paused Pipelines on the local Kubernetes: reconcile time, RSS, steady CPU
+	bash bench/operator.sh
+
 # ---- faults and scaling -----------------------------------------------------------
 
 .PHONY: test-faults
@@ -104,3 +112,7 @@ test-faults: ## Fault suite at full size (kills, Redis/Kafka outages, rebalances
 .PHONY: bench-scaling
 bench-scaling: ## Autoscaler reaction: lag over threshold -> spec.replicas -> pods Ready, median of 5, beside KEDA's defaults
 	bash bench/scaling/run.sh
+
+.PHONY: fuzz
+fuzz: ## Fuzz the record decoders and the rule language (cargo-fuzz on nightly; SECONDS per target, default 600)
+	bash e2e/fuzz.sh $${SECONDS_PER_TARGET:-600}
