@@ -530,3 +530,147 @@ async fn a_strimzi_kafka_without_status_is_reported_in_a_condition() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn create_topic_makes_an_owned_kafka_topic_and_waits_for_it_to_be_ready() {
+    support::install_strimzi_crds();
+    let (client, ns, _operator) = setup("strimzi-topic").await;
+    let kafka_api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &ferry_operator::controller::dereference::kafka_api_resource(),
+    );
+    let kafka: kube::api::DynamicObject = serde_json::from_value(strimzi_kafka(&ns.name)).unwrap();
+    kafka_api
+        .create(&PostParams::default(), &kafka)
+        .await
+        .unwrap();
+    let ready_kafka = json!({"status": {
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "listeners": [{"name": "plain", "bootstrapServers": "my-cluster-kafka-bootstrap:9092"}]
+    }});
+    kafka_api
+        .patch_status(
+            "my-cluster",
+            &PatchParams::default(),
+            &Patch::Merge(&ready_kafka),
+        )
+        .await
+        .unwrap();
+
+    let mut pipeline = strimzi_pipeline("sensors");
+    pipeline.spec.kafka.create_topic = Some(ferry_operator::crd::CreateTopicSpec {
+        partitions: 12,
+        replicas: 1,
+        config: [("retention.ms".to_owned(), "3600000".to_owned())].into(),
+    });
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    let created = pipelines
+        .create(&PostParams::default(), &pipeline)
+        .await
+        .unwrap();
+
+    let topics: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &ferry_operator::controller::dereference::kafka_topic_api_resource(),
+    );
+    let topic = eventually(WAIT, "the KafkaTopic", || async {
+        topics.get_opt("sensors-topic").await.ok()?
+    })
+    .await;
+    assert_eq!(topic.data["spec"]["topicName"], "sensors");
+    assert_eq!(topic.data["spec"]["partitions"], 12);
+    assert_eq!(
+        topic.metadata.labels.as_ref().unwrap()["strimzi.io/cluster"],
+        "my-cluster"
+    );
+    assert_eq!(
+        topic.metadata.owner_references.as_ref().unwrap()[0].uid,
+        created.uid().unwrap()
+    );
+
+    // Until Strimzi's Topic Operator marks it Ready, the Pipeline says so.
+    eventually(WAIT, "a KafkaTopicNotReady condition", || async {
+        ready_condition(&pipelines, "sensors")
+            .await
+            .filter(|c| c.reason == "KafkaTopicNotReady")
+    })
+    .await;
+    topics
+        .patch_status(
+            "sensors-topic",
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(45),
+        "the topic condition to clear",
+        || async {
+            ready_condition(&pipelines, "sensors")
+                .await
+                .filter(|c| c.reason != "KafkaTopicNotReady")
+        },
+    )
+    .await;
+}
+
+/// Real worker pods on the local kubelet: Ready once they joined the group and reached Redis.
+#[tokio::test]
+async fn status_reaches_ready_when_the_worker_pods_are_ready() {
+    let (client, ns, _operator) = setup("ready").await;
+    let host = support::StackEnv::load().pod_host();
+    let yaml = include_str!("../../examples/pipeline.yaml").replace("10.244.0.1", &host);
+    let mut pipeline: Pipeline = serde_yaml::from_str(&yaml).unwrap();
+    let topic = format!("ready-{}", support::random_suffix());
+    // Workers are ready only once assigned partitions, so the topic must exist.
+    let env = support::StackEnv::load();
+    let kafka_topics = std::path::Path::new(env.get("FERRY_BIN")).join("kafka-topics");
+    let created = std::process::Command::new(kafka_topics)
+        .args([
+            "--bootstrap-server",
+            env.get("KAFKA_BOOTSTRAP"),
+            "--create",
+            "--topic",
+            &topic,
+            "--partitions",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    pipeline.spec.kafka.topic = topic;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    pipelines
+        .create(&PostParams::default(), &pipeline)
+        .await
+        .unwrap();
+
+    let status = eventually(Duration::from_secs(180), "Ready=True", || async {
+        let status = pipelines.get("sensors").await.ok()?.status?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(status.receivers.as_deref(), Some("1/1"));
+    for stage in &status.stages {
+        assert_eq!(stage.ready_replicas, stage.desired_replicas, "{stage:?}");
+    }
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.reason, "AllStagesReady");
+}

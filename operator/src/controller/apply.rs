@@ -6,12 +6,13 @@ use std::collections::BTreeSet;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::build::{Children, owned_children_selector};
+use super::dereference::kafka_topic_api_resource;
 
 pub const FIELD_MANAGER: &str = "ferry-operator";
 
@@ -43,6 +44,8 @@ pub enum ApplyError {
 /// What the API server returned for each applied child; status reads from these.
 #[derive(Debug, Clone)]
 pub struct Applied {
+    /// The `KafkaTopic` as the API server returned it, status included.
+    pub kafka_topic: Option<DynamicObject>,
     pub config_map: ConfigMap,
     pub deployments: Vec<Deployment>,
     /// Names of children deleted because this round no longer builds them.
@@ -56,10 +59,18 @@ pub async fn apply(
     children: Children,
 ) -> Result<Applied, ApplyError> {
     let Children {
+        kafka_topic,
         config_map,
         deployments,
     } = children;
     let params = PatchParams::apply(FIELD_MANAGER).force();
+
+    // The topic first, so workers find it. Removing createTopic later leaves the topic (and
+    // its data) alone: deleting a KafkaTopic deletes the topic.
+    let kafka_topic = match kafka_topic {
+        Some(topic) => Some(apply_kafka_topic(client, &params, topic).await?),
+        None => None,
+    };
 
     // The ConfigMap first: new pods must find the config their template's hash points at.
     let config_map = apply_one(client, namespace, &params, "ConfigMap", config_map).await?;
@@ -91,10 +102,30 @@ pub async fn apply(
         .await?,
     );
     Ok(Applied {
+        kafka_topic,
         config_map,
         deployments: applied_deployments,
         deleted,
     })
+}
+
+async fn apply_kafka_topic(
+    client: &Client,
+    params: &PatchParams,
+    topic: DynamicObject,
+) -> Result<DynamicObject, ApplyError> {
+    let name = topic.name_any();
+    let namespace = topic.namespace().unwrap_or_default();
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &namespace, &kafka_topic_api_resource());
+    api.patch(&name, params, &Patch::Apply(&topic))
+        .await
+        .map_err(|source| ApplyError::ApplyObject {
+            kind: "KafkaTopic",
+            namespace,
+            name,
+            source,
+        })
 }
 
 async fn apply_one<K>(

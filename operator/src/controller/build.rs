@@ -14,9 +14,11 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::DynamicObject;
 use sha2::{Digest, Sha256};
 
-use super::validate::{SecretRefs, StageRole, ValidatedPipeline, ValidatedStage};
+use super::dereference::kafka_topic_api_resource;
+use super::validate::{SecretRefs, StageRole, ValidatedPipeline, ValidatedStage, ValidatedTopic};
 use crate::crd::SecretKeyRef;
 
 pub const MANAGED_BY: &str = "ferry-operator";
@@ -46,6 +48,7 @@ pub enum BuildError {
 /// child that is built but never applied fails to compile.
 #[derive(Debug, Clone)]
 pub struct Children {
+    pub kafka_topic: Option<DynamicObject>,
     pub config_map: ConfigMap,
     pub deployments: Vec<Deployment>,
 }
@@ -62,6 +65,10 @@ pub fn build(pipeline: &ValidatedPipeline) -> Result<Children, BuildError> {
         })
         .collect();
     Ok(Children {
+        kafka_topic: pipeline
+            .kafka_topic
+            .as_ref()
+            .map(|topic| build_kafka_topic(pipeline, topic)),
         config_map,
         deployments,
     })
@@ -128,6 +135,29 @@ fn render_configs(pipeline: &ValidatedPipeline) -> Result<BTreeMap<String, Strin
             Ok((stage.config_key.clone(), yaml))
         })
         .collect()
+}
+
+/// A Strimzi `KafkaTopic` for the Pipeline's source topic. `spec.topicName` carries the real
+/// name, since Kafka topic names may hold characters a Kubernetes name may not.
+pub fn build_kafka_topic(pipeline: &ValidatedPipeline, topic: &ValidatedTopic) -> DynamicObject {
+    let mut labels = common_labels(pipeline);
+    labels.insert("strimzi.io/cluster".to_owned(), topic.cluster.clone());
+    let mut object = DynamicObject::new(&topic.resource_name, &kafka_topic_api_resource())
+        .within(&topic.namespace);
+    object.metadata.labels = Some(labels);
+    if topic.owned {
+        object.metadata.owner_references = Some(vec![pipeline.owner.clone()]);
+    }
+    let mut spec = serde_json::json!({
+        "topicName": topic.topic_name,
+        "partitions": topic.partitions,
+        "replicas": topic.replicas,
+    });
+    if !topic.config.is_empty() {
+        spec["config"] = serde_json::json!(topic.config);
+    }
+    object.data = serde_json::json!({ "spec": spec });
+    object
 }
 
 pub fn build_config_map(

@@ -43,6 +43,13 @@ pub fn kafka_api_resource() -> ApiResource {
     )
 }
 
+pub fn kafka_topic_api_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(STRIMZI_GROUP, STRIMZI_VERSION, "KafkaTopic"),
+        "kafkatopics",
+    )
+}
+
 pub async fn dereference(
     client: &Client,
     pipeline: &Pipeline,

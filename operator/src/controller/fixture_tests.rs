@@ -416,3 +416,42 @@ fn strimzi_bootstrap_reaches_the_worker_config() {
         "resolved:9092"
     );
 }
+
+#[test]
+fn create_topic_builds_an_owned_strimzi_kafka_topic() {
+    let yaml = SAMPLE.replace(
+        "bootstrapServers: 10.244.0.1:19092",
+        "strimzi: {cluster: my-cluster}\n    createTopic: {partitions: 12, replicas: 3, config: {retention.ms: \"3600000\"}}",
+    );
+    let (_, children) = built(&yaml);
+    let topic = children.kafka_topic.expect("a KafkaTopic");
+    assert_eq!(topic.metadata.name.as_deref(), Some("sensors-topic"));
+    assert_eq!(topic.metadata.namespace.as_deref(), Some("default"));
+    let types = topic.types.as_ref().unwrap();
+    assert_eq!(
+        (types.api_version.as_str(), types.kind.as_str()),
+        ("kafka.strimzi.io/v1", "KafkaTopic")
+    );
+    assert_eq!(
+        topic.metadata.labels.as_ref().unwrap()["strimzi.io/cluster"],
+        "my-cluster"
+    );
+    assert_eq!(topic.metadata.owner_references.as_ref().unwrap().len(), 1);
+    assert_eq!(topic.data["spec"]["topicName"], "sensors");
+    assert_eq!(topic.data["spec"]["partitions"], 12);
+    assert_eq!(topic.data["spec"]["replicas"], 3);
+    assert_eq!(topic.data["spec"]["config"]["retention.ms"], "3600000");
+
+    // Beside a Kafka in another namespace it cannot be owned, so it outlives the Pipeline.
+    let elsewhere = yaml.replace(
+        "{cluster: my-cluster}",
+        "{cluster: my-cluster, namespace: kafka}",
+    );
+    let (_, children) = built(&elsewhere);
+    let topic = children.kafka_topic.unwrap();
+    assert_eq!(topic.metadata.namespace.as_deref(), Some("kafka"));
+    assert!(topic.metadata.owner_references.is_none());
+
+    let (_, children) = built(SAMPLE);
+    assert!(children.kafka_topic.is_none());
+}

@@ -207,9 +207,15 @@ async fn reconcile_stages(pipeline: &Pipeline, ctx: &Context) -> Result<Action, 
         .unwrap_or_default();
     let applied =
         apply::apply(&ctx.client, &validated.namespace, &validated.name, children).await?;
+    let topic_pending = validated.kafka_topic.is_some()
+        && !applied
+            .kafka_topic
+            .as_ref()
+            .is_some_and(|topic| status::strimzi_ready(&topic.data));
     let mut status = status::healthy_status(
         &validated,
         &applied.deployments,
+        applied.kafka_topic.as_ref(),
         bootstrap_servers,
         pipeline.status.as_ref(),
         &now_rfc3339(),
@@ -271,6 +277,10 @@ async fn reconcile_stages(pipeline: &Pipeline, ctx: &Context) -> Result<Action, 
         {
             info!(stage = %stage.name, from = before, to = stage.replicas, "replicas changed");
         }
+    }
+    if topic_pending {
+        // Strimzi's Topic Operator fills the KafkaTopic status on its own schedule.
+        return Ok(Action::requeue(WAITING_REQUEUE));
     }
     Ok(Action::requeue(RESYNC))
 }

@@ -2,7 +2,7 @@
 //! server-side apply to the status subresource.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
 use super::apply::FIELD_MANAGER;
@@ -47,6 +47,7 @@ fn condition(type_: &str, status: bool, reason: &str, message: impl Into<String>
 pub fn healthy_status(
     pipeline: &ValidatedPipeline,
     deployments: &[Deployment],
+    kafka_topic: Option<&DynamicObject>,
     bootstrap_servers: &str,
     previous: Option<&PipelineStatus>,
     now: &str,
@@ -95,6 +96,15 @@ pub fn healthy_status(
         .map(|s| s.name.as_str())
         .collect();
 
+    let topic_waiting = pipeline.kafka_topic.as_ref().and_then(|topic| {
+        let ready = kafka_topic.is_some_and(|object| strimzi_ready(&object.data));
+        (!ready).then(|| {
+            format!(
+                "KafkaTopic {}/{} (topic {}) is not Ready yet",
+                topic.namespace, topic.resource_name, topic.topic_name
+            )
+        })
+    });
     let ready = if pipeline.paused {
         condition(
             READY,
@@ -102,6 +112,8 @@ pub fn healthy_status(
             "Paused",
             "spec.paused is true: every stage is scaled to 0",
         )
+    } else if let Some(message) = topic_waiting {
+        condition(READY, false, "KafkaTopicNotReady", message)
     } else if not_ready.is_empty() {
         condition(
             READY,
@@ -221,6 +233,18 @@ fn stamp(
         condition.observed_generation = generation;
     }
     conditions
+}
+
+/// A Strimzi resource's `status.conditions` holds `Ready=True`.
+pub fn strimzi_ready(data: &serde_json::Value) -> bool {
+    data.pointer("/status/conditions")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|conditions| {
+            conditions.iter().any(|c| {
+                c.get("type").and_then(serde_json::Value::as_str) == Some("Ready")
+                    && c.get("status").and_then(serde_json::Value::as_str) == Some("True")
+            })
+        })
 }
 
 fn deployment_settled(deployment: &Deployment) -> bool {

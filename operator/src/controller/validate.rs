@@ -51,6 +51,23 @@ pub struct ValidatedPipeline {
     pub stages: Vec<ValidatedStage>,
     pub secrets: SecretRefs,
     pub paused: bool,
+    /// The Strimzi `KafkaTopic` to create and own, when `spec.kafka.createTopic` asks for it.
+    pub kafka_topic: Option<ValidatedTopic>,
+}
+
+/// A `KafkaTopic` for Strimzi's Topic Operator, which watches the Kafka cluster's namespace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedTopic {
+    pub resource_name: String,
+    pub namespace: String,
+    pub cluster: String,
+    pub topic_name: String,
+    pub partitions: i32,
+    pub replicas: i32,
+    pub config: std::collections::BTreeMap<String, String>,
+    /// Owner references cannot cross namespaces: a topic beside its Kafka in another
+    /// namespace outlives the Pipeline.
+    pub owned: bool,
 }
 
 /// Where Secret material comes from; it reaches pods only through references.
@@ -246,7 +263,28 @@ pub fn validate(
             })?;
     }
 
+    let kafka_topic = match (&spec.kafka.create_topic, &spec.kafka.strimzi) {
+        (Some(create), Some(strimzi)) => {
+            let topic_namespace = strimzi
+                .namespace
+                .clone()
+                .unwrap_or_else(|| namespace.clone());
+            Some(ValidatedTopic {
+                resource_name: format!("{name}-topic"),
+                owned: topic_namespace == namespace,
+                namespace: topic_namespace,
+                cluster: strimzi.cluster.clone(),
+                topic_name: spec.kafka.topic.clone(),
+                partitions: create.partitions,
+                replicas: create.replicas,
+                config: create.config.clone(),
+            })
+        }
+        _ => None,
+    };
+
     Ok(ValidatedPipeline {
+        kafka_topic,
         config_map_name: format!("{name}-config"),
         name,
         namespace,

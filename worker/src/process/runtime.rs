@@ -77,7 +77,7 @@ impl BatchError {
 }
 
 /// Runs the processor of `config` until `shutdown` is triggered.
-pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<(), ProcessError> {
+pub async fn run(config: WorkerConfig, mut shutdown: Shutdown) -> Result<(), ProcessError> {
     let StageConfig::Processor(processor_config) = &config.stage else {
         return Err(ProcessError::NotAProcessor);
     };
@@ -86,7 +86,11 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<(), Process
     let metrics = Metrics::new(&config.pipeline);
     let readiness = Readiness::default();
     let _http = http::spawn(config.http.listen, metrics.clone(), readiness.clone()).await?;
-    let sink = RedisSink::new(&config.redis, REDIS_TIMEOUT)?;
+    let mut sink = RedisSink::new(&config.redis, REDIS_TIMEOUT)?;
+    // `/readyz` needs Redis too, and a processor on a quiet topic writes no batch to prove it.
+    if !wait_for_redis(&mut sink, &readiness, &mut shutdown).await {
+        return Ok(());
+    }
     let reader = redis_reader(&config)?;
     let consumer = create_consumer(&config.kafka, readiness.clone())?;
     let producer = create_producer(&config.kafka)?;
@@ -120,6 +124,32 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<(), Process
     };
     stage.run(shutdown).await;
     Ok(())
+}
+
+/// Pings Redis with backoff until it answers; false when shutdown came first.
+async fn wait_for_redis(
+    sink: &mut RedisSink,
+    readiness: &Readiness,
+    shutdown: &mut Shutdown,
+) -> bool {
+    let mut backoff = Backoff::DEFAULT;
+    loop {
+        match sink.ping().await {
+            Ok(()) => {
+                readiness.set_redis_connected(true);
+                return true;
+            }
+            Err(err) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %err, retry_in = ?delay, "Redis is not reachable yet");
+                tokio::select! {
+                    biased;
+                    () = shutdown.wait() => return false,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
 }
 
 struct CheckpointKeys(WorkerConfig);
@@ -853,7 +883,11 @@ struct RebalanceContext {
     readiness: Readiness,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    /// The shared consumer settings ask for statistics (the receiver turns them into lag
+    /// metrics); rdkafka's default would log each one at info level.
+    fn stats(&self, _statistics: rdkafka::Statistics) {}
+}
 
 impl ConsumerContext for RebalanceContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
