@@ -8,11 +8,13 @@ Environment knobs (defaults in brackets):
   BENCH_RECORDS [2000000]  BENCH_KEYS [1000]  BENCH_PARTITIONS [6]  BENCH_RUNS [3]
   BENCH_DB [9]             Redis database the contenders write to (FLUSHDB'd between runs;
                            never db 0, where the other tests live)
-  BENCH_CONTENDERS         comma list, default all: ferry,redpanda-connect,
-                           redpanda-connect-notrim,kafka-count,redis-writer,redis-benchmark
+  BENCH_CONTENDERS         comma list, default: ferry,redpanda-connect,bare-consume,
+                           redis-writer,redis-benchmark; also: redpanda-connect-notrim
+                           (LPUSH only, not the same job; ~4 more minutes)
   BENCH_LATENCY_S [30]     measured seconds per latency run (after BENCH_WARMUP_S [10])
   BENCH_QUIET_WAIT_S [600] how long to wait for load average < 1.5 before starting
   BENCH_OUT [bench/results]
+  BENCH_PERF               a file: `perf record` the Ferry receiver's runs into it (profiling)
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ LATENCY_S = float(os.environ.get("BENCH_LATENCY_S", "30"))
 WARMUP_S = float(os.environ.get("BENCH_WARMUP_S", "10"))
 QUIET_WAIT_S = float(os.environ.get("BENCH_QUIET_WAIT_S", "600"))
 OUT = Path(os.environ.get("BENCH_OUT", BENCH_DIR / "results"))
+PERF_OUT = os.environ.get("BENCH_PERF", "")
 STALL_S = 4.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -56,7 +59,7 @@ ALL = [
     "ferry",
     "redpanda-connect",
     "redpanda-connect-notrim",
-    "kafka-count",
+    "bare-consume",
     "redis-writer",
     "redis-benchmark",
 ]
@@ -66,7 +69,7 @@ LABELS = {
     "redpanda-connect": "Redpanda Connect",
     "redpanda-connect-notrim": "Redpanda Connect, LPUSH only (no trim)",
     "kafka-connect": "Kafka Connect + Redis sink",
-    "kafka-count": "limit: bare rdkafka consumer (count only)",
+    "bare-consume": "limit: bare rdkafka consumer (worker/benches/bare_consume.rs)",
     "redis-writer": "limit: bare Redis writer (pipelined LPUSH+LTRIM)",
     "redis-benchmark": "limit: redis-benchmark -P 64 -t lpush",
 }
@@ -183,11 +186,11 @@ def stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
         proc.wait()
 
 
-def run_to_exit(cmd: list[str], log_path: Path, timeout: float = 900) -> tuple[str, float, float, float]:
+def run_to_exit(cmd: list[str], log_path: Path, timeout: float = 900, env=None) -> tuple[str, float, float, float]:
     """Runs cmd, returns (stdout, wall seconds, child CPU seconds, child peak RSS MiB)."""
     with open(log_path, "ab") as err:
         started = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env)
         deadline = started + timeout
         out = b""
         # wait4 gives this child's own rusage (CPU of all its threads, peak RSS).
@@ -340,6 +343,12 @@ def run_pipeline(name: str, run: int, topic: str, expected: dict[bytes, bytes], 
     with open(workdir / f"{name}-{run}.log", "wb") as err:
         started = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=err, stderr=err)
+        perf = None
+        if PERF_OUT and name == "ferry":
+            # Profiling (BENCH_PERF=file): sample the receiver's stacks while it drains.
+            perf = subprocess.Popen(
+                ["perf", "record", "-e", "cpu-clock", "-F", "299", "--call-graph", "dwarf,16384",
+                 "-p", str(proc.pid), "-o", PERF_OUT], stdout=err, stderr=err)
         try:
             t_first = None
             last_change = None
@@ -385,6 +394,9 @@ def run_pipeline(name: str, run: int, topic: str, expected: dict[bytes, bytes], 
             redis_cpu = proc_cpu_s(redis_pid) - redis_cpu0 if redis_pid else float("nan")
             kafka_cpu = proc_cpu_s(kafka_pid) - kafka_cpu0 if kafka_pid else float("nan")
         finally:
+            if perf is not None:
+                perf.send_signal(signal.SIGINT)
+                perf.wait(timeout=120)
             stop(proc)
     lengths = r.pipeline([("LLEN", k) for k in keys])
     r.close()
@@ -403,13 +415,18 @@ def run_pipeline(name: str, run: int, topic: str, expected: dict[bytes, bytes], 
 def run_tool(name: str, run: int, topic: str, text_bytes: int, workdir: Path) -> Result:
     load = loadavg()
     logp = workdir / f"{name}-{run}.log"
-    if name == "kafka-count":
-        cmd = [str(TARGET / "bench-kafka-count"), "--bootstrap", BOOTSTRAP, "--topic", topic]
-        out, wall, cpu, rss = run_to_exit(cmd, logp)
-        data = json.loads(out)
-        if data["records"] != RECORDS:
-            raise RuntimeError(f"kafka-count read {data['records']} records, expected {RECORDS}")
-        res = Result(name, run, data["records"], data["active_seconds"], data["records_per_s"], cpu, rss, wall_s=wall)
+    if name == "bare-consume":
+        # The worker engineer's baseline (worker/benches/bare_consume.rs): a StreamConsumer
+        # in its own group, counting; its clock starts at the first record.
+        exe = (TARGET / "ferry-bench-bare-consume.path").read_text().strip()
+        env = dict(os.environ, KAFKA_BOOTSTRAP=BOOTSTRAP, BENCH_TOPIC=topic, BENCH_COUNT=str(RECORDS))
+        out, wall, cpu, rss = run_to_exit([exe], logp, env=env)
+        # "bare_consume: N records (B bytes) in S s: R records/s"
+        words = out.split()
+        seen, seconds = int(words[1]), float(words[words.index("in") + 1])
+        if seen != RECORDS:
+            raise RuntimeError(f"bare_consume read {seen} records, expected {RECORDS}")
+        res = Result(name, run, seen, seconds, seen / seconds, cpu, rss, wall_s=wall)
     elif name == "redis-writer":
         Redis().call("FLUSHDB")
         cmd = [str(TARGET / "bench-redis-writer"), "--redis", f"{REDIS_HOST}:{REDIS_PORT}", "--db", str(DB),
@@ -501,8 +518,8 @@ def prepare_topic(topic: str, workdir: Path) -> tuple[dict[bytes, bytes], int]:
         log(f"topic {topic} already holds the {RECORDS:,} records: reusing it")
     heads_file = workdir / "expected-heads.tsv"
     out, _, _, _ = run_to_exit(
-        [str(TARGET / "bench-kafka-count"), "--bootstrap", BOOTSTRAP, "--topic", topic,
-         "--last-per-key", str(heads_file)], workdir / "expected-heads.log")
+        [str(TARGET / "bench-last-per-key"), "--bootstrap", BOOTSTRAP, "--topic", topic,
+         "--out", str(heads_file)], workdir / "expected-heads.log")
     info = json.loads(out)
     expected = {}
     for line in heads_file.read_text().splitlines():
@@ -654,7 +671,8 @@ def write_report(summary, latency, results, notes, evidence, started_at, text_by
 
 
 def main() -> int:
-    wanted = [c.strip() for c in os.environ.get("BENCH_CONTENDERS", ",".join(ALL)).split(",") if c.strip()]
+    default = [c for c in ALL if c != "redpanda-connect-notrim"]
+    wanted = [c.strip() for c in os.environ.get("BENCH_CONTENDERS", ",".join(default)).split(",") if c.strip()]
     for w in wanted:
         if w not in ALL:
             raise SystemExit(f"unknown contender {w!r}; known: {', '.join(ALL)}")

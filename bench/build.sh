@@ -5,7 +5,8 @@
 #   bench/build.sh [ferry] [tools] [redpanda-connect]      (no argument: all three)
 #
 # ferry            cargo build --release -p ferry-worker      -> target/release/ferry-worker
-# tools            bench/tools (own crate, not a workspace member): bench-kafka-count,
+#                  and worker/benches/bare_consume.rs (the bare-consumer limit)
+# tools            bench/tools (own crate, not a workspace member): bench-last-per-key,
 #                  bench-redis-writer, bench-latency          -> target/release/bench-*
 # redpanda-connect go build of bench/contenders/redpanda-connect (the pinned module's
 #                  components)                                -> $FERRY_CACHE/bench-redpanda-connect-<v>/
@@ -21,17 +22,29 @@ RPC_DIR="$FERRY_CACHE/bench-redpanda-connect-$RPC_VERSION"
 export RPC_BIN="$RPC_DIR/redpanda-connect"
 
 build_ferry() {
-  step "cargo build --release -p ferry-worker"
+  step "cargo build --release -p ferry-worker, and the worker's bare_consume bench"
   (cd "$REPO_ROOT" && with_build_lock cargo build --release -q -p ferry-worker --bin ferry-worker)
-  ok "ferry-worker: $REPO_ROOT/target/release/ferry-worker"
+  # The bare-consumer limit is the worker's own benches/bare_consume.rs; cargo names the
+  # executable with a hash, so its path goes into a file bench.py reads.
+  local path="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/ferry-bench-bare-consume.path"
+  (cd "$REPO_ROOT" && with_build_lock cargo bench -q -p ferry-worker --bench bare_consume --no-run \
+      --message-format=json) \
+    | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "bare_consume" and m.get("executable"):
+        print(m["executable"])' > "$path.tmp"
+  [[ -s "$path.tmp" ]] || die "cargo bench --no-run did not name the bare_consume executable"
+  mv "$path.tmp" "$path"
+  ok "ferry-worker: $REPO_ROOT/target/release/ferry-worker; bare_consume: $(cat "$path")"
 }
 
 build_tools() {
   step "cargo build --release (bench/tools)"
   # The workspace's target dir, so rdkafka-sys and friends built for ferry-worker are reused.
   (cd "$BENCH_DIR/tools" && with_build_lock env CARGO_TARGET_DIR="$REPO_ROOT/target" \
-      cargo build --release -q --locked)
-  ok "bench tools: $REPO_ROOT/target/release/bench-{kafka-count,redis-writer,latency}"
+      cargo build --release -q)
+  ok "bench tools: $REPO_ROOT/target/release/bench-{last-per-key,redis-writer,latency}"
 }
 
 build_redpanda_connect() {

@@ -1,10 +1,8 @@
-//! The Kafka limit: a bare librdkafka consumer that reads a topic from the beginning to
-//! the high watermarks taken at start and only counts. Same client library and fetch
-//! settings as Ferry's receiver; no group rebalance (it assigns partitions itself).
-//!
-//! With `--last-per-key FILE` it also writes, per key, the last value (hex) in offset
-//! order: what every list head must be once a contender has drained the topic.
-//! Prints one JSON line.
+//! What every list head must be once a contender has drained the topic: reads the topic
+//! from the beginning to the high watermarks taken at start and writes, per key, the last
+//! value (hex) in offset order to `--out FILE`. Also counts records and their average
+//! size. (The bare-consumer limit in the table is the worker's own
+//! `worker/benches/bare_consume.rs`, not this.) Prints one JSON line.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -17,18 +15,18 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 const USAGE: &str =
-    "bench-kafka-count --bootstrap HOST:PORT --topic T [--last-per-key FILE] [--timeout-s 300]";
+    "bench-last-per-key --bootstrap HOST:PORT --topic T --out FILE [--timeout-s 300]";
 
 fn main() {
     let args = Args::parse(USAGE);
     let bootstrap = args.str("bootstrap", None);
     let topic = args.str("topic", None);
-    let last_file = args.opt("last-per-key");
+    let last_file = Some(args.str("out", None));
     let timeout = Duration::from_secs(args.num("timeout-s", Some("300")));
 
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
-        .set("group.id", format!("ferry-bench-count-{}", std::process::id()))
+        .set("group.id", format!("ferry-bench-heads-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .set("queued.max.messages.kbytes", "16384")
