@@ -11,7 +11,8 @@
 # batches Kafka calls per broker; operator/src/lag.rs).
 #
 # Needs the Kubernetes part of the local stack (KUBECONFIG in $FERRY_STACK_DIR/env); skips
-# with a message otherwise. Knobs: BENCH_OP_PIPELINES [1000], BENCH_OP_STEADY_S [120].
+# with a message otherwise. Knobs: BENCH_OP_PIPELINES [1000], BENCH_OP_STEADY_S [120],
+# BENCH_SKIP_BUILD=1 (use target/release/ferry-operator as it is).
 set -euo pipefail
 export FERRY_LOG_TAG=bench-operator
 # shellcheck source=e2e/local/lib.sh
@@ -36,8 +37,12 @@ if [[ -f "$FERRY_PID_DIR/ferry-operator.pid" ]] && daemon_running ferry-operator
   warn "another ferry-operator (make demo) watches all namespaces: it will reconcile $NS too and skew the numbers"
 fi
 
-step "building the operator (release)"
-(cd "$REPO_ROOT" && with_build_lock cargo build --release -q -p ferry-operator --bin ferry-operator)
+if [[ "${BENCH_SKIP_BUILD:-0}" == 1 && -x "$TARGET/ferry-operator" ]]; then
+  ok "BENCH_SKIP_BUILD=1: using $TARGET/ferry-operator as built"
+else
+  step "building the operator (release)"
+  (cd "$REPO_ROOT" && with_build_lock cargo build --release -q -p ferry-operator --bin ferry-operator)
+fi
 kubectl apply --server-side --force-conflicts -f "$REPO_ROOT/crds/pipeline.yaml" >/dev/null
 kubectl wait --for=condition=Established crd/pipelines.ferry.dev --timeout=60s >/dev/null
 "$FERRY_BIN/kafka-topics" --bootstrap-server "$KAFKA_BOOTSTRAP" --create --if-not-exists \
