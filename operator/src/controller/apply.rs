@@ -57,6 +57,7 @@ pub async fn apply(
     namespace: &str,
     pipeline: &str,
     children: Children,
+    prune: bool,
 ) -> Result<Applied, ApplyError> {
     let Children {
         kafka_topic,
@@ -80,27 +81,30 @@ pub async fn apply(
             .push(apply_one(client, namespace, &params, "Deployment", deployment).await?);
     }
 
-    let mut deleted = delete_orphans::<Deployment>(
-        client,
-        namespace,
-        pipeline,
-        "Deployment",
-        applied_deployments
-            .iter()
-            .map(ResourceExt::name_any)
-            .collect(),
-    )
-    .await?;
-    deleted.extend(
-        delete_orphans::<ConfigMap>(
+    let mut deleted = Vec::new();
+    if prune {
+        deleted = delete_orphans::<Deployment>(
             client,
             namespace,
             pipeline,
-            "ConfigMap",
-            BTreeSet::from([config_map.name_any()]),
+            "Deployment",
+            applied_deployments
+                .iter()
+                .map(ResourceExt::name_any)
+                .collect(),
         )
-        .await?,
-    );
+        .await?;
+        deleted.extend(
+            delete_orphans::<ConfigMap>(
+                client,
+                namespace,
+                pipeline,
+                "ConfigMap",
+                BTreeSet::from([config_map.name_any()]),
+            )
+            .await?,
+        );
+    }
     Ok(Applied {
         kafka_topic,
         config_map,
