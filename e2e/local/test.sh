@@ -66,7 +66,7 @@ bash "$FERRY_LOCAL_DIR/images.sh" worker "$CARGO_TARGET_DIR/release/ferry-worker
 phase_end stack
 
 phase_start integration-tests
-cargo test --workspace --test '*' -- --test-threads=2
+cargo test --workspace --no-fail-fast --test '*' -- --test-threads=2
 phase_end integration-tests
 
 phase_start chart
