@@ -74,7 +74,7 @@ async fn scale_events(events: &Api<Event>) -> Vec<String> {
 async fn steady_lag_at_half_the_threshold_never_scales() {
     let env = StackEnv::load();
     let bootstrap = env.get("KAFKA_BOOTSTRAP").to_owned();
-    let worker_bin = support::repo_root().join("target/debug/ferry-worker");
+    let worker_bin = support::worker_binary();
     assert!(
         worker_bin.exists(),
         "{} is missing: cargo build -p ferry-worker",

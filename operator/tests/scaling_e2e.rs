@@ -82,7 +82,7 @@ async fn a_burst_scales_the_receiver_up_then_back_down_without_loss_or_duplicate
     let bootstrap = stack_var("KAFKA_BOOTSTRAP");
     let redis_url = stack_var("REDIS_URL");
     stack_var("KUBECONFIG");
-    let worker_bin = support::repo_root().join("target/debug/ferry-worker");
+    let worker_bin = support::worker_binary();
     assert!(
         worker_bin.exists(),
         "{} is missing: cargo build -p ferry-worker",

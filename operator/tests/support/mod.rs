@@ -278,6 +278,17 @@ impl Drop for OperatorProcess {
     }
 }
 
+/// The `ferry-worker` binary cargo built beside this test binary, wherever the target dir is.
+pub fn worker_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // <target>/<profile>/deps/<test binary> -> <target>/<profile>/ferry-worker
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary sits in <target>/<profile>/deps");
+    profile_dir.join("ferry-worker")
+}
+
 /// The worker image the local stack imported (`e2e/local/images.sh`).
 pub fn worker_image() -> String {
     std::env::var("FERRY_TEST_WORKER_IMAGE").unwrap_or_else(|_| "ferry/worker:dev".to_owned())
