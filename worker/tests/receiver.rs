@@ -63,7 +63,27 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     }
     let worker = receiver.start();
     receiver.wait_applied(&oracle.last_offsets, Duration::from_secs(150));
-    assert!(worker.terminate().success());
+    let log = worker.log.clone();
+    // On a fast machine the killed rounds may already have applied everything, so the last
+    // worker could get SIGTERM before it installed its handler; wait until it has.
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("receiver started")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the last worker never started; log {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = worker.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM ended the worker with {status}; log {}",
+        log.display()
+    );
     receiver.assert_lists_match(&oracle, 1000);
 }
 
