@@ -189,7 +189,7 @@ async fn removing_a_processor_deletes_its_deployment() {
     // conflict with the operator's concurrent status writes.
     let remaining = json!({"spec": {"processors": [{
         "name": "validate",
-        "validate": {"rules": [{"name": "in-range", "expression": "values[0] IN RANGE -10 10 AND text NOT NULL"}]},
+        "validate": {"rules": [{"name": "in-range", "expression": "values[0] IN RANGE 11 29 AND text NOT NULL"}]},
         "deadLetter": {"topic": "sensors-invalid"}
     }]}});
     pipelines
