@@ -23,6 +23,9 @@ fn sample(name: &str) -> Pipeline {
     let mut pipeline: Pipeline =
         serde_yaml::from_str(include_str!("../../examples/pipeline.yaml")).unwrap();
     pipeline.metadata.name = Some(name.to_owned());
+    // A topic of its own: lag on a shared topic would make the autoscaler, rightly, move
+    // the replicas these tests pin through minReplicas.
+    pipeline.spec.kafka.topic = format!("cluster-{}", support::random_suffix());
     pipeline
 }
 
