@@ -56,7 +56,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(pipeline: &str) -> Self {
-        let mut registry = Registry::with_prefix_and_labels(
+        let registry = Registry::with_prefix_and_labels(
             "ferry",
             [("pipeline".into(), pipeline.to_owned().into())].into_iter(),
         );
@@ -70,8 +70,12 @@ impl Metrics {
             consumer_lag: Family::default(),
             redis_errors: Family::default(),
             kafka_errors: Family::default(),
-            registry: std::sync::Arc::new(Mutex::new(Registry::default())),
+            registry: std::sync::Arc::new(Mutex::new(registry)),
         };
+        let mut registry = metrics
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         registry.register(
             "records_in",
             "Records read from Kafka",
@@ -121,11 +125,8 @@ impl Metrics {
         for reason in RejectReason::ALL {
             let _ = metrics.dead_lettered(reason);
         }
-        let shared = std::sync::Arc::new(Mutex::new(registry));
-        Self {
-            registry: shared,
-            ..metrics
-        }
+        drop(registry);
+        metrics
     }
 
     /// The registry, for callers adding their own series.
