@@ -4,10 +4,10 @@
 #
 #   bench/build.sh [ferry] [tools] [redpanda-connect]      (no argument: all three)
 #
-# ferry            cargo build --release -p ferry-worker      -> target/release/ferry-worker
+# ferry            cargo build --release -p ferry-worker      -> $CARGO_TARGET_DIR/release/ferry-worker
 #                  and worker/benches/bare_consume.rs (the bare-consumer limit)
 # tools            bench/tools (own crate, not a workspace member): bench-last-per-key,
-#                  bench-redis-writer, bench-latency          -> target/release/bench-*
+#                  bench-redis-writer, bench-latency          -> $CARGO_TARGET_DIR/release/bench-*
 # redpanda-connect go build of bench/contenders/redpanda-connect (the pinned module's
 #                  components)                                -> $FERRY_CACHE/bench-redpanda-connect-<v>/
 # Prints nothing but progress; a build that is already there is skipped (cargo decides for
@@ -26,7 +26,7 @@ build_ferry() {
   (cd "$REPO_ROOT" && with_build_lock cargo build --release -q -p ferry-worker --bin ferry-worker)
   # The bare-consumer limit is the worker's own benches/bare_consume.rs; cargo names the
   # executable with a hash, so its path goes into a file bench.py reads.
-  local path="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/ferry-bench-bare-consume.path"
+  local path="$CARGO_TARGET_DIR/release/ferry-bench-bare-consume.path"
   (cd "$REPO_ROOT" && with_build_lock cargo bench -q -p ferry-worker --bench bare_consume --no-run \
       --message-format=json) \
     | python3 -c 'import json,sys
@@ -36,15 +36,15 @@ for line in sys.stdin:
         print(m["executable"])' > "$path.tmp"
   [[ -s "$path.tmp" ]] || die "cargo bench --no-run did not name the bare_consume executable"
   mv "$path.tmp" "$path"
-  ok "ferry-worker: $REPO_ROOT/target/release/ferry-worker; bare_consume: $(cat "$path")"
+  ok "ferry-worker: $CARGO_TARGET_DIR/release/ferry-worker; bare_consume: $(cat "$path")"
 }
 
 build_tools() {
   step "cargo build --release (bench/tools)"
-  # The workspace's target dir, so rdkafka-sys and friends built for ferry-worker are reused.
-  (cd "$BENCH_DIR/tools" && with_build_lock env CARGO_TARGET_DIR="$REPO_ROOT/target" \
-      cargo build --release -q)
-  ok "bench tools: $REPO_ROOT/target/release/bench-{last-per-key,redis-writer,latency}"
+  # The workspace's target dir (lib.sh), so rdkafka-sys and friends built for ferry-worker
+  # are reused.
+  (cd "$BENCH_DIR/tools" && with_build_lock cargo build --release -q)
+  ok "bench tools: $CARGO_TARGET_DIR/release/bench-{last-per-key,redis-writer,latency}"
 }
 
 build_redpanda_connect() {

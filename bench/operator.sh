@@ -12,7 +12,7 @@
 #
 # Needs the Kubernetes part of the local stack (KUBECONFIG in $FERRY_STACK_DIR/env); skips
 # with a message otherwise. Knobs: BENCH_OP_PIPELINES [1000], BENCH_OP_STEADY_S [120],
-# BENCH_SKIP_BUILD=1 (use target/release/ferry-operator as it is).
+# BENCH_SKIP_BUILD=1 (use $CARGO_TARGET_DIR/release/ferry-operator as it is).
 set -euo pipefail
 export FERRY_LOG_TAG=bench-operator
 # shellcheck source=e2e/local/lib.sh
@@ -24,7 +24,7 @@ NS=ferry-bench-ops
 TOPIC=ferry-bench-ops
 OUT="${BENCH_OUT:-$BENCH_DIR/results}"
 PORT=18099
-TARGET="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
+TARGET="$CARGO_TARGET_DIR/release"
 
 [[ -f "$FERRY_ENV_FILE" ]] || die "no $FERRY_ENV_FILE: start the stack first (make stack-up)"
 # shellcheck source=/dev/null

@@ -56,7 +56,7 @@ trap cleanup EXIT
 # ---- the operator image ---------------------------------------------------------------
 have_image=0
 operator_bin=""
-for b in "${FERRY_OPERATOR_BIN:-}" "$REPO_ROOT/target/release/ferry-operator" "$REPO_ROOT/target/debug/ferry-operator"; do
+for b in "${FERRY_OPERATOR_BIN:-}" "$CARGO_TARGET_DIR/release/ferry-operator" "$CARGO_TARGET_DIR/debug/ferry-operator"; do
   if [[ -n "$b" && -x "$b" ]]; then operator_bin="$b"; break; fi
 done
 if [[ -z "$operator_bin" ]]; then

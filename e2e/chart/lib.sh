@@ -17,6 +17,7 @@ REPO_ROOT="$(cd "$CHART_LIB_DIR/../.." && pwd)"
 export REPO_ROOT
 export CHART_DIR="$REPO_ROOT/charts/ferry"
 FERRY_CACHE="${FERRY_CACHE:-$HOME/.cache/ferry}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$FERRY_CACHE/cargo-target}"
 FERRY_STACK_DIR="${FERRY_STACK_DIR:-/tmp/ferry-stack}"
 FERRY_BIN="${FERRY_BIN:-$FERRY_STACK_DIR/bin}"
 FERRY_HEAVY_BUILD_LOCK="${FERRY_HEAVY_BUILD_LOCK:-/tmp/ferry-heavy-build.lock}"

@@ -18,6 +18,8 @@
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 FERRY_LOCAL_DIR="$REPO_ROOT/e2e/local"
 FERRY_CACHE="${FERRY_CACHE:-$HOME/.cache/ferry}"
+# One cargo target dir for every script, outside the clone so a fresh clone reuses it.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$FERRY_CACHE/cargo-target}"
 FERRY_STACK_DIR="${FERRY_STACK_DIR:-/tmp/ferry-stack}"
 FERRY_LOG_DIR="$FERRY_STACK_DIR/logs"
 FERRY_BIN="$FERRY_STACK_DIR/bin"

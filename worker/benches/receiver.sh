@@ -15,6 +15,7 @@ STACK_ENV="${FERRY_STACK_DIR:-/tmp/ferry-stack}/env"
 [[ -f "$STACK_ENV" ]] || { echo "no $STACK_ENV: start the stack: make stack-up" >&2; exit 1; }
 # shellcheck disable=SC1090
 source "$STACK_ENV"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${FERRY_CACHE:-$HOME/.cache/ferry}/cargo-target}"
 RECORDS="${RECORDS:-1000000}"
 KEYS="${KEYS:-1000}"
 RUN="bench-$(date +%s)-$RANDOM"
@@ -26,7 +27,7 @@ REDIS_HOST="${REDIS_URL#redis://}"; REDIS_HOST="${REDIS_HOST%%:*}"
 
 cargo build --release -q -p ferry-worker
 cargo bench -q -p ferry-worker --bench bare_consume --no-run 2>/dev/null
-BIN=target/release/ferry-worker
+BIN="$CARGO_TARGET_DIR/release/ferry-worker"
 
 "$FERRY_BIN/kafka-topics" --bootstrap-server "$KAFKA_BOOTSTRAP" --create --topic "$TOPIC" \
   --partitions 6 --replication-factor 1 >/dev/null
