@@ -17,13 +17,24 @@ async fn main() {
         .expect("BENCH_COUNT")
         .parse()
         .expect("a number");
-    let consumer: StreamConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", format!("bare-consume-{}", std::process::id()))
         .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+        .set("enable.auto.commit", "false");
+    // The receiver's own prefetch settings: the limit is rdkafka as Ferry configures it.
+    ferry_worker::consume::apply_fetch_tuning(&mut config);
+    // Experiments: BENCH_RDKAFKA="key=value,key=value" adds librdkafka settings.
+    for pair in std::env::var("BENCH_RDKAFKA")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if let Some((key, value)) = pair.split_once('=') {
+            config.set(key, value);
+        }
+    }
+    let consumer: StreamConsumer = config.create().expect("consumer");
     consumer.subscribe(&[&topic]).expect("subscribe");
     let mut seen = 0u64;
     let mut bytes = 0usize;

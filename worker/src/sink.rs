@@ -70,14 +70,48 @@ pub const fn storage_name(kind: StorageKind) -> &'static str {
     }
 }
 
-/// One record to store, in partition order.
+/// One record to store, in partition order. The source id and the value share one
+/// allocation: the receiver makes one of these per record, so it is the hot path.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredRecord {
     pub partition: i32,
     pub offset: i64,
-    pub source: String,
     pub timestamp_ms: i64,
-    pub value: Vec<u8>,
+    /// The source id's bytes, then the value's.
+    bytes: Box<[u8]>,
+    source_len: usize,
+}
+
+impl StoredRecord {
+    pub fn new(partition: i32, offset: i64, source: &str, timestamp_ms: i64, value: &[u8]) -> Self {
+        let mut bytes = Vec::with_capacity(source.len() + value.len());
+        bytes.extend_from_slice(source.as_bytes());
+        bytes.extend_from_slice(value);
+        Self {
+            partition,
+            offset,
+            timestamp_ms,
+            bytes: bytes.into_boxed_slice(),
+            source_len: source.len(),
+        }
+    }
+
+    /// The source id (UTF-8, checked when the record was made).
+    pub fn source(&self) -> &[u8] {
+        self.bytes.get(..self.source_len).unwrap_or_default()
+    }
+
+    /// The value exactly as received.
+    pub fn value(&self) -> &[u8] {
+        self.bytes.get(self.source_len..).unwrap_or_default()
+    }
+}
+
+/// A batch's Redis commands, and how many data keys they touch.
+#[derive(Debug)]
+pub struct StorageCommands {
+    pub commands: Vec<Cmd>,
+    pub keys_touched: usize,
 }
 
 /// The commands for `records` (already filtered and in order), coalesced per key:
@@ -88,34 +122,38 @@ pub struct StoredRecord {
 /// - zset: one `ZADD key ts1 v1 … tsn vn` and one `ZREMRANGEBYRANK key 0 -(depth+1)`;
 ///
 /// then `EXPIRE key ttl` per key with a TTL. Keys come in order of first appearance.
-pub fn storage_commands<'a>(
-    layout: &StorageLayout,
-    records: impl IntoIterator<Item = &'a StoredRecord>,
-) -> Vec<Cmd> {
-    let mut order: Vec<&'a str> = Vec::new();
-    let mut per_source: HashMap<&'a str, Vec<&'a StoredRecord>> = HashMap::new();
-    for record in records {
-        per_source
-            .entry(record.source.as_str())
-            .or_insert_with(|| {
-                order.push(record.source.as_str());
-                Vec::new()
-            })
-            .push(record);
+pub fn storage_commands(layout: &StorageLayout, records: &[&StoredRecord]) -> StorageCommands {
+    // Each record's key group, numbered by first appearance; sorting (group, index) pairs
+    // makes each group contiguous and keeps its records in order, with no Vec per key.
+    let mut group_of: HashMap<&[u8], usize, FastHash> =
+        HashMap::with_capacity_and_hasher(records.len(), FastHash::default());
+    let mut order: Vec<(usize, usize)> = Vec::with_capacity(records.len());
+    for (index, record) in records.iter().enumerate() {
+        let next = group_of.len();
+        let group = *group_of.entry(record.source()).or_insert(next);
+        order.push((group, index));
     }
+    order.sort_unstable();
+    let key_prefix = format!("{}:{}:", layout.key_prefix, storage_name(layout.kind));
     let depth = layout.history_depth as usize;
-    let mut commands = Vec::with_capacity(order.len() * 2);
-    for source in order {
-        let Some(group) = per_source.get(source) else {
+    let mut commands = Vec::with_capacity(group_of.len() * 2);
+    for members in order.chunk_by(|a, b| a.0 == b.0) {
+        let group: Vec<&StoredRecord> = members
+            .iter()
+            .filter_map(|(_, index)| records.get(*index).copied())
+            .collect();
+        let Some(first) = group.first() else {
             continue;
         };
-        let key = layout.data_key(source);
+        let mut key = Vec::with_capacity(key_prefix.len() + first.source().len());
+        key.extend_from_slice(key_prefix.as_bytes());
+        key.extend_from_slice(first.source());
         match layout.kind {
             StorageKind::List => {
                 let mut push = redis::cmd("LPUSH");
                 push.arg(&key);
                 for record in &group[group.len().saturating_sub(depth)..] {
-                    push.arg(record.value.as_slice());
+                    push.arg(record.value());
                 }
                 commands.push(push);
                 let mut trim = redis::cmd("LTRIM");
@@ -135,7 +173,7 @@ pub fn storage_commands<'a>(
                         .arg("ts")
                         .arg(record.timestamp_ms)
                         .arg("v")
-                        .arg(record.value.as_slice());
+                        .arg(record.value());
                     commands.push(add);
                 }
             }
@@ -146,7 +184,7 @@ pub fn storage_commands<'a>(
                         .arg("ts")
                         .arg(last.timestamp_ms)
                         .arg("v")
-                        .arg(last.value.as_slice());
+                        .arg(last.value());
                     commands.push(set);
                 }
             }
@@ -154,7 +192,7 @@ pub fn storage_commands<'a>(
                 let mut add = redis::cmd("ZADD");
                 add.arg(&key);
                 for record in &group[group.len().saturating_sub(depth)..] {
-                    add.arg(record.timestamp_ms).arg(record.value.as_slice());
+                    add.arg(record.timestamp_ms).arg(record.value());
                 }
                 commands.push(add);
                 let mut trim = redis::cmd("ZREMRANGEBYRANK");
@@ -172,8 +210,15 @@ pub fn storage_commands<'a>(
             commands.push(expire);
         }
     }
-    commands
+    StorageCommands {
+        commands,
+        keys_touched: group_of.len(),
+    }
 }
+
+/// A fast non-cryptographic hasher for per-batch maps whose keys come from the worker's
+/// own input partitioning; SipHash showed in the receiver's profile.
+pub type FastHash = foldhash::fast::RandomState;
 
 /// The compact event published after a batch: `{"keys":3,"records":10,"dead_lettered":1,
 /// "offsets":{"0":41,"2":17}}` with the last offset applied per partition.
@@ -413,7 +458,6 @@ impl RedisSink {
     ) -> Result<TransactionOutcome, SinkError> {
         let mut pipeline = redis::pipe();
         pipeline.atomic().ignore_errors();
-        let names: Vec<String> = commands.iter().map(command_name).collect();
         for command in commands {
             pipeline.add_command(command);
         }
@@ -423,9 +467,11 @@ impl RedisSink {
             Some(replies) => TransactionOutcome::Committed {
                 failed_commands: replies
                     .iter()
-                    .zip(names)
-                    .filter_map(|(reply, name)| match reply {
-                        Value::ServerError(err) => Some(format!("{name}: {err:?}")),
+                    .zip(pipeline.cmd_iter())
+                    .filter_map(|(reply, command)| match reply {
+                        Value::ServerError(err) => {
+                            Some(format!("{}: {err:?}", command_name(command)))
+                        }
                         _ => None,
                     })
                     .collect(),
@@ -477,17 +523,23 @@ mod tests {
     }
 
     fn record(offset: i64, source: &str, value: &str) -> StoredRecord {
-        StoredRecord {
-            partition: 0,
-            offset,
-            source: source.to_owned(),
-            timestamp_ms: 1000 + offset,
-            value: value.as_bytes().to_vec(),
-        }
+        StoredRecord::new(0, offset, source, 1000 + offset, value.as_bytes())
     }
 
-    fn render(commands: &[Cmd]) -> Vec<String> {
-        commands
+    /// The commands for `records`, as text.
+    fn render(layout: &StorageLayout, records: &[StoredRecord]) -> Vec<String> {
+        let records: Vec<&StoredRecord> = records.iter().collect();
+        let storage = storage_commands(layout, &records);
+        assert_eq!(
+            storage.keys_touched,
+            records
+                .iter()
+                .map(|r| r.source())
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        );
+        storage
+            .commands
             .iter()
             .map(|cmd| {
                 cmd.args_iter()
@@ -511,10 +563,20 @@ mod tests {
     }
 
     #[test]
-    fn list_pushes_once_per_key_newest_last_and_trims() {
-        let commands = storage_commands(&layout(StorageKind::List, 100, None), &batch());
+    fn a_stored_record_splits_back_into_source_and_value() {
+        let record = StoredRecord::new(3, 7, "src-0042", 5, b"\x00value");
         assert_eq!(
-            render(&commands),
+            (record.source(), record.value()),
+            (&b"src-0042"[..], &b"\x00value"[..])
+        );
+        let empty = StoredRecord::new(0, 0, "k", 0, b"");
+        assert_eq!((empty.source(), empty.value()), (&b"k"[..], &b""[..]));
+    }
+
+    #[test]
+    fn list_pushes_once_per_key_newest_last_and_trims() {
+        assert_eq!(
+            render(&layout(StorageKind::List, 100, None), &batch()),
             [
                 "LPUSH ferry:list:a a1 a2 a3",
                 "LTRIM ferry:list:a 0 99",
@@ -526,9 +588,8 @@ mod tests {
 
     #[test]
     fn list_sends_only_what_survives_the_trim() {
-        let commands = storage_commands(&layout(StorageKind::List, 2, Some(1500)), &batch());
         assert_eq!(
-            render(&commands),
+            render(&layout(StorageKind::List, 2, Some(1500)), &batch()),
             [
                 "LPUSH ferry:list:a a2 a3",
                 "LTRIM ferry:list:a 0 1",
@@ -542,9 +603,8 @@ mod tests {
 
     #[test]
     fn stream_adds_every_record() {
-        let commands = storage_commands(&layout(StorageKind::Stream, 10, None), &batch()[..2]);
         assert_eq!(
-            render(&commands),
+            render(&layout(StorageKind::Stream, 10, None), &batch()[..2]),
             [
                 "XADD ferry:stream:a MAXLEN ~ 10 * ts 1001 v a1",
                 "XADD ferry:stream:b MAXLEN ~ 10 * ts 1002 v b1",
@@ -554,9 +614,8 @@ mod tests {
 
     #[test]
     fn hash_keeps_the_last_value() {
-        let commands = storage_commands(&layout(StorageKind::Hash, 1, Some(60_000)), &batch());
         assert_eq!(
-            render(&commands),
+            render(&layout(StorageKind::Hash, 1, Some(60_000)), &batch()),
             [
                 "HSET ferry:hash:a ts 1004 v a3",
                 "EXPIRE ferry:hash:a 60",
@@ -568,9 +627,8 @@ mod tests {
 
     #[test]
     fn zset_scores_by_timestamp_and_trims_by_rank() {
-        let commands = storage_commands(&layout(StorageKind::Zset, 5, None), &batch());
         assert_eq!(
-            render(&commands),
+            render(&layout(StorageKind::Zset, 5, None), &batch()),
             [
                 "ZADD ferry:zset:a 1001 a1 1003 a2 1004 a3",
                 "ZREMRANGEBYRANK ferry:zset:a 0 -6",

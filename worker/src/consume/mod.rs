@@ -2,18 +2,21 @@
 //! hands rebalances to the stage in order with its records, and the shutdown signal.
 //!
 //! The model is Vector's Kafka source: auto commit on, auto offset store off, offsets stored
-//! only once the stage has made their records durable. The consumer task forwards records
-//! and rebalance events through one bounded channel, so
+//! only once the stage has made their records durable. The consumer task forwards records,
+//! in chunks of what librdkafka has ready, and rebalance events through one bounded channel, so
 //! - memory stays flat under any backlog (the consumer waits when the channel is full);
-//! - a revoke reaches the writer after every record consumed before it. The rebalance
-//!   callback runs on the consumer's thread: it waits (up to a deadline) until the writer has
-//!   drained the revoked partitions and stored their offsets, then commits synchronously.
+//! - a revoke reaches the writer after every record consumed before it: records are staged
+//!   in the context ([`StageContext::stage`]) and a rebalance callback sends what is staged
+//!   ahead of its own event. The callback runs on the consumer's thread: it waits (up to a
+//!   deadline) until the writer has drained the revoked partitions and stored their
+//!   offsets, then commits synchronously.
 //!
 //! [`receiver`] is the receive stage built on it.
 
 pub mod receiver;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -102,21 +105,34 @@ pub fn consumer_config(
             "session.timeout.ms",
             session_timeout.as_millis().to_string(),
         )
-        .set("statistics.interval.ms", "5000")
-        // librdkafka prefetches per partition; bound it so memory stays flat.
-        .set("queued.max.messages.kbytes", "16384")
-        .set("fetch.max.bytes", "16777216");
+        .set("statistics.interval.ms", "5000");
+    apply_fetch_tuning(&mut config);
     Ok(config)
+}
+
+/// How the consumer prefetches: bounded, so memory stays flat under any backlog, and
+/// refilled quickly, so a full prefetch queue does not idle the consumer.
+///
+/// librdkafka postpones a partition's next fetch by `fetch.queue.backoff.ms` (1000 ms by
+/// default) whenever its local queue is over `queued.min.messages` or
+/// `queued.max.messages.kbytes`. A stage that drains its queue in well under a second then
+/// waits out the rest of it: on the benchmark's topic the default held a bare consumer to
+/// ~250k records/s, 20 ms let it read ~1.3M (bench/README.md).
+pub fn apply_fetch_tuning(config: &mut ClientConfig) {
+    config
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.max.bytes", "16777216")
+        .set("fetch.queue.backoff.ms", "20");
 }
 
 /// What the consumer task sends the stage's writer, in consumption order.
 #[derive(Debug)]
 pub enum ConsumerEvent<T> {
-    Item(T),
+    /// Records in consumption order: one per `recv`, sent as a chunk to spare the channel
+    /// and the writer's wakeups a round per record.
+    Items(Vec<T>),
     /// These partitions are now this worker's (the whole assignment: eager rebalancing).
-    Assigned {
-        partitions: Vec<i32>,
-    },
+    Assigned { partitions: Vec<i32> },
     /// These partitions go away: finish their records and store their offsets by
     /// `deadline`, then answer on `done`.
     Revoked {
@@ -135,6 +151,8 @@ pub enum ConsumerEvent<T> {
 /// statistics, and logs client errors.
 pub struct StageContext<T> {
     events: mpsc::Sender<ConsumerEvent<T>>,
+    /// Records consumed but not yet sent; a rebalance callback sends them before its event.
+    staged: Mutex<Vec<T>>,
     runtime: tokio::runtime::Handle,
     drain_timeout: Duration,
     metrics: Metrics,
@@ -162,12 +180,41 @@ impl<T: Send + 'static> StageContext<T> {
     ) -> Self {
         Self {
             events,
+            staged: Mutex::new(Vec::new()),
             runtime: tokio::runtime::Handle::current(),
             drain_timeout,
             metrics,
             topic: topic.to_owned(),
             closing: AtomicBool::new(false),
         }
+    }
+
+    /// Keeps a consumed record until [`StageContext::take_staged`] (or a rebalance) sends it.
+    pub fn stage(&self, item: T) {
+        self.staged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(item);
+    }
+
+    /// The records staged since the last call, in consumption order.
+    pub fn take_staged(&self) -> Vec<T> {
+        let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+        // The next chunk is likely as long: one allocation instead of a growth series.
+        let capacity = staged.capacity();
+        std::mem::replace(&mut *staged, Vec::with_capacity(capacity))
+    }
+
+    /// Sends what is staged ahead of a rebalance event, keeping consumption order.
+    async fn send_with_staged(
+        events: mpsc::Sender<ConsumerEvent<T>>,
+        staged: Vec<T>,
+        event: ConsumerEvent<T>,
+    ) -> bool {
+        if !staged.is_empty() && events.send(ConsumerEvent::Items(staged)).await.is_err() {
+            return false;
+        }
+        events.send(event).await.is_ok()
     }
 
     /// From now on revokes do not wait for the writer (it has finished): set before closing
@@ -234,9 +281,11 @@ impl<T: Send + 'static> ConsumerContext for StageContext<T> {
                         done,
                     };
                     let events = self.events.clone();
+                    let staged = self.take_staged();
                     let finished = self.block_on(async move {
                         tokio::time::timeout_at(deadline, async move {
-                            events.send(event).await.is_ok() && drained.await.is_ok()
+                            Self::send_with_staged(events, staged, event).await
+                                && drained.await.is_ok()
                         })
                         .await
                     });
@@ -267,9 +316,14 @@ impl<T: Send + 'static> ConsumerContext for StageContext<T> {
                 return;
             }
             let events = self.events.clone();
+            let staged = self.take_staged();
             // The writer must see this before any record of the new assignment; the channel
             // keeps that order. A closed channel means the stage is stopping.
-            let _ = self.block_on(events.send(ConsumerEvent::Assigned { partitions }));
+            let _ = self.block_on(Self::send_with_staged(
+                events,
+                staged,
+                ConsumerEvent::Assigned { partitions },
+            ));
         }
     }
 

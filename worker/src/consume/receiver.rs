@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -31,7 +32,10 @@ use crate::config::{RecordFormat, StageConfig, WorkerConfig};
 use crate::http::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::record::{self, RejectReason};
-use crate::sink::{self, RedisSink, SinkError, StorageLayout, StoredRecord, TransactionOutcome};
+use crate::sink::{
+    self, FastHash, RedisSink, SinkError, StorageCommands, StorageLayout, StoredRecord,
+    TransactionOutcome,
+};
 
 /// Process-level knobs of the receiver; the pipeline's own settings are in the config.
 #[derive(Debug, Clone)]
@@ -151,24 +155,34 @@ impl Validator {
                 );
             }
         }
-        ConsumedRecord::Store(StoredRecord {
+        ConsumedRecord::Store(StoredRecord::new(
             partition,
             offset,
-            source: source.to_owned(),
+            source,
             timestamp_ms,
-            value: value.to_vec(),
-        })
+            value,
+        ))
     }
 
-    fn check_message(&self, message: &BorrowedMessage<'_>) -> ConsumedRecord {
+    fn check_message(&self, message: &BorrowedMessage<'_>, now_ms: i64) -> ConsumedRecord {
         self.check(
             message.partition(),
             message.offset(),
             message.key(),
             message.payload(),
             message.timestamp().to_millis(),
-            now_ms(),
+            now_ms,
         )
+    }
+
+    /// The clock the checks need: read only when `max_age` is set, since it costs a
+    /// syscall-sized slice of every record otherwise.
+    fn now_ms(&self) -> i64 {
+        if self.max_age_ms.is_some() {
+            now_ms()
+        } else {
+            0
+        }
     }
 }
 
@@ -181,6 +195,9 @@ fn now_ms() -> i64 {
 }
 
 type ReceiverConsumer = StreamConsumer<StageContext<ConsumedRecord>>;
+
+/// The most records the consumer sends the writer at once (fewer if a batch is smaller).
+const MAX_CHUNK: usize = 256;
 
 /// Runs the receive stage until `shutdown`, then drains, commits and leaves the group.
 pub async fn run(
@@ -207,10 +224,10 @@ pub async fn run(
         )?),
         None => None,
     };
-    // Twice a batch: the writer commits one batch while the next one queues.
-    let capacity = (receiver.batch.max_records as usize)
-        .saturating_mul(2)
-        .max(64);
+    // Twice a batch, in chunks: the writer commits one batch while the next one queues.
+    let max_records = receiver.batch.max_records as usize;
+    let chunk_limit = max_records.clamp(1, MAX_CHUNK);
+    let capacity = max_records.saturating_mul(2).div_ceil(chunk_limit).max(4);
     let (events, events_rx) = mpsc::channel(capacity);
     let context = StageContext::new(
         events.clone(),
@@ -251,8 +268,8 @@ pub async fn run(
         readiness: readiness.clone(),
         max_records: receiver.batch.max_records as usize,
         max_wait: receiver.batch.max_wait.as_duration(),
-        owned: HashSet::new(),
-        highest_taken: HashMap::new(),
+        owned: HashSet::default(),
+        highest_taken: HashMap::default(),
         batch: PendingBatch::default(),
         backoff: Backoff::DEFAULT,
         reject_log: RateLimitedLog::new(Duration::from_secs(10)),
@@ -272,11 +289,13 @@ pub async fn run(
             _ = shutdown.wait() => break,
             received = consumer.recv() => received,
         };
-        let item = match received {
+        let now_ms = validator.now_ms();
+        match received {
             Ok(message) => {
                 backoff.reset();
-                metrics.records_in.inc();
-                validator.check_message(&message)
+                consumer
+                    .context()
+                    .stage(validator.check_message(&message, now_ms));
             }
             Err(error) => {
                 metrics.kafka_error("consume");
@@ -287,11 +306,35 @@ pub async fn run(
                     _ = tokio::time::sleep(delay) => continue,
                 }
             }
-        };
+        }
+        // Whatever librdkafka already has joins the chunk.
+        let mut chunk_len = 1;
+        while chunk_len < chunk_limit {
+            match consumer.recv().now_or_never() {
+                Some(Ok(message)) => {
+                    consumer
+                        .context()
+                        .stage(validator.check_message(&message, now_ms));
+                    chunk_len += 1;
+                }
+                Some(Err(error)) => {
+                    metrics.kafka_error("consume");
+                    warn!(%error, "kafka consume error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        metrics.records_in.inc_by(chunk_len as u64);
+        // Empty if a rebalance callback has already sent them ahead of its event.
+        let chunk = consumer.context().take_staged();
+        if chunk.is_empty() {
+            continue;
+        }
         tokio::select! {
             biased;
             _ = shutdown.wait() => break,
-            sent = events.send(ConsumerEvent::Item(item)) => if sent.is_err() { break },
+            sent = events.send(ConsumerEvent::Items(chunk)) => if sent.is_err() { break },
         }
         if writer_task.is_finished() {
             break;
@@ -362,8 +405,13 @@ impl PendingBatch {
         *last = (*last).max(offset);
     }
 
+    /// Empties the batch, keeping its buffers for the next one.
     fn clear(&mut self) {
-        *self = Self::default();
+        self.started = None;
+        self.records.clear();
+        self.rejects.clear();
+        self.last_offsets.clear();
+        self.taken = 0;
     }
 }
 
@@ -389,10 +437,10 @@ struct Writer {
     readiness: Readiness,
     max_records: usize,
     max_wait: Duration,
-    owned: HashSet<i32>,
+    owned: HashSet<i32, FastHash>,
     /// Per owned partition, the highest offset known applied or already in the batch:
     /// anything at or below it is a replay.
-    highest_taken: HashMap<i32, i64>,
+    highest_taken: HashMap<i32, i64, FastHash>,
     batch: PendingBatch,
     backoff: Backoff,
     reject_log: RateLimitedLog,
@@ -415,10 +463,12 @@ impl Writer {
                 },
             };
             match event {
-                Some(ConsumerEvent::Item(record)) => {
-                    self.take(record);
-                    if self.batch.taken >= self.max_records {
-                        self.flush(None).await;
+                Some(ConsumerEvent::Items(records)) => {
+                    for record in records {
+                        self.take(record);
+                        if self.batch.taken >= self.max_records {
+                            self.flush(None).await;
+                        }
                     }
                 }
                 Some(ConsumerEvent::Assigned { partitions }) => {
@@ -629,17 +679,15 @@ impl Writer {
             }
         }
 
-        let mut commands = sink::storage_commands(&self.layout, records.iter().copied());
+        let StorageCommands {
+            mut commands,
+            keys_touched,
+        } = sink::storage_commands(&self.layout, &records);
         for (partition, offset) in &advanced {
             let mut set = redis::cmd("SET");
             set.arg(self.checkpoint_keys.key(*partition)).arg(*offset);
             commands.push(set);
         }
-        let keys_touched = records
-            .iter()
-            .map(|r| r.source.as_str())
-            .collect::<HashSet<_>>()
-            .len();
         let event = sink::batch_event(keys_touched, records.len(), rejects.len(), &advanced);
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(self.layout.events_channel()).arg(event);
@@ -834,12 +882,12 @@ mod tests {
         else {
             panic!("expected a stored record");
         };
-        assert_eq!(stored.value, bytes);
+        assert_eq!(stored.value(), bytes);
         assert_eq!(
             (stored.partition, stored.offset, stored.timestamp_ms),
             (2, 7, 1_000)
         );
-        assert_eq!(stored.source, "src-1");
+        assert_eq!(stored.source(), b"src-1");
     }
 
     #[test]
