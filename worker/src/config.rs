@@ -217,7 +217,7 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
-            max_records: 500,
+            max_records: 2000,
             max_wait: HumanDuration::from_millis(50),
         }
     }
