@@ -11,11 +11,15 @@
 //!   and −2 (earliest) sends ListOffsets grouped by partition leader: two round trips per
 //!   leader for every partition of every topic polled, instead of two per partition as
 //!   `fetch_watermarks` does.
-//! - Committed offsets: rdkafka 0.39 does not expose the admin ListConsumerGroupOffsets call,
-//!   and the workspace forbids `unsafe` FFI. So each group gets one cached consumer configured
-//!   with its `group.id` that never subscribes (so never joins the group) and fetches the
-//!   group's committed offsets for all partitions in one OffsetFetch. It connects only to the
-//!   bootstrap broker and the group coordinator (librdkafka's sparse connections).
+//! - Committed offsets and group descriptions: rdkafka 0.39 does not expose the admin
+//!   ListConsumerGroupOffsets call, and the workspace forbids `unsafe` FFI. So
+//!   [`crate::group_offsets`] speaks the wire protocol for them: one FindCoordinator for
+//!   every group, then one OffsetFetch and one DescribeGroups per coordinator, over one
+//!   connection per broker. A thousand Pipelines cost the same three requests as one.
+//! - Fallback, for TLS clusters (that client is plaintext only) and brokers older than
+//!   Kafka 3.0 (no batched OffsetFetch): each group gets one cached rdkafka consumer with its
+//!   `group.id` that never subscribes (so never joins the group), fetching the group's
+//!   committed offsets in one OffsetFetch, and its description through the shared client.
 //! - Every call blocks, so a whole cluster's batch runs in one `spawn_blocking`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -28,8 +32,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::groups::GroupList;
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::debug;
+use tracing::{debug, info};
 
+use crate::group_offsets::{GroupOffsetsClient, GroupQuery, GroupReport, WireError};
 use crate::scaling::{Observation, PartitionLag};
 
 /// How long one Kafka request may take before the poll gives up on it.
@@ -66,6 +71,12 @@ pub enum LagError {
         bootstrap: String,
         group: String,
         source: Box<KafkaError>,
+    },
+    #[error("cannot read group {group} on {bootstrap}: {message}")]
+    GroupOffsets {
+        bootstrap: String,
+        group: String,
+        message: String,
     },
     #[error("the lag reader for {bootstrap} stopped: {message}")]
     Task { bootstrap: String, message: String },
@@ -249,20 +260,45 @@ fn live_partitions(groups: &GroupList, group: &str, topic: &str, partitions: &[i
     let Some(info) = groups.groups().iter().find(|g| g.name() == group) else {
         return vec![false; partitions.len()];
     };
+    let members: Vec<Option<&[u8]>> = info.members().iter().map(|m| m.assignment()).collect();
+    live_from_description(info.state(), &members, topic, partitions)
+}
+
+/// Which partitions have a live consumer, from a group's state and its members' assignments.
+fn live_from_description(
+    state: &str,
+    assignments: &[Option<&[u8]>],
+    topic: &str,
+    partitions: &[i32],
+) -> Vec<bool> {
     // During a rebalance nobody commits; that's not a stuck consumer.
-    if info.state() != "Stable" || info.members().is_empty() {
+    if state != "Stable" || assignments.is_empty() {
         return vec![false; partitions.len()];
     }
-    match assigned_partitions(info.members().iter().map(|m| m.assignment()), topic) {
+    match assigned_partitions(assignments.iter().copied(), topic) {
         Some(assigned) => partitions.iter().map(|p| assigned.contains(p)).collect(),
         None => vec![true; partitions.len()],
     }
 }
 
-/// Clients of one cluster: one shared, plus one per consumer group for committed offsets.
+/// How committed offsets and group descriptions are read on one cluster.
+enum GroupCalls {
+    /// Batched over the wire protocol.
+    Batched(GroupOffsetsClient),
+    /// One rdkafka client per group (TLS, or a broker without the batched calls).
+    PerGroup,
+}
+
+/// A group's committed offset per partition, which partitions have a live consumer, and
+/// the group's state.
+type GroupFacts = (BTreeMap<i32, Option<i64>>, Vec<bool>, Option<String>);
+
+/// Clients of one cluster: one shared rdkafka client, and the batched group calls (or, as
+/// the fallback, one rdkafka client per consumer group).
 struct ClusterClients {
     config: ClusterConfig,
     shared: BaseConsumer,
+    group_calls: Mutex<GroupCalls>,
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
 }
 
@@ -275,9 +311,19 @@ impl ClusterClients {
                 bootstrap: config.bootstrap_servers.clone(),
                 source: Box::new(source),
             })?;
+        // The wire client speaks plaintext only: any security setting means the fallback.
+        let group_calls = if config.properties.is_empty() {
+            GroupCalls::Batched(GroupOffsetsClient::new(
+                &config.bootstrap_servers,
+                REQUEST_TIMEOUT,
+            ))
+        } else {
+            GroupCalls::PerGroup
+        };
         Ok(Self {
             config,
             shared,
+            group_calls: Mutex::new(group_calls),
             groups: Mutex::new(HashMap::new()),
         })
     }
@@ -322,6 +368,7 @@ impl ClusterClients {
         }
         let ends = self.list_offsets(&tpl, LATEST, "log-end");
         let starts = self.list_offsets(&tpl, EARLIEST, "log-start");
+        let batched = self.batched_group_reports(queries, &partitions);
 
         queries
             .iter()
@@ -337,16 +384,11 @@ impl ClusterClients {
                     })?;
                 let ends = pick(&ends, &query.topic)?;
                 let starts = pick(&starts, &query.topic)?;
-                let committed = self.committed(query, &partitions)?;
-                let description = self
-                    .shared
-                    .fetch_group_list(Some(&query.group), REQUEST_TIMEOUT);
-                if let Err(err) = &description {
-                    debug!(group = %query.group, error = %err, "cannot describe the group");
-                }
-                let alive = match &description {
-                    Ok(groups) => live_partitions(groups, &query.group, &query.topic, &partitions),
-                    Err(_) => vec![false; partitions.len()],
+                let (committed, alive, group_state) = match &batched {
+                    Some(reports) => {
+                        self.group_facts_batched(query, &partitions, reports.get(&query.group))?
+                    }
+                    None => self.group_facts_per_group(query, &partitions)?,
                 };
                 let reports = partitions
                     .iter()
@@ -368,16 +410,119 @@ impl ClusterClients {
                 Ok(GroupLag {
                     query: query.clone(),
                     partitions: reports,
-                    group_state: description.ok().and_then(|groups| {
-                        groups
-                            .groups()
-                            .iter()
-                            .find(|g| g.name() == query.group)
-                            .map(|g| g.state().to_owned())
-                    }),
+                    group_state,
                 })
             })
             .collect()
+    }
+
+    /// Every query's group through the batched calls; `None` when this cluster uses the
+    /// per-group fallback (decided here for good if the broker is too old).
+    fn batched_group_reports(
+        &self,
+        queries: &[LagQuery],
+        partitions: &BTreeMap<&str, Result<Vec<i32>, LagError>>,
+    ) -> Option<HashMap<String, Result<GroupReport, String>>> {
+        let mut calls = self
+            .group_calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let GroupCalls::Batched(client) = &mut *calls else {
+            return None;
+        };
+        let wire_queries: Vec<GroupQuery<'_>> = queries
+            .iter()
+            .filter_map(|query| {
+                let Some(Ok(list)) = partitions.get(query.topic.as_str()) else {
+                    return None;
+                };
+                Some(GroupQuery {
+                    group: &query.group,
+                    topic: &query.topic,
+                    partitions: list,
+                })
+            })
+            .collect();
+        match client.fetch(&wire_queries) {
+            Ok(reports) => Some(reports),
+            Err(error @ WireError::Unsupported { .. }) => {
+                info!(bootstrap = %self.bootstrap(), %error, "reading group offsets with one client per group");
+                *calls = GroupCalls::PerGroup;
+                None
+            }
+            Err(error) => {
+                let message = error.to_string();
+                Some(
+                    wire_queries
+                        .iter()
+                        .map(|q| (q.group.to_owned(), Err(message.clone())))
+                        .collect(),
+                )
+            }
+        }
+    }
+
+    /// Committed offsets, live partitions and state from a batched group report.
+    fn group_facts_batched(
+        &self,
+        query: &LagQuery,
+        partitions: &[i32],
+        report: Option<&Result<GroupReport, String>>,
+    ) -> Result<GroupFacts, LagError> {
+        let error = |message: String| LagError::GroupOffsets {
+            bootstrap: self.bootstrap(),
+            group: query.group.clone(),
+            message,
+        };
+        let report = match report {
+            Some(Ok(report)) => report,
+            Some(Err(message)) => return Err(error(message.clone())),
+            None => return Err(error("not in the batched answer".to_owned())),
+        };
+        let on_topic = report.committed.get(&query.topic);
+        let committed = partitions
+            .iter()
+            .map(|p| (*p, on_topic.and_then(|c| c.get(p).copied().flatten())))
+            .collect();
+        let alive = match &report.state {
+            Some(state) => {
+                let members: Vec<Option<&[u8]>> = report
+                    .assignments
+                    .iter()
+                    .map(|a| Some(a.as_ref()))
+                    .collect();
+                live_from_description(state, &members, &query.topic, partitions)
+            }
+            None => vec![false; partitions.len()],
+        };
+        Ok((committed, alive, report.state.clone()))
+    }
+
+    /// The same through the per-group rdkafka client and the shared client.
+    fn group_facts_per_group(
+        &self,
+        query: &LagQuery,
+        partitions: &[i32],
+    ) -> Result<GroupFacts, LagError> {
+        let committed = self.committed(query, partitions)?;
+        let description = self
+            .shared
+            .fetch_group_list(Some(&query.group), REQUEST_TIMEOUT);
+        if let Err(err) = &description {
+            debug!(group = %query.group, error = %err, "cannot describe the group");
+        }
+        let alive = match &description {
+            Ok(groups) => live_partitions(groups, &query.group, &query.topic, partitions),
+            Err(_) => vec![false; partitions.len()],
+        };
+        let state = description.ok().and_then(|groups| {
+            groups
+                .groups()
+                .iter()
+                .find(|g| g.name() == query.group)
+                .map(|g| g.state().to_owned())
+        });
+        Ok((committed, alive, state))
     }
 
     fn partitions_of(&self, topic: &str) -> Result<Vec<i32>, LagError> {
@@ -554,6 +699,21 @@ impl LagReader {
                 .retain(|group, _| wanted.contains(&(cluster.clone(), group.clone())));
             wanted.iter().any(|(c, _)| c == cluster)
         });
+    }
+
+    /// Connections the batched group calls opened, over all clusters: for tests and the
+    /// benchmark (one per broker when nothing failed).
+    pub fn group_connections_opened(&self) -> u64 {
+        let clusters = self.clusters.lock().unwrap_or_else(PoisonError::into_inner);
+        clusters
+            .values()
+            .map(
+                |c| match &*c.group_calls.lock().unwrap_or_else(PoisonError::into_inner) {
+                    GroupCalls::Batched(client) => client.connections_opened(),
+                    GroupCalls::PerGroup => 0,
+                },
+            )
+            .sum()
     }
 
     /// Clients held, as (clusters, group clients): for tests and debugging.

@@ -355,7 +355,7 @@ async fn records_deleted_by_retention_never_count() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn one_batch_reads_many_groups_with_one_shared_client() {
+async fn one_batch_reads_many_groups_over_one_connection_per_broker() {
     let stack = stack();
     let topic_a = random_name("lag-batch-a");
     let topic_b = random_name("lag-batch-b");
@@ -408,10 +408,14 @@ async fn one_batch_reads_many_groups_with_one_shared_client() {
             .is_err_and(|e| e.contains("does not exist")),
         "{totals:?}"
     );
-    // One shared client for the cluster, one committed-offsets client per group.
-    assert_eq!(reader.client_counts(), (1, 3));
+    // One shared client for the cluster and no client per group: the groups' offsets and
+    // descriptions came in batched requests, over the bootstrap connection and one to the
+    // coordinator (the same broker here, but maybe under its advertised address).
+    assert_eq!(reader.client_counts(), (1, 0));
+    let opened = reader.group_connections_opened();
+    assert!((1..=2).contains(&opened), "{opened} connections");
 
-    // Polling again reuses the same clients; dropping a group closes only its client.
+    // Polling again reuses the same clients; dropping every group closes the cluster's.
     let again = reader
         .read(
             &cluster,
@@ -423,9 +427,58 @@ async fn one_batch_reads_many_groups_with_one_shared_client() {
         )
         .await;
     assert_eq!(again[0].as_ref().map(GroupLag::total).ok(), Some(3));
-    assert_eq!(reader.client_counts(), (1, 3));
+    // Polling again reuses the connections.
+    assert_eq!(reader.group_connections_opened(), opened);
     reader.retain(&BTreeSet::from([(cluster.clone(), groups[0].clone())]));
-    assert_eq!(reader.client_counts(), (1, 1));
+    assert_eq!(reader.client_counts(), (1, 0));
     reader.retain(&BTreeSet::new());
     assert_eq!(reader.client_counts(), (0, 0));
+}
+
+/// TLS clusters (and brokers older than Kafka 3.0) read through one rdkafka client per group:
+/// that path must report what the batched one does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_per_group_fallback_reads_the_same_lag() {
+    let stack = stack();
+    let topic = random_name("lag-fallback");
+    create_topic(&stack, &topic, 3).await;
+    produce(&stack, &topic, &[5, 6, 7]).await;
+    let groups: Vec<String> = (0..2).map(|_| random_name("group")).collect();
+    commit(&stack, &groups[0], &topic, &[(0, 5), (1, 2)]);
+    let queries: Vec<LagQuery> = groups
+        .iter()
+        .map(|group| LagQuery {
+            topic: topic.clone(),
+            group: group.clone(),
+            offset_reset: OffsetReset::Earliest,
+        })
+        .collect();
+
+    let batched = LagReader::new();
+    let by_wire = batched
+        .read(&ClusterConfig::plaintext(&stack.bootstrap), queries.clone())
+        .await;
+    // Any client property (as TLS sets) selects the fallback.
+    let mut fallback_cluster = ClusterConfig::plaintext(&stack.bootstrap);
+    fallback_cluster
+        .properties
+        .insert("security.protocol".into(), "plaintext".into());
+    let per_group = LagReader::new();
+    let by_clients = per_group.read(&fallback_cluster, queries).await;
+
+    let facts = |results: &[Result<GroupLag, ferry_operator::lag::LagError>]| {
+        results
+            .iter()
+            .map(|r| {
+                let lag = r.as_ref().expect("lag read");
+                (lag.total(), by_partition(lag))
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(facts(&by_wire), facts(&by_clients));
+    assert_eq!(facts(&by_wire)[0].0, 4 + 7);
+    assert_eq!(facts(&by_wire)[1].0, 5 + 6 + 7);
+    assert_eq!(per_group.client_counts(), (1, 2));
+    assert_eq!(per_group.group_connections_opened(), 0);
+    assert_eq!(batched.client_counts(), (1, 0));
 }
