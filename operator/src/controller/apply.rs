@@ -1,12 +1,21 @@
 //! Stage 4: server-side apply of the built children under one field manager, then removal
 //! of any labelled child this round no longer produced (a removed processor, say).
+//!
+//! A child the watch cache shows exactly as last applied is not applied again: each applied
+//! object carries the hash of what was built ([`APPLIED_HASH`]), and a child nobody else has
+//! written since (its `managedFields` name only this operator, bar the status) with the same
+//! hash is already what the apply would make. So the wakeups that only refresh status (a
+//! Deployment's ready count, the lag) cost no writes; any edit by someone else is undone.
 
 use std::collections::BTreeSet;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -15,6 +24,15 @@ use super::build::{Children, owned_children_selector};
 use super::dereference::kafka_topic_api_resource;
 
 pub const FIELD_MANAGER: &str = "ferry-operator";
+/// The hash of the object as built, set on every applied child.
+pub const APPLIED_HASH: &str = "ferry.dev/applied-hash";
+
+/// The watch caches of the children, which let an unchanged child go unapplied.
+#[derive(Clone, Debug)]
+pub struct ChildCaches {
+    pub deployments: Store<Deployment>,
+    pub config_maps: Store<ConfigMap>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -54,6 +72,7 @@ pub struct Applied {
 
 pub async fn apply(
     client: &Client,
+    caches: Option<&ChildCaches>,
     namespace: &str,
     pipeline: &str,
     children: Children,
@@ -74,11 +93,28 @@ pub async fn apply(
     };
 
     // The ConfigMap first: new pods must find the config their template's hash points at.
-    let config_map = apply_one(client, namespace, &params, "ConfigMap", config_map).await?;
+    let config_map = apply_one(
+        client,
+        caches.map(|c| &c.config_maps),
+        namespace,
+        &params,
+        "ConfigMap",
+        config_map,
+    )
+    .await?;
     let mut applied_deployments = Vec::with_capacity(deployments.len());
     for deployment in deployments {
-        applied_deployments
-            .push(apply_one(client, namespace, &params, "Deployment", deployment).await?);
+        applied_deployments.push(
+            apply_one(
+                client,
+                caches.map(|c| &c.deployments),
+                namespace,
+                &params,
+                "Deployment",
+                deployment,
+            )
+            .await?,
+        );
     }
 
     let mut deleted = Vec::new();
@@ -134,10 +170,11 @@ async fn apply_kafka_topic(
 
 async fn apply_one<K>(
     client: &Client,
+    cache: Option<&Store<K>>,
     namespace: &str,
     params: &PatchParams,
     kind: &'static str,
-    object: K,
+    mut object: K,
 ) -> Result<K, ApplyError>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
@@ -147,6 +184,15 @@ where
         + DeserializeOwned,
 {
     let name = object.name_any();
+    let hash = built_hash(&object);
+    if let Some(live) = cache.and_then(|c| c.get(&ObjectRef::new(&name).within(namespace)))
+        && applied_as_built(live.as_ref(), &hash)
+    {
+        return Ok(live.as_ref().clone());
+    }
+    object
+        .annotations_mut()
+        .insert(APPLIED_HASH.to_owned(), hash);
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     // k8s-openapi types serialize their apiVersion and kind, which apply requires.
     api.patch(&name, params, &Patch::Apply(&object))
@@ -157,6 +203,33 @@ where
             name,
             source,
         })
+}
+
+/// The hash of an object as built (serde_json's output is stable: maps are ordered).
+fn built_hash<K: Serialize>(object: &K) -> String {
+    let mut hasher = DefaultHasher::new();
+    serde_json::to_vec(object)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// Whether `live` is what applying an object built with `hash` would leave: applied with
+/// that hash, and written since by no one but this operator (and status writers).
+fn applied_as_built<K: Resource>(live: &K, hash: &str) -> bool {
+    let meta = live.meta();
+    let same_build = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(APPLIED_HASH))
+        .is_some_and(|h| h == hash);
+    let only_ours = meta.managed_fields.as_ref().is_some_and(|entries| {
+        entries.iter().all(|entry| {
+            entry.subresource.as_deref() == Some("status")
+                || entry.manager.as_deref() == Some(FIELD_MANAGER)
+        })
+    });
+    same_build && only_ours && meta.deletion_timestamp.is_none()
 }
 
 async fn delete_orphans<K>(
@@ -203,4 +276,72 @@ where
         }
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    fn live(hash: &str, managers: &[(&str, Option<&str>)]) -> ConfigMap {
+        let mut config_map = ConfigMap::default();
+        config_map.metadata.annotations = Some([(APPLIED_HASH.to_owned(), hash.to_owned())].into());
+        config_map.metadata.managed_fields = Some(
+            managers
+                .iter()
+                .map(|(manager, subresource)| ManagedFieldsEntry {
+                    manager: Some((*manager).to_owned()),
+                    subresource: subresource.map(str::to_owned),
+                    ..ManagedFieldsEntry::default()
+                })
+                .collect(),
+        );
+        config_map
+    }
+
+    #[test]
+    fn an_unchanged_child_needs_no_apply() {
+        let ours = [(FIELD_MANAGER, None)];
+        assert!(applied_as_built(&live("h1", &ours), "h1"));
+        // Built differently now.
+        assert!(!applied_as_built(&live("h1", &ours), "h2"));
+        // Status writers do not count as drift.
+        assert!(applied_as_built(
+            &live(
+                "h1",
+                &[
+                    (FIELD_MANAGER, None),
+                    ("kube-controller-manager", Some("status"))
+                ]
+            ),
+            "h1"
+        ));
+        // Someone else edited it (kubectl edit; kubectl scale writes through /scale).
+        assert!(!applied_as_built(
+            &live("h1", &[(FIELD_MANAGER, None), ("kubectl-edit", None)]),
+            "h1"
+        ));
+        assert!(!applied_as_built(
+            &live("h1", &[(FIELD_MANAGER, None), ("kubectl", Some("scale"))]),
+            "h1"
+        ));
+        // Never applied by us, or being deleted.
+        assert!(!applied_as_built(&ConfigMap::default(), "h1"));
+        let mut deleting = live("h1", &ours);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        assert!(!applied_as_built(&deleting, "h1"));
+    }
+
+    #[test]
+    fn the_build_hash_follows_the_object() {
+        let mut a = ConfigMap::default();
+        a.metadata.name = Some("x".into());
+        let b = a.clone();
+        assert_eq!(built_hash(&a), built_hash(&b));
+        a.data = Some([("k".to_owned(), "v".to_owned())].into());
+        assert_ne!(built_hash(&a), built_hash(&b));
+    }
 }

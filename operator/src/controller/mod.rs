@@ -6,6 +6,7 @@ pub mod apply;
 pub mod build;
 pub mod dereference;
 pub mod status;
+pub mod triggers;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -17,10 +18,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, ListParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{info, instrument, warn};
@@ -95,7 +98,15 @@ pub struct Context {
     pub autoscaler: Arc<crate::autoscale::Autoscaler>,
     /// Consecutive failures per Pipeline, for exponential requeue.
     failures: Mutex<HashMap<ObjectRef<Pipeline>, u32>>,
+    /// The children's watch caches; `run` feeds them through the writers.
+    child_caches: apply::ChildCaches,
+    child_writers: Mutex<Option<ChildWriters>>,
 }
+
+type ChildWriters = (
+    reflector::store::Writer<Deployment>,
+    reflector::store::Writer<ConfigMap>,
+);
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -116,6 +127,8 @@ impl Context {
             controller: apply::FIELD_MANAGER.to_owned(),
             instance: Some(instance),
         };
+        let (deployments, deployment_writer) = reflector::store();
+        let (config_maps, config_map_writer) = reflector::store();
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -123,6 +136,11 @@ impl Context {
             metrics,
             autoscaler: Arc::new(crate::autoscale::Autoscaler::new()),
             failures: Mutex::new(HashMap::new()),
+            child_caches: apply::ChildCaches {
+                deployments,
+                config_maps,
+            },
+            child_writers: Mutex::new(Some((deployment_writer, config_map_writer))),
         }
     }
 
@@ -217,10 +235,14 @@ async fn reconcile_stages(pipeline: &Pipeline, ctx: &Context) -> Result<Action, 
                     .iter()
                     .any(|c| c.type_ == status::DEGRADED && c.status == "True")
         }
-        None => true,
+        // Never reconciled at its first generation: every child ever built came from this
+        // very spec, so none can be orphaned; skipping the two lists spares the API server
+        // 2 requests per new Pipeline.
+        None => validated.generation != Some(1),
     };
     let applied = apply::apply(
         &ctx.client,
+        Some(&ctx.child_caches),
         &validated.namespace,
         &validated.name,
         children,
@@ -249,7 +271,10 @@ async fn reconcile_stages(pipeline: &Pipeline, ctx: &Context) -> Result<Action, 
         .is_none();
     let spec_changed =
         pipeline.status.as_ref().and_then(|s| s.observed_generation) != validated.generation;
-    status::patch_status(&ctx.client, pipeline, status).await?;
+    // A wakeup that changed nothing writes nothing.
+    if pipeline.status.as_ref() != Some(&status) {
+        status::patch_status(&ctx.client, pipeline, status).await?;
+    }
 
     if first_apply {
         ctx.publish(
@@ -390,14 +415,42 @@ pub async fn run(
         build::LABEL_MANAGED_BY,
         build::MANAGED_BY
     ));
-    let mut controller = Controller::new(pipelines, watcher::Config::default())
+    let Some((deployment_writer, config_map_writer)) = ctx
+        .child_writers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+    else {
+        anyhow::bail!("the controller of this context already ran");
+    };
+    let (store, store_writer) = reflector::store();
+    let pipeline_stream = triggers::pipeline_changes(
+        watcher(pipelines, watcher::Config::default())
+            .default_backoff()
+            .modify(triggers::slim_pipeline)
+            .reflect(store_writer)
+            .touched_objects(),
+    );
+    let mut controller = Controller::for_stream(pipeline_stream, store)
         // Bounded, so a thousand Pipelines queue up instead of flooding the API server at
         // once (unbounded, the bench saw hundreds of 504s).
         .with_config(
             kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
         )
-        .owns(scoped_api::<Deployment>(&client, namespace), owned.clone())
-        .owns(scoped_api::<ConfigMap>(&client, namespace), owned);
+        .owns_stream(triggers::child_changes(
+            scoped_api::<Deployment>(&client, namespace),
+            owned.clone(),
+            triggers::deployment_state,
+            triggers::slim_deployment,
+            deployment_writer,
+        ))
+        .owns_stream(triggers::child_changes(
+            scoped_api::<ConfigMap>(&client, namespace),
+            owned,
+            triggers::config_map_state,
+            triggers::slim_config_map,
+            config_map_writer,
+        ));
 
     let kafka_api = |client: &Client| match namespace {
         Some(ns) => Api::<DynamicObject>::namespaced_with(
