@@ -15,8 +15,7 @@ use ferry_operator::crd::Pipeline;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, PostParams};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::BaseConsumer;
 
 use crate::support::{self, StackEnv, TestNamespace, eventually, install_crds, random_suffix};
 
@@ -25,25 +24,7 @@ const THRESHOLD: i64 = 5_000;
 const BURST: usize = 200_000;
 
 fn committed_lag(consumer: &BaseConsumer, topic: &str) -> Option<i64> {
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(2))
-        .ok()?;
-    let mut lag = 0;
-    for p in 0..PARTITIONS {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(2))
-            .ok()?;
-        let at = match committed.find_partition(topic, p)?.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
-        };
-        lag += (high - at).max(0);
-    }
-    Some(lag)
+    support::committed_lag(consumer, topic, PARTITIONS, Duration::from_secs(2))
 }
 
 fn median(values: &[f64]) -> f64 {

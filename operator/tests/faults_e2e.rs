@@ -27,8 +27,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use support::{StackEnv, TestNamespace, eventually, install_crds, random_suffix};
@@ -93,24 +91,7 @@ spec:
 }
 
 async fn create_topic(topic: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", StackEnv::load().get("KAFKA_BOOTSTRAP"))
-        .create()
-        .unwrap();
-    for result in admin
-        .create_topics(
-            [&NewTopic::new(
-                topic,
-                PARTITIONS,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap()
-    {
-        result.unwrap();
-    }
+    support::create_topic(StackEnv::load().get("KAFKA_BOOTSTRAP"), topic, PARTITIONS).await;
 }
 
 type Oracle = HashMap<String, Vec<Vec<u8>>>;

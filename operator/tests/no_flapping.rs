@@ -20,37 +20,11 @@ use ferry_operator::crd::Pipeline;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::BaseConsumer;
 use support::{OperatorProcess, StackEnv, TestNamespace, eventually, install_crds, random_suffix};
 
 const PARTITIONS: i32 = 6;
-
-/// Committed lag of `group` on `topic`: high watermarks minus committed offsets.
-fn group_lag(consumer: &BaseConsumer, topic: &str) -> Option<i64> {
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(5))
-        .ok()?;
-    let mut lag = 0;
-    for p in 0..PARTITIONS {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(5))
-            .ok()?;
-        let at = match committed.find_partition(topic, p)?.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
-        };
-        lag += (high - at).max(0);
-    }
-    Some(lag)
-}
 
 fn median(values: &mut [i64]) -> i64 {
     values.sort_unstable();
@@ -94,24 +68,7 @@ async fn steady_lag_at_half_the_threshold_never_scales() {
     let topic = format!("noflap-{suffix}");
     let prefix = format!("noflap{suffix}");
     let group = format!("noflap-{prefix}");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .unwrap();
-    for r in admin
-        .create_topics(
-            [&NewTopic::new(
-                &topic,
-                PARTITIONS,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap()
-    {
-        r.unwrap();
-    }
+    support::create_topic(&bootstrap, &topic, PARTITIONS).await;
     // Measuring first: a threshold no lag reaches.
     let pipeline: Pipeline = serde_yaml::from_str(&format!(
         r#"
@@ -184,7 +141,9 @@ spec:
     let mut warmup = Vec::new();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(40) {
-        if let Some(lag) = group_lag(&consumer, &topic) {
+        if let Some(lag) =
+            support::committed_lag(&consumer, &topic, PARTITIONS, Duration::from_secs(5))
+        {
             warmup.push(lag);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -215,7 +174,9 @@ spec:
     let mut lags = Vec::new();
     let started = Instant::now();
     while started.elapsed() < steady {
-        if let Some(lag) = group_lag(&consumer, &topic) {
+        if let Some(lag) =
+            support::committed_lag(&consumer, &topic, PARTITIONS, Duration::from_secs(5))
+        {
             lags.push(lag);
         }
         let now = deployments

@@ -17,9 +17,6 @@ use std::time::{Duration, Instant};
 use ferry_operator::crd::Pipeline;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, PostParams};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use support::{OperatorProcess, TestNamespace, eventually, install_crds, random_suffix};
 
 const PARTITIONS: i32 = 6;
@@ -96,24 +93,7 @@ async fn a_burst_scales_the_receiver_up_then_back_down_without_loss_or_duplicate
     let suffix = random_suffix();
     let topic = format!("scale-{suffix}");
     let prefix = format!("scale{suffix}");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .unwrap();
-    for result in admin
-        .create_topics(
-            [&NewTopic::new(
-                &topic,
-                PARTITIONS,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap()
-    {
-        result.unwrap();
-    }
+    support::create_topic(&bootstrap, &topic, PARTITIONS).await;
 
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
     pipelines

@@ -312,3 +312,51 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// Creates `topic` with `partitions` partitions on the local stack's Kafka.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .unwrap();
+    let new_topic = rdkafka::admin::NewTopic::new(
+        topic,
+        partitions,
+        rdkafka::admin::TopicReplication::Fixed(1),
+    );
+    for result in admin
+        .create_topics([&new_topic], &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+}
+
+/// The lag of `consumer`'s group on `topic`, read as a test oracle (independent of the
+/// operator's lag reader): high watermarks minus committed offsets, a partition without a
+/// commit counting from 0. `None` when a call fails.
+pub fn committed_lag(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> Option<i64> {
+    use rdkafka::consumer::Consumer;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, timeout).ok()?;
+    let mut lag = 0;
+    for p in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, p, timeout).ok()?;
+        let at = match committed.find_partition(topic, p)?.offset() {
+            rdkafka::Offset::Offset(o) => o,
+            _ => 0,
+        };
+        lag += (high - at).max(0);
+    }
+    Some(lag)
+}

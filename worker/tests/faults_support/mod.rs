@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{FutureRecord, Producer};
-
-use crate::receiver_support::{Oracle, Receiver, Stack, now_ms, producer, unique, value};
+use crate::receiver_support::{Oracle, Receiver, unique};
 
 /// Records per fault run: `FERRY_FAULT_RECORDS`, small by default so `make test` stays short.
 pub fn records(default: usize) -> usize {
@@ -337,57 +335,6 @@ impl Drop for PrivateKafka {
 }
 
 // ---------------------------------------------------------------- producing
-
-/// Produces `count` records round robin over `keys` keys at about `rate` a second,
-/// remembering them all. Retries through a full queue or a broker that is down.
-pub async fn produce_paced(
-    stack: &Stack,
-    topic: &str,
-    keys: usize,
-    count: usize,
-    rate: f64,
-) -> Oracle {
-    let producer = producer(stack);
-    let mut oracle = Oracle::default();
-    let mut pending = Vec::with_capacity(count);
-    let ts = now_ms();
-    let started = Instant::now();
-    for sequence in 0..count {
-        if sequence % 100 == 0 && rate > 0.0 {
-            let due = Duration::from_secs_f64(sequence as f64 / rate);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(wait).await;
-            }
-        }
-        let key = format!("src-{:04}", sequence % keys);
-        let payload = value(&key, sequence, ts);
-        oracle
-            .per_key
-            .entry(key.clone())
-            .or_default()
-            .push(payload.clone());
-        let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    pending.push(delivery);
-                    break;
-                }
-                Err((_, returned)) => {
-                    record = returned;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(240)).unwrap();
-    for delivery in pending {
-        let delivered = delivery.await.unwrap().expect("delivered");
-        let last = oracle.last_offsets.entry(delivered.partition).or_insert(-1);
-        *last = (*last).max(delivered.offset);
-    }
-    oracle
-}
 
 // ---------------------------------------------------------------- the oracle
 

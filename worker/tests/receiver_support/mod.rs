@@ -106,11 +106,31 @@ pub fn value(key: &str, sequence: usize, timestamp_ms: i64) -> Vec<u8> {
 
 /// Produces `count` records round robin over `keys` keys, remembering all of them.
 pub async fn produce_keyed(stack: &Stack, topic: &str, keys: usize, count: usize) -> Oracle {
+    produce_paced(stack, topic, keys, count, 0.0).await
+}
+
+/// Produces `count` records round robin over `keys` keys at about `rate` a second (0: as
+/// fast as it can), remembering them all. Retries through a full queue or a broker that is
+/// down.
+pub async fn produce_paced(
+    stack: &Stack,
+    topic: &str,
+    keys: usize,
+    count: usize,
+    rate: f64,
+) -> Oracle {
     let producer = producer(stack);
     let mut oracle = Oracle::default();
     let mut pending = Vec::with_capacity(count);
     let ts = now_ms();
+    let started = Instant::now();
     for sequence in 0..count {
+        if sequence % 100 == 0 && rate > 0.0 {
+            let due = Duration::from_secs_f64(sequence as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
         let key = format!("src-{:04}", sequence % keys);
         let payload = value(&key, sequence, ts);
         oracle
@@ -132,7 +152,7 @@ pub async fn produce_keyed(stack: &Stack, topic: &str, keys: usize, count: usize
             }
         }
     }
-    producer.flush(Duration::from_secs(60)).unwrap();
+    producer.flush(Duration::from_secs(240)).unwrap();
     for delivery in pending {
         let delivered = delivery.await.unwrap().expect("delivered");
         let last = oracle.last_offsets.entry(delivered.partition).or_insert(-1);
