@@ -84,12 +84,42 @@ struct StageEntry {
 }
 
 /// Desired replicas and lag per stage, shared by the reconcile and the autoscaler loop.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Autoscaler {
     stages: Mutex<BTreeMap<StageKey, StageEntry>>,
     /// When each Pipeline's status last got fresh lag.
     status_refreshed: Mutex<BTreeMap<(String, String), Instant>>,
     reader: LagReader,
+    /// The start of the poll grid: stages with the same interval poll at the same ticks.
+    grid_origin: Instant,
+}
+
+impl Default for Autoscaler {
+    fn default() -> Self {
+        Self {
+            stages: Mutex::default(),
+            status_refreshed: Mutex::default(),
+            reader: LagReader::default(),
+            grid_origin: Instant::now(),
+        }
+    }
+}
+
+/// The first point of the grid `origin + k × interval` after `now`. Polling on it, stages
+/// that share an interval fall into the same tick and so into one batch of Kafka calls,
+/// however their first polls were spread (1000 Pipelines created over 20 s would otherwise
+/// poll in 50 batches per interval).
+pub fn next_grid_point(origin: Instant, now: Instant, interval: Duration) -> Instant {
+    let step = interval.as_nanos();
+    if step == 0 {
+        return now;
+    }
+    let elapsed = now.saturating_duration_since(origin).as_nanos();
+    let offset = (elapsed / step + 1).saturating_mul(step);
+    u64::try_from(offset)
+        .ok()
+        .and_then(|nanos| origin.checked_add(Duration::from_nanos(nanos)))
+        .unwrap_or(now + interval)
 }
 
 impl Autoscaler {
@@ -315,7 +345,9 @@ async fn poll_cluster(
     batch: Vec<(StageKey, LagQuery)>,
 ) {
     let (keys, queries): (Vec<StageKey>, Vec<LagQuery>) = batch.into_iter().unzip();
-    let results = ctx.autoscaler.reader.read(cluster, queries).await;
+    let polled = queries.len();
+    let (results, kafka_calls) = ctx.autoscaler.reader.read_counted(cluster, queries).await;
+    ctx.metrics.count_lag_batch(polled, kafka_calls);
     let outcomes: Vec<Outcome> = keys
         .into_iter()
         .zip(results)
@@ -381,7 +413,7 @@ fn apply_poll(ctx: &Context, key: StageKey, result: Result<GroupLag, LagError>) 
         .unwrap_or_else(PoisonError::into_inner);
     let entry = stages.get_mut(&key)?;
     entry.in_flight = false;
-    entry.next_poll = now + entry.target.poll_interval;
+    entry.next_poll = next_grid_point(ctx.autoscaler.grid_origin, now, entry.target.poll_interval);
     let lag = match result {
         Ok(lag) => lag,
         Err(err) => {
@@ -453,5 +485,24 @@ async fn publish(ctx: &Context, pipeline: &Pipeline, type_: EventType, reason: &
         .await
     {
         warn!(error = %err, "cannot publish event");
+    }
+}
+
+#[cfg(test)]
+mod grid_tests {
+    use super::*;
+
+    #[test]
+    fn stages_with_one_interval_meet_on_the_same_tick() {
+        let origin = Instant::now();
+        let interval = Duration::from_secs(5);
+        let at = |ms: u64| origin + Duration::from_millis(ms);
+        // Polled at different moments of the same interval: the same next tick.
+        assert_eq!(next_grid_point(origin, at(120), interval), at(5_000));
+        assert_eq!(next_grid_point(origin, at(4_990), interval), at(5_000));
+        // On a tick: the next one, never the same instant.
+        assert_eq!(next_grid_point(origin, at(5_000), interval), at(10_000));
+        assert_eq!(next_grid_point(origin, at(12_345), interval), at(15_000));
+        assert_eq!(next_grid_point(origin, at(7), Duration::ZERO), at(7));
     }
 }

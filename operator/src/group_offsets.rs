@@ -83,6 +83,7 @@ pub struct GroupOffsetsClient {
     connections: HashMap<String, Connection>,
     checked_versions: bool,
     opened: u64,
+    requests: u64,
 }
 
 impl std::fmt::Debug for GroupOffsetsClient {
@@ -102,12 +103,18 @@ impl GroupOffsetsClient {
             connections: HashMap::new(),
             checked_versions: false,
             opened: 0,
+            requests: 0,
         }
     }
 
     /// Connections opened so far, reconnects included: for tests and the benchmark.
     pub fn connections_opened(&self) -> u64 {
         self.opened
+    }
+
+    /// Requests sent so far.
+    pub fn requests_sent(&self) -> u64 {
+        self.requests
     }
 
     /// Committed offsets and descriptions of every queried group, by group. The outer error
@@ -369,6 +376,7 @@ impl GroupOffsetsClient {
         if !self.connections.contains_key(broker) {
             self.connect(broker)?;
         }
+        self.requests += 1;
         let result = self.exchange(broker, version, request);
         if result.is_err() {
             self.connections.remove(broker);

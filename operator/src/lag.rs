@@ -289,6 +289,9 @@ enum GroupCalls {
     PerGroup,
 }
 
+/// The batched answer per group: its report, or why it failed.
+type GroupReports = HashMap<String, Result<GroupReport, String>>;
+
 /// A group's committed offset per partition, which partitions have a live consumer, and
 /// the group's state.
 type GroupFacts = (BTreeMap<i32, Option<i64>>, Vec<bool>, Option<String>);
@@ -351,9 +354,12 @@ impl ClusterClients {
         Ok(client)
     }
 
-    /// Every query against this cluster, with the shared calls made once per topic.
-    fn read_batch(&self, queries: &[LagQuery]) -> Vec<Result<GroupLag, LagError>> {
+    /// Every query against this cluster, with the shared calls made once per topic; and
+    /// how many Kafka calls that took (metadata per topic, two ListOffsets rounds, the group
+    /// calls; librdkafka fans a ListOffsets round out per partition leader).
+    fn read_batch(&self, queries: &[LagQuery]) -> (Vec<Result<GroupLag, LagError>>, u64) {
         let topics: BTreeSet<&str> = queries.iter().map(|q| q.topic.as_str()).collect();
+        let mut calls = topics.len() as u64 + 2;
         let mut partitions: BTreeMap<&str, Result<Vec<i32>, LagError>> = BTreeMap::new();
         for topic in topics {
             partitions.insert(topic, self.partitions_of(topic));
@@ -368,9 +374,10 @@ impl ClusterClients {
         }
         let ends = self.list_offsets(&tpl, LATEST, "log-end");
         let starts = self.list_offsets(&tpl, EARLIEST, "log-start");
-        let batched = self.batched_group_reports(queries, &partitions);
+        let (batched, group_calls) = self.batched_group_reports(queries, &partitions);
+        calls += group_calls;
 
-        queries
+        let results = queries
             .iter()
             .map(|query| {
                 let partitions = partitions
@@ -413,7 +420,12 @@ impl ClusterClients {
                     group_state,
                 })
             })
-            .collect()
+            .collect();
+        // Per-group fallback: an OffsetFetch and a group description per query.
+        if batched.is_none() {
+            calls += 2 * queries.len() as u64;
+        }
+        (results, calls)
     }
 
     /// Every query's group through the batched calls; `None` when this cluster uses the
@@ -422,14 +434,15 @@ impl ClusterClients {
         &self,
         queries: &[LagQuery],
         partitions: &BTreeMap<&str, Result<Vec<i32>, LagError>>,
-    ) -> Option<HashMap<String, Result<GroupReport, String>>> {
+    ) -> (Option<GroupReports>, u64) {
         let mut calls = self
             .group_calls
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let GroupCalls::Batched(client) = &mut *calls else {
-            return None;
+            return (None, 0);
         };
+        let sent_before = client.requests_sent();
         let wire_queries: Vec<GroupQuery<'_>> = queries
             .iter()
             .filter_map(|query| {
@@ -443,7 +456,9 @@ impl ClusterClients {
                 })
             })
             .collect();
-        match client.fetch(&wire_queries) {
+        let outcome = client.fetch(&wire_queries);
+        let sent = client.requests_sent() - sent_before;
+        let reports = match outcome {
             Ok(reports) => Some(reports),
             Err(error @ WireError::Unsupported { .. }) => {
                 info!(bootstrap = %self.bootstrap(), %error, "reading group offsets with one client per group");
@@ -459,7 +474,8 @@ impl ClusterClients {
                         .collect(),
                 )
             }
-        }
+        };
+        (reports, sent)
     }
 
     /// Committed offsets, live partitions and state from a batched group report.
@@ -670,20 +686,29 @@ impl LagReader {
         cluster: &ClusterConfig,
         queries: Vec<LagQuery>,
     ) -> Vec<Result<GroupLag, LagError>> {
+        self.read_counted(cluster, queries).await.0
+    }
+
+    /// [`Self::read`], and how many Kafka calls the batch took.
+    pub async fn read_counted(
+        &self,
+        cluster: &ClusterConfig,
+        queries: Vec<LagQuery>,
+    ) -> (Vec<Result<GroupLag, LagError>>, u64) {
         let clients = match self.clients(cluster) {
             Ok(clients) => clients,
-            Err(err) => return queries.iter().map(|_| Err(err.clone())).collect(),
+            Err(err) => return (queries.iter().map(|_| Err(err.clone())).collect(), 0),
         };
         let count = queries.len();
         let bootstrap = cluster.bootstrap_servers.clone();
         match tokio::task::spawn_blocking(move || clients.read_batch(&queries)).await {
-            Ok(results) => results,
+            Ok(read) => read,
             Err(err) => {
                 let err = LagError::Task {
                     bootstrap,
                     message: err.to_string(),
                 };
-                (0..count).map(|_| Err(err.clone())).collect()
+                ((0..count).map(|_| Err(err.clone())).collect(), 0)
             }
         }
     }

@@ -42,6 +42,8 @@ pub struct Metrics {
     stage_persistent_lag_partitions: Family<StageLabels, Gauge>,
     scale_events: Family<ScaleLabels, Counter>,
     lag_poll_failures: Family<StageLabels, Counter>,
+    lag_polls: Counter,
+    lag_kafka_calls: Counter,
 }
 
 impl Default for Metrics {
@@ -96,6 +98,18 @@ impl Default for Metrics {
             "Lag polls that could not read Kafka",
             lag_poll_failures.clone(),
         );
+        let lag_polls = Counter::default();
+        registry.register(
+            "lag_polls",
+            "Stage lag polls made (each reads one consumer group)",
+            lag_polls.clone(),
+        );
+        let lag_kafka_calls = Counter::default();
+        registry.register(
+            "lag_kafka_calls",
+            "Kafka calls the lag polls made: metadata, ListOffsets rounds, group calls",
+            lag_kafka_calls.clone(),
+        );
         Self {
             registry,
             reconciliations,
@@ -106,6 +120,8 @@ impl Default for Metrics {
             stage_persistent_lag_partitions,
             scale_events,
             lag_poll_failures,
+            lag_polls,
+            lag_kafka_calls,
         }
     }
 }
@@ -157,6 +173,12 @@ impl Metrics {
                 direction: if up { "up" } else { "down" }.to_owned(),
             })
             .inc();
+    }
+
+    /// One batch of lag polls against one cluster and the Kafka calls it took.
+    pub fn count_lag_batch(&self, polls: usize, kafka_calls: u64) {
+        self.lag_polls.inc_by(polls as u64);
+        self.lag_kafka_calls.inc_by(kafka_calls);
     }
 
     pub fn count_lag_poll_failure(&self, stage: &StageLabels) {
