@@ -123,28 +123,26 @@ pub struct StorageCommands {
 ///
 /// then `EXPIRE key ttl` per key with a TTL. Keys come in order of first appearance.
 pub fn storage_commands(layout: &StorageLayout, records: &[&StoredRecord]) -> StorageCommands {
-    // Each record's key group, numbered by first appearance; sorting (group, index) pairs
-    // makes each group contiguous and keeps its records in order, with no Vec per key.
+    // Each record's key group, numbered by first appearance; a stable sort by group makes
+    // each group a contiguous slice with its records in order, with no Vec per key.
     let mut group_of: HashMap<&[u8], usize, FastHash> =
         HashMap::with_capacity_and_hasher(records.len(), FastHash::default());
-    let mut order: Vec<(usize, usize)> = Vec::with_capacity(records.len());
-    for (index, record) in records.iter().enumerate() {
+    let mut order: Vec<(usize, &StoredRecord)> = Vec::with_capacity(records.len());
+    for record in records {
         let next = group_of.len();
         let group = *group_of.entry(record.source()).or_insert(next);
-        order.push((group, index));
+        order.push((group, record));
     }
-    order.sort_unstable();
+    order.sort_by_key(|(group, _)| *group);
     let key_prefix = format!("{}:{}:", layout.key_prefix, storage_name(layout.kind));
     let depth = layout.history_depth as usize;
     let mut commands = Vec::with_capacity(group_of.len() * 2);
-    for members in order.chunk_by(|a, b| a.0 == b.0) {
-        let group: Vec<&StoredRecord> = members
-            .iter()
-            .filter_map(|(_, index)| records.get(*index).copied())
-            .collect();
-        let Some(first) = group.first() else {
+    for group in order.chunk_by(|a, b| a.0 == b.0) {
+        let Some((_, first)) = group.first() else {
             continue;
         };
+        // The newest `depth` records: all that survive the trim.
+        let newest = &group[group.len().saturating_sub(depth)..];
         let mut key = Vec::with_capacity(key_prefix.len() + first.source().len());
         key.extend_from_slice(key_prefix.as_bytes());
         key.extend_from_slice(first.source());
@@ -152,7 +150,7 @@ pub fn storage_commands(layout: &StorageLayout, records: &[&StoredRecord]) -> St
             StorageKind::List => {
                 let mut push = redis::cmd("LPUSH");
                 push.arg(&key);
-                for record in &group[group.len().saturating_sub(depth)..] {
+                for (_, record) in newest {
                     push.arg(record.value());
                 }
                 commands.push(push);
@@ -163,7 +161,7 @@ pub fn storage_commands(layout: &StorageLayout, records: &[&StoredRecord]) -> St
                 commands.push(trim);
             }
             StorageKind::Stream => {
-                for record in group {
+                for (_, record) in group {
                     let mut add = redis::cmd("XADD");
                     add.arg(&key)
                         .arg("MAXLEN")
@@ -178,7 +176,7 @@ pub fn storage_commands(layout: &StorageLayout, records: &[&StoredRecord]) -> St
                 }
             }
             StorageKind::Hash => {
-                if let Some(last) = group.last() {
+                if let Some((_, last)) = group.last() {
                     let mut set = redis::cmd("HSET");
                     set.arg(&key)
                         .arg("ts")
@@ -191,7 +189,7 @@ pub fn storage_commands(layout: &StorageLayout, records: &[&StoredRecord]) -> St
             StorageKind::Zset => {
                 let mut add = redis::cmd("ZADD");
                 add.arg(&key);
-                for record in &group[group.len().saturating_sub(depth)..] {
+                for (_, record) in newest {
                     add.arg(record.timestamp_ms).arg(record.value());
                 }
                 commands.push(add);
