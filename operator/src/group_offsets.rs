@@ -9,7 +9,7 @@
 //!
 //! Plaintext only: the lag reader uses this client for clusters without TLS or SASL.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -227,8 +227,10 @@ impl GroupOffsetsClient {
             })
             .collect();
         let fetched = self.call(broker, OFFSET_FETCH_VERSION, &fetch)?;
+        // Answers name their group; a set finds it without a scan per answer.
+        let asked: BTreeSet<&'a str> = groups.iter().copied().collect();
         for answer in fetched.groups {
-            let Some(group) = groups.iter().find(|g| **g == answer.group_id.0.as_str()) else {
+            let Some(group) = asked.get(answer.group_id.0.as_str()).copied() else {
                 continue;
             };
             if let Some(error) = answer.error_code.err() {
@@ -267,7 +269,7 @@ impl GroupOffsetsClient {
             .collect();
         let described = self.call(broker, DESCRIBE_GROUPS_VERSION, &describe)?;
         for answer in described.groups {
-            let Some(group) = groups.iter().find(|g| **g == answer.group_id.0.as_str()) else {
+            let Some(group) = asked.get(answer.group_id.0.as_str()).copied() else {
                 continue;
             };
             // A group that cannot be described counts as having no live consumer.
