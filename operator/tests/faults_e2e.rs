@@ -51,13 +51,7 @@ fn pipeline(
 ) -> Pipeline {
     let env = StackEnv::load();
     let host = env.pod_host();
-    let redis_port = env
-        .get("REDIS_URL")
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches(|c: char| !c.is_ascii_digit())
-        .to_owned();
+    let redis_port = env.redis_port();
     let kafka = env.get("KAFKA_BOOTSTRAP").to_owned();
     serde_yaml::from_str(&format!(
         r#"

@@ -96,7 +96,7 @@ spec:
       pollInterval: 1s
 "#,
         host = env.pod_host(),
-        port = env.get("REDIS_URL").rsplit(':').next().unwrap(),
+        port = env.redis_port(),
     ))
     .unwrap();
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);

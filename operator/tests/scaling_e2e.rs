@@ -17,28 +17,14 @@ use std::time::{Duration, Instant};
 use ferry_operator::crd::Pipeline;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, PostParams};
-use support::{OperatorProcess, TestNamespace, eventually, install_crds, random_suffix};
+use support::{OperatorProcess, StackEnv, TestNamespace, eventually, install_crds, random_suffix};
 
 const PARTITIONS: i32 = 6;
 const SOURCES: u64 = 100;
 const RECORDS: u64 = 300_000;
 
-fn stack_var(key: &str) -> String {
-    let dir = std::env::var("FERRY_STACK_DIR").unwrap_or_else(|_| "/tmp/ferry-stack".to_owned());
-    std::env::var(key)
-        .ok()
-        .or_else(|| {
-            std::fs::read_to_string(format!("{dir}/env"))
-                .ok()?
-                .lines()
-                .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.trim_matches('"').to_owned())
-        })
-        .unwrap_or_else(|| panic!("{key} is not set and {dir}/env lacks it: start the local stack"))
-}
-
 fn pipeline(name: &str, topic: &str, prefix: &str) -> Pipeline {
+    let env = StackEnv::load();
     serde_yaml::from_str(&format!(
         r#"
 apiVersion: ferry.dev/v1alpha1
@@ -47,12 +33,12 @@ metadata:
   name: {name}
 spec:
   kafka:
-    bootstrapServers: 10.244.0.1:19092
+    bootstrapServers: {bootstrap}
     topic: {topic}
     consumerGroup: {name}-{prefix}
   redis:
-    host: 10.244.0.1
-    port: 16379
+    host: {host}
+    port: {port}
     keyPrefix: {prefix}
   format: dsdata
   receiver:
@@ -65,7 +51,10 @@ spec:
       lagThreshold: 5000
       scaleDownStabilization: 10s
       pollInterval: 1s
-"#
+"#,
+        bootstrap = env.get("KAFKA_BOOTSTRAP"),
+        host = env.pod_host(),
+        port = env.redis_port(),
     ))
     .unwrap()
 }
@@ -76,9 +65,9 @@ async fn spec_replicas(api: &Api<Deployment>, name: &str) -> Option<i32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_scales_the_receiver_up_then_back_down_without_loss_or_duplicates() {
-    let bootstrap = stack_var("KAFKA_BOOTSTRAP");
-    let redis_url = stack_var("REDIS_URL");
-    stack_var("KUBECONFIG");
+    let env = StackEnv::load();
+    let bootstrap = env.get("KAFKA_BOOTSTRAP").to_owned();
+    let redis_url = env.get("REDIS_URL").to_owned();
     let worker_bin = support::worker_binary();
     assert!(
         worker_bin.exists(),

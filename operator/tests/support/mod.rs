@@ -67,6 +67,16 @@ impl StackEnv {
         }
     }
 
+    /// The local Redis's port, from `REDIS_URL` (`redis://host:port[/db]`).
+    pub fn redis_port(&self) -> String {
+        self.get("REDIS_URL")
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .trim_end_matches(|c: char| !c.is_ascii_digit())
+            .to_owned()
+    }
+
     /// The address pods reach the host's Kafka and Redis on.
     pub fn pod_host(&self) -> String {
         self.vars
