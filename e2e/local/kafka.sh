@@ -13,7 +13,8 @@ fi
 
 # Pinned: latest patch release of the newest 4.x line that has one. Checked
 # with `mvn dependency:get -Dartifact=org.apache.kafka:kafka_2.13:<ver>:pom`.
-FERRY_KAFKA_VERSION="${FERRY_KAFKA_VERSION:-4.3.1}"
+# The version is the maven row of e2e/deps/deps.txt.
+FERRY_KAFKA_VERSION="${FERRY_KAFKA_VERSION:-$(awk '$1 == "maven" && $2 == "org.apache.kafka:kafka_2.13" {print $3}' "$FERRY_DEPS_FILE")}"
 KAFKA_PORT_LOCAL=19092
 KAFKA_CONTROLLER_PORT=19093
 FERRY_KAFKA_HOME="$FERRY_CACHE/kafka-$FERRY_KAFKA_VERSION"
@@ -37,12 +38,7 @@ _KAFKA_TOOLS=(
 
 # ------------------------------------------------------------------ install
 _kafka_java() {
-  if ! command -v java >/dev/null 2>&1; then
-    apt_install openjdk-17-jre-headless
-  fi
-  if ! command -v mvn >/dev/null 2>&1; then
-    apt_install maven
-  fi
+  need_cmd java mvn unzip
 }
 
 _kafka_resolve() {
@@ -82,7 +78,6 @@ _kafka_class_in() {
 
 _kafka_install() {
   _kafka_java
-  command -v unzip >/dev/null 2>&1 || apt_install unzip
   if [[ -f "$FERRY_KAFKA_HOME/.complete" && -d "$FERRY_KAFKA_LIBS" ]]; then
     ok "Kafka $FERRY_KAFKA_VERSION jars cached in $FERRY_KAFKA_LIBS"
     return 0

@@ -10,6 +10,9 @@
 #   wait_for TIMEOUT "description" cmd args...
 #   start_daemon NAME LOGFILE cmd args... / stop_daemon NAME / daemon_running NAME
 #   apt_install pkg...                only the missing ones; apt-get update once per run
+#                                     (only e2e/deps/deps.sh calls it: scripts use need_cmd)
+#   need_cmd cmd...                   die unless each is on PATH, pointing at deps.txt
+#   deps_install [group...]           the dependency step (e2e/deps/deps.sh install)
 #   with_build_lock cmd...            serialises Maven/Go/Cargo builds machine-wide
 # Extras: port_open HOST PORT, env_set KEY VALUE, env_unset KEY,
 #   apt_install_nostart pkg..., phase_summary, local_address HOST.
@@ -30,8 +33,27 @@ FERRY_ENV_FILE="$FERRY_STACK_DIR/env"
 _FERRY_ADVERTISE_HOST_GIVEN="${_FERRY_ADVERTISE_HOST_GIVEN:-${FERRY_ADVERTISE_HOST:-}}"
 FERRY_ADVERTISE_HOST="${FERRY_ADVERTISE_HOST:-127.0.0.1}"
 FERRY_BUILD_LOCK="${FERRY_BUILD_LOCK:-/tmp/ferry-heavy-build.lock}"
+# The declared dependencies (e2e/deps/deps.sh installs them). Its go tools and its venv come
+# first on PATH, so `helm`, `python3` (with PyYAML) and `hadolint` are the pinned ones.
+FERRY_DEPS_FILE="$REPO_ROOT/e2e/deps/deps.txt"
+_ferry_deps_path() {
+  local kind name spec dirs="" base
+  while read -r kind name spec; do
+    dirs+="$FERRY_CACHE/tools/$name-${spec##*@}:"
+  done < <(awk '$1 == "go" {print $1, $2, $3}' "$FERRY_DEPS_FILE")
+  if command -v python3 >/dev/null 2>&1; then
+    base="$(python3 -c 'import sys; print(sys.base_prefix)' 2>/dev/null || true)"
+    [[ -n "$base" ]] && dirs+="$FERRY_CACHE/venv-$(printf '%s' "$base" | sha256sum | cut -c1-12)/bin:"
+  fi
+  printf '%s' "$dirs"
+}
+if [[ "${_FERRY_DEPS_PATH_SET:-}" != "$FERRY_CACHE" ]]; then
+  PATH="$(_ferry_deps_path)$PATH"
+  _FERRY_DEPS_PATH_SET="$FERRY_CACHE"
+  export PATH _FERRY_DEPS_PATH_SET
+fi
 export REPO_ROOT FERRY_LOCAL_DIR FERRY_CACHE FERRY_STACK_DIR FERRY_LOG_DIR FERRY_BIN \
-  FERRY_PID_DIR FERRY_ENV_FILE FERRY_ADVERTISE_HOST FERRY_BUILD_LOCK
+  FERRY_PID_DIR FERRY_ENV_FILE FERRY_ADVERTISE_HOST FERRY_BUILD_LOCK FERRY_DEPS_FILE
 
 # Prefix of progress lines; component scripts may set FERRY_LOG_TAG=kafka etc.
 FERRY_LOG_TAG="${FERRY_LOG_TAG:-stack}"
@@ -206,6 +228,21 @@ _ferry_sudo() {
 }
 _ferry_pkg_installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+# need_cmd cmd...: every command a script needs is installed by the dependency step
+# before it runs; a missing one is a gap in e2e/deps/deps.txt, said as such.
+need_cmd() {
+  local c
+  for c in "$@"; do
+    command -v "$c" >/dev/null 2>&1 ||
+      die "$c is not installed: it belongs in e2e/deps/deps.txt (run 'make deps', or 'make doctor' to list what is missing)"
+  done
+}
+
+# deps_install [group...]: the dependency step; prints only what it installs.
+deps_install() {
+  bash "$REPO_ROOT/e2e/deps/deps.sh" install "$@"
 }
 
 # apt_install pkg...: installs only the packages that are missing.

@@ -77,10 +77,7 @@ _redis_quiet_distro_service() {
 
 redis_up() {
   phase_start redis:install
-  if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1 ||
-    ! command -v redis-benchmark >/dev/null 2>&1; then
-    apt_install_nostart redis-server redis-tools
-  fi
+  need_cmd redis-server redis-cli redis-benchmark
   _redis_quiet_distro_service
   phase_end redis:install
 

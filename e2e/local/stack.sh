@@ -83,6 +83,8 @@ cmd_up() {
       export FERRY_ADVERTISE_HOST
     fi
   fi
+  # Every tool a component uses is installed before the first hook runs (fast when present).
+  deps_install stack
   # Pre-up hooks (bridge etc.) run before any component starts, so that
   # FERRY_ADVERTISE_HOST is final when redis and kafka start.
   for c in "${SELECTED[@]}"; do

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: every check and every test, from a clean clone on a fresh machine.
 #
+#   0. the dependency step (e2e/deps/deps.sh): every package and tool, before anything uses it
 #   1. static checks: rustfmt, clippy -D warnings, CRD drift
 #   2. build, then the pure unit tests
 #   3. the local stack (Redis, Kafka, Kubernetes with a real kubelet), the worker image
@@ -32,6 +33,10 @@ finish() {
 trap finish EXIT
 
 cargo_locked() { with_build_lock cargo "$@"; }
+
+phase_start deps
+deps_install build stack test
+phase_end deps
 
 phase_start static
 step "rustfmt"
