@@ -70,14 +70,22 @@ install_go() { # NAME MODULE@VERSION
   github.com/yannh/kubeconform/*) ld+=" -X main.version=$ver" ;;
   esac
   step "go install $spec"
+  with_build_lock _go_install_locked "$name" "$spec" "$dir" "$ld"
+  ok "built $name $ver"
+}
+# Under the build lock, so two runs sharing a cache (the host and the fresh root) never
+# build one tool into one place at once; the second finds it done.
+_go_install_locked() {
+  local name="$1" spec="$2" dir="$3" ld="$4" built
+  [[ -x "$dir/$name" ]] && return 0
+  built="$(basename "${spec%@*}")"
   rm -rf "$dir.tmp"
   mkdir -p "$dir.tmp"
-  with_build_lock env CGO_ENABLED=0 GOBIN="$dir.tmp" GOFLAGS=-buildvcs=false \
+  env CGO_ENABLED=0 GOBIN="$dir.tmp" GOFLAGS=-buildvcs=false \
     go install -trimpath -ldflags "$ld" "$spec" || die "go install $spec failed"
-  [[ -x "$dir.tmp/$(basename "${spec%@*}")" ]] || die "go install $spec built no $(basename "${spec%@*}")"
-  mv "$dir.tmp/$(basename "${spec%@*}")" "$dir.tmp/$name.bin" && mv "$dir.tmp/$name.bin" "$dir.tmp/$name"
+  [[ -x "$dir.tmp/$built" ]] || die "go install $spec built no $built"
+  [[ "$built" == "$name" ]] || mv "$dir.tmp/$built" "$dir.tmp/$name"
   rm -rf "$dir" && mv "$dir.tmp" "$dir"
-  ok "built $name $ver"
 }
 
 # ---- pypi -----------------------------------------------------------------------------
@@ -156,8 +164,8 @@ doctor() {
 }
 
 install() {
-  local t0 debs=() line name spec pypi=()
-  t0="$(_ferry_now_ms)"
+  local deps_t0 debs=() name spec pypi=()
+  deps_t0="$(_ferry_now_ms)"
   mapfile -t debs < <(missing_deb "$@")
   if ((${#debs[@]})); then
     # policy-rc.d keeps redis-server's and containerd's own services from starting.
@@ -190,7 +198,8 @@ install() {
   fi
   local left
   left="$(doctor "$@" 2>&1)" || { printf '%s\n' "$left" >&2; die "the dependency step left something missing"; }
-  ok "dependencies${*:+ ($*)} ready in $(((($(_ferry_now_ms) - t0)) / 100 / 10)).$(((($(_ferry_now_ms) - t0) / 100) % 10))s"
+  local ds=$((($(_ferry_now_ms) - deps_t0) / 100))
+  ok "dependencies${*:+ ($*)} ready in $((ds / 10)).$((ds % 10))s"
 }
 
 tool_path() {

@@ -53,6 +53,9 @@ K8S_SANDBOX_IMAGE=ferry.local/pause:3.10
 K8S_TEST_IMAGE=ferry/testhttp:dev
 K8S_RUNC=/usr/sbin/runc
 K8S_CNI_BIN=/usr/lib/cni
+# The kubelet's cgroup parent: "/" on a machine of its own; the fresh-root guard gives its
+# cluster another, so that two clusters on one kernel never share (or clean up) kubepods.
+K8S_CGROUP_ROOT="${FERRY_K8S_CGROUP_ROOT:-/}"
 
 K8S_DAEMONS=(k8s-etcd k8s-apiserver k8s-containerd k8s-controller-manager k8s-scheduler k8s-kubelet k8s-proxy)
 
@@ -73,11 +76,21 @@ _k8s_go_build() {
   mkdir -p "$(dirname "$out")"
   step "go build $(basename "$out") ($pkg)"
   t0=$(date +%s)
-  (cd "$K8S_MOD_DIR" && with_build_lock _k8s_timed env CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
-      go build -trimpath -ldflags "$ldflags" -o "$out.tmp" "$pkg") || die "go build $pkg failed"
-  mv "$out.tmp" "$out"
+  (cd "$K8S_MOD_DIR" && with_build_lock _k8s_timed _k8s_go_build_locked "$out" "$pkg" "$ldflags") ||
+    die "go build $pkg failed"
   ok "built $(basename "$out") in $(<"$out.time")s (+$(( $(date +%s) - t0 - $(<"$out.time") ))s waiting for the build lock)"
   rm -f "$out.time"
+}
+
+# Under the build lock: a run sharing the cache (the fresh root, another clone) may have built
+# OUT while this one waited, and then it is not built twice.
+_k8s_go_build_locked() {
+  local out="$1" pkg="$2" ldflags="$3"
+  if [[ -x "$out" && "$pkg" != ./* ]]; then
+    return 0
+  fi
+  env CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags "$ldflags" -o "$out.tmp.$$" "$pkg" &&
+    mv "$out.tmp.$$" "$out"
 }
 
 # _k8s_timed cmd...: run cmd (under the build lock), write its seconds to $out.time.
@@ -266,7 +279,7 @@ _k8s_render() {
       -e "s|@BRIDGE@|$K8S_BRIDGE|g" -e "s|@BRIDGE_IP@|$K8S_BRIDGE_IP|g" \
       -e "s|@POD_CIDR@|$K8S_POD_CIDR|g" -e "s|@SERVICE_CIDR@|$K8S_SERVICE_CIDR|g" \
       -e "s|@SANDBOX_IMAGE@|$K8S_SANDBOX_IMAGE|g" -e "s|@RUNC@|$K8S_RUNC|g" \
-      -e "s|@CNI_BIN@|$K8S_CNI_BIN|g" "$1" >"$2"
+      -e "s|@CNI_BIN@|$K8S_CNI_BIN|g" -e "s|@CGROUP_ROOT@|$K8S_CGROUP_ROOT|g" "$1" >"$2"
 }
 
 # ---- health checks ----------------------------------------------------------
@@ -454,7 +467,7 @@ _k8s_kill_leftovers() {
     cmd="$(tr '\0' ' ' 2>/dev/null <"$f")" || continue
     [[ "$cmd" == *containerd-shim*"$K8S_CONTAINERD_SOCK"* ]] && kill -9 "$pid" 2>/dev/null
   done
-  for f in /sys/fs/cgroup/*/kubepods; do
+  for f in /sys/fs/cgroup/*"${K8S_CGROUP_ROOT%/}"/kubepods; do
     [[ -d "$f" ]] || continue
     find "$f" -name cgroup.procs -exec cat {} + 2>/dev/null | while read -r pid; do
       kill -9 "$pid" 2>/dev/null
@@ -466,7 +479,7 @@ _k8s_kill_leftovers() {
 # Remove the kubelet's cgroup trees (deepest first).
 _k8s_remove_cgroups() {
   local f
-  for f in /sys/fs/cgroup/*/kubepods; do
+  for f in /sys/fs/cgroup/*"${K8S_CGROUP_ROOT%/}"/kubepods; do
     [[ -d "$f" ]] || continue
     find "$f" -depth -type d -exec rmdir {} \; 2>/dev/null
   done

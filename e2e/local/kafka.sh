@@ -43,6 +43,8 @@ _kafka_java() {
 
 _kafka_resolve() {
   local tmp="$FERRY_KAFKA_HOME/libs.tmp" log="$FERRY_LOG_DIR/kafka-maven.log"
+  # Another run sharing the cache may have resolved them while this one waited for the lock.
+  [[ -f "$FERRY_KAFKA_HOME/.complete" && -d "$FERRY_KAFKA_LIBS" ]] && return 0
   rm -rf "$tmp"
   mkdir -p "$tmp" "$FERRY_M2_REPO"
   step "resolving Kafka $FERRY_KAFKA_VERSION jars with Maven (log $log)"

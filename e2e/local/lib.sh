@@ -37,10 +37,10 @@ FERRY_BUILD_LOCK="${FERRY_BUILD_LOCK:-/tmp/ferry-heavy-build.lock}"
 # first on PATH, so `helm`, `python3` (with PyYAML) and `hadolint` are the pinned ones.
 FERRY_DEPS_FILE="$REPO_ROOT/e2e/deps/deps.txt"
 _ferry_deps_path() {
-  local kind name spec dirs="" base
-  while read -r kind name spec; do
+  local name spec dirs="" base
+  while read -r name spec; do
     dirs+="$FERRY_CACHE/tools/$name-${spec##*@}:"
-  done < <(awk '$1 == "go" {print $1, $2, $3}' "$FERRY_DEPS_FILE")
+  done < <(awk '$1 == "go" {print $2, $3}' "$FERRY_DEPS_FILE")
   if command -v python3 >/dev/null 2>&1; then
     base="$(python3 -c 'import sys; print(sys.base_prefix)' 2>/dev/null || true)"
     [[ -n "$base" ]] && dirs+="$FERRY_CACHE/venv-$(printf '%s' "$base" | sha256sum | cut -c1-12)/bin:"
