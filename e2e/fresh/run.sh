@@ -32,7 +32,7 @@ export FERRY_LOG_TAG=fresh
 source "$(dirname "${BASH_SOURCE[0]}")/../local/lib.sh"
 
 FRESH_VARIANTS="${FRESH_VARIANTS:-shared noshared}"
-FRESH_STEPS="${FRESH_STEPS:-demo test}"
+FRESH_STEPS="${FRESH_STEPS-demo test}"
 FRESH_HOME="$FERRY_CACHE/fresh"
 FRESH_BASE="$FRESH_HOME/bookworm-base"
 FRESH_WORK="${FRESH_WORK:-/tmp/ferry-fresh}"
@@ -142,6 +142,9 @@ set -euo pipefail
 root="$1"
 shift
 mount --make-rslave /
+# The root a mount point of its own first (shared inside, for the kubelet's volume mounts).
+mount --bind "$root" "$root"
+mount --make-rshared "$root"
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
 mount --rbind /sys/fs/cgroup "$root/sys/fs/cgroup"
@@ -154,11 +157,9 @@ while read -r src dst mode; do
   mount --bind "$src" "$root$dst"
   [[ "$mode" == ro ]] && mount -o remount,bind,ro "$root$dst"
 done <"$root/.fresh-binds"
-mount --bind "$root" "$root"
-mount --make-rshared "$root"
 exec chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
-  PATH=/root/.cargo/bin:/usr/local/go/bin:/usr/lib/jvm/java-17-openjdk-amd64/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 RUSTUP_HOME=/root/.rustup CARGO_HOME=/root/.cargo \
+  PATH=/root/.cargo/bin:/usr/local/go/bin:/opt/host-jdk/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  JAVA_HOME=/opt/host-jdk RUSTUP_HOME=/root/.rustup CARGO_HOME=/root/.cargo \
   RUSTUP_AUTO_INSTALL=0 BASH_ENV=/etc/fresh-cnf.bash CI="${CI:-}" FERRY_K8S_CGROUP_ROOT=/ferry-fresh \
   "$@"
 INNER
@@ -197,7 +198,8 @@ CNF
     echo "/root/.rustup /root/.rustup ro"
     echo "/root/.cargo/bin /root/.cargo/bin ro"
     echo "/usr/local/go /usr/local/go ro"
-    echo "$(readlink -f /usr/lib/jvm/java-17-openjdk-amd64) /usr/lib/jvm/java-17-openjdk-amd64 ro"
+    # Not under /usr/lib/jvm: Debian's maven pulls in an openjdk package that unpacks there.
+    echo "$(dirname "$(dirname "$(readlink -f "$(command -v java)")")") /opt/host-jdk ro"
     [[ "$variant" == shared ]] && echo "$SHARED_DIR /work/shared ro"
     if [[ "${FRESH_COLD:-0}" != 1 ]]; then
       mkdir -p "$FERRY_CACHE" /root/.cargo/registry /root/.cargo/git /root/go/pkg/mod /root/.cache/go-build

@@ -465,7 +465,9 @@ _k8s_kill_leftovers() {
   for f in /proc/[0-9]*/cmdline; do
     pid="${f#/proc/}"; pid="${pid%/cmdline}"
     cmd="$(tr '\0' ' ' 2>/dev/null <"$f")" || continue
-    [[ "$cmd" == *containerd-shim*"$K8S_CONTAINERD_SOCK"* ]] && kill -9 "$pid" 2>/dev/null
+    # Only shims of this filesystem root: a fresh-root guard's cluster uses the same paths.
+    [[ "$cmd" == *containerd-shim*"$K8S_CONTAINERD_SOCK"* && "$(readlink "/proc/$pid/root")" == "$(readlink /proc/self/root)" ]] &&
+      kill -9 "$pid" 2>/dev/null
   done
   for f in /sys/fs/cgroup/*"${K8S_CGROUP_ROOT%/}"/kubepods; do
     [[ -d "$f" ]] || continue
