@@ -157,7 +157,13 @@ while read -r src dst mode; do
   mount --bind "$src" "$root$dst"
   [[ "$mode" == ro ]] && mount -o remount,bind,ro "$root$dst"
 done <"$root/.fresh-binds"
-exec chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
+# The machine's environment for TLS clients, as a login on it has (names only; values as set).
+pass=()
+for v in SSL_CERT_FILE SSL_CERT_DIR CURL_CA_BUNDLE REQUESTS_CA_BUNDLE PIP_CERT GIT_SSL_CAINFO \
+  NODE_EXTRA_CA_CERTS PIP_DEFAULT_TIMEOUT GOTOOLCHAIN; do
+  [[ -n "${!v:-}" ]] && pass+=("$v=${!v}")
+done
+exec chroot "$root" /usr/bin/env -i "${pass[@]}" HOME=/root TERM=dumb LANG=C.UTF-8 \
   PATH=/root/.cargo/bin:/usr/local/go/bin:/opt/host-jdk/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   JAVA_HOME=/opt/host-jdk RUSTUP_HOME=/root/.rustup CARGO_HOME=/root/.cargo \
   RUSTUP_AUTO_INSTALL=0 BASH_ENV=/etc/fresh-cnf.bash CI="${CI:-}" FERRY_K8S_CGROUP_ROOT=/ferry-fresh \
@@ -173,6 +179,12 @@ run_variant() {
   mkdir -p "$FRESH_WORK"
   cp -a "$FRESH_BASE" "$root"
   cp /etc/resolv.conf "$root/etc/resolv.conf"
+  # The machine's own trust anchors (a fresh machine of this kind boots with them): Debian's
+  # ca-certificates, installed by the dependency step, adds them to the root's bundle.
+  if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+  fi
   echo "ferry-fresh" >"$root/etc/hostname"
   printf '127.0.0.1 localhost\n127.0.1.1 ferry-fresh\n' >"$root/etc/hosts"
   # A clean clone of what is committed, as a user would get it.
