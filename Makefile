@@ -99,6 +99,11 @@ chart-check: ## helm lint, helm template | kubeconform -strict, RBAC and values 
 kind-check: ## shellcheck and hadolint the kind path, dry-run its manifests on the local cluster
 	bash e2e/kind/check.sh
 
+.PHONY: images-check
+images-check: ## Both images' build steps in a bookworm root (no Docker); ldd against the runtime base's packages
+	bash e2e/deps/deps.sh install images
+	bash e2e/images/check.sh
+
 .PHONY: chart-install-test
 chart-install-test: ## A real helm install/uninstall into the local cluster
 	bash e2e/chart/install-test.sh

@@ -35,12 +35,20 @@ _chart_tool() {
   command -v "$name" 2>/dev/null || true
 }
 
-# need_helm / need_kubeconform: set HELM / KUBECONFORM. Both are go rows of
+# need_helm / need_kubeconform: set HELM (Helm 3) / KUBECONFORM. Both are go rows of
 # e2e/deps/deps.txt, built by the dependency step; these scripts never build or install.
 need_helm() {
   HELM="$(_chart_tool helm)"
   [[ -n "$HELM" ]] || die "helm is not installed: run 'make deps' (e2e/deps/deps.txt)"
   export HELM
+}
+
+# need_helm4: set HELM4, Helm 4 (the go row helm4 of e2e/deps/deps.txt), for the checks that
+# run the chart through both majors.
+need_helm4() {
+  HELM4="$(_chart_tool helm4)"
+  [[ -n "$HELM4" ]] || die "helm4 is not installed: run 'make deps' (e2e/deps/deps.txt)"
+  export HELM4
 }
 
 need_kubeconform() {

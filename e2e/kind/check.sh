@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Checks the kind path as far as this machine allows (no Docker, no internet):
-#   1. shellcheck on every script of e2e/kind and e2e/chart;
+#   1. shellcheck on every script of e2e/kind, e2e/chart and e2e/images;
 #   2. hadolint on Dockerfile.operator and Dockerfile.worker;
 #   3. the kind config and scripts keep their promises: 1 control plane + 2 workers, node
 #      images pinned by digest, port mappings that match the NodePorts of the values files,
 #      every chart pinned with --version, every wait bounded by a timeout, no bare sleep;
-#   4. helm template with the kind path's values, and the kind manifests, pass kubeconform;
+#   3b. the Helm version gate of up.sh accepts Helm 3 and Helm 4 version strings (and the real
+#      helm 3 and helm 4 binaries'), refuses others;
+#   3c. every image build of the kind path turns provenance attestations off and every load
+#      is `kind load image-archive` (kind #3795, #4236 with Docker 29's containerd store);
+#   4. helm lint and helm template with the kind path's values, with Helm 3 and with Helm 4;
+#      both renderings and the kind manifests pass kubeconform;
 #   5. with a reachable API server (KUBECONFIG, or /tmp/ferry-stack/env's): a server-side
 #      dry run of the rendered chart and every kind manifest, after installing the Strimzi
 #      and Pipeline CRDs (the CEL rules and defaults of the real API server apply).
-# Ends with one "kind-check: N passed, N failed" line; exits 1 when any step failed.
+# Ends with one "kind-check: N passed, N failed, N skipped" line; exits 1 when any step failed.
 set -euo pipefail
 CHECK_NAME=kind-check
 KIND_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,6 +22,7 @@ KIND_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$KIND_DIR/../chart/lib.sh"
 
 need_helm
+need_helm4
 need_kubeconform
 need_pyyaml
 
@@ -38,7 +44,7 @@ fail() { failed=$((failed + 1)); say "FAIL: $*" >&2; }
 skip() { skipped=$((skipped + 1)); say "skipped: $*"; }
 
 # ---- 1. shellcheck ---------------------------------------------------------------------
-scripts=("$REPO_ROOT"/e2e/kind/*.sh "$REPO_ROOT"/e2e/chart/*.sh)
+scripts=("$REPO_ROOT"/e2e/kind/*.sh "$REPO_ROOT"/e2e/chart/*.sh "$REPO_ROOT"/e2e/images/*.sh)
 if ! command -v shellcheck >/dev/null; then
   fail "shellcheck is not installed: run 'make deps' (e2e/deps/deps.txt)"
 elif (cd "$REPO_ROOT" && shellcheck -x "${scripts[@]#"$REPO_ROOT"/}"); then
@@ -101,19 +107,106 @@ else
   fail "kind config/script promises"
 fi
 
-# ---- 4. render with the kind values + kubeconform ---------------------------------------------
+# ---- 3b. the Helm version gate ------------------------------------------------------------------
+# up.sh's gate is lib.sh's helm_version_supported; lib.sh is sourced in a bash of its own (its
+# say/die and paths are up.sh's, not this script's).
+# shellcheck disable=SC2016 # expanded by the inner bash
+gate() { bash -c 'source "$1" && helm_version_supported "$2"' gate "$KIND_DIR/lib.sh" "$1"; }
+gate_bad=()
+for v in v3.22.0 v3.22.0+g1a2b3c4 v3.12.3+g3a31588 v4.0.0 v4.3.2 v4.3.2+gd3e1f6a v4.1.0-rc.1; do
+  gate "$v" || gate_bad+=("refused $v")
+done
+for v in v2.17.0+ga690bad v5.0.0 v1.0.0 3.22.0 v3 v3.22 "" "Error: unknown flag: --short"; do
+  ! gate "$v" || gate_bad+=("accepted '$v'")
+done
+for h in "$HELM" "$HELM4"; do
+  have="$("$h" version --short 2>&1 || true)"
+  gate "$have" || gate_bad+=("refused $h's own version '$have'")
+done
+helm3_version="$("$HELM" version --short 2>&1 || true)"
+helm4_version="$("$HELM4" version --short 2>&1 || true)"
+[[ "$helm3_version" == v3.* ]] || gate_bad+=("$HELM is not Helm 3: $helm3_version")
+[[ "$helm4_version" == v4.* ]] || gate_bad+=("$HELM4 is not Helm 4: $helm4_version")
+if ((${#gate_bad[@]})); then
+  fail "Helm version gate: ${gate_bad[*]}"
+else
+  pass "Helm version gate: accepts 7 Helm 3/4 strings and $helm3_version, $helm4_version; refuses 8 others"
+fi
+
+# ---- 3c. image builds without attestations, loads from archives -------------------------------------
+# A checker of the kind path's scripts, run on them and on a script that breaks both rules
+# (a check that cannot fail proves nothing).
+provenance_check() {
+  python3 - "$@" <<'PY'
+import re, sys
+builds = loads = 0
+problems = []
+for path in sys.argv[1:]:
+    text = open(path).read().replace("\\\n", " ")
+    for n, line in enumerate(text.splitlines(), 1):
+        code = line.split("#", 1)[0] if not line.lstrip().startswith("#") else ""
+        for m in re.finditer(r"\bdocker\s+(?:buildx\s+)?(?:image\s+)?build\b[^;&|]*", code):
+            builds += 1
+            if "--provenance=false" not in m.group(0):
+                problems.append(f"{path}:{n}: image build without --provenance=false: {m.group(0).strip()[:80]}")
+        for m in re.finditer(r"\b(?i:kind)\"?\s+load\s+(\S+)", code):
+            loads += 1
+            if m.group(1) != "image-archive":
+                problems.append(f"{path}:{n}: kind load {m.group(1)} (use docker image save + kind load image-archive)")
+if builds == 0 or loads == 0:
+    problems.append(f"found {builds} image builds and {loads} kind loads: the checker no longer sees them")
+for p in problems:
+    print(p, file=sys.stderr)
+print(f"image builds with --provenance=false: {builds}, kind loads of an image archive: {loads}")
+sys.exit(1 if problems else 0)
+PY
+}
+kind_scripts=("$KIND_DIR/up.sh" "$KIND_DIR/lib.sh" "$KIND_DIR/down.sh")
+printf '%s\n' 'docker build -f Dockerfile.worker -t ferry/worker:0.1.0 .' 'kind load docker-image --name ferry ferry/worker:0.1.0' >"$WORK/bad-up.sh"
+if ! out="$(provenance_check "${kind_scripts[@]}" 2>&1)"; then
+  printf '%s\n' "$out" >&2
+  fail "kind path image builds and loads"
+elif provenance_check "$WORK/bad-up.sh" >/dev/null 2>&1; then
+  fail "the provenance checker passed a script with a plain docker build and kind load docker-image"
+else
+  pass "kind path images: $(tail -n1 <<<"$out") in ${#kind_scripts[@]} scripts (and the checker refuses a plain build + docker-image load)"
+fi
+
+# ---- 4. lint and render with Helm 3 and Helm 4, kubeconform ----------------------------------------
 prepare_schemas "$WORK"
 rendered="$WORK/ferry-kind.yaml"
-if "$HELM" template ferry "$CHART_DIR" --namespace ferry-system --include-crds \
-  --kube-version "${KUBE_VERSION#v}" -f "$KIND_DIR/ferry-values.yaml" >"$rendered"; then
-  if summary="$(kubeconform_run "$rendered" "$KIND_DIR/kafka.yaml" "$KIND_DIR/pipeline.yaml" "$KIND_DIR/simulate-job.yaml" 2>&1)"; then
-    pass "kubeconform (chart with kind values + kind manifests): ${summary##*$'\n'}"
+for h in "$HELM" "$HELM4"; do
+  major="$("$h" version --short 2>/dev/null | cut -d. -f1)"
+  major="${major#v}"
+  if "$h" lint --strict "$CHART_DIR" --kube-version "${KUBE_VERSION#v}" -f "$KIND_DIR/ferry-values.yaml" >"$WORK/lint-$major.log" 2>&1; then
+    pass "helm lint --strict with Helm $major ($("$h" version --short)), kind values: $(tail -n1 "$WORK/lint-$major.log")"
   else
-    printf '%s\n' "$summary" >&2
-    fail "kubeconform on the kind path"
+    cat "$WORK/lint-$major.log" >&2
+    fail "helm lint with Helm $major"
   fi
-else
-  fail "helm template with e2e/kind/ferry-values.yaml"
+  out="$WORK/ferry-kind-$major.yaml"
+  if "$h" template ferry "$CHART_DIR" --namespace ferry-system --include-crds \
+    --kube-version "${KUBE_VERSION#v}" -f "$KIND_DIR/ferry-values.yaml" >"$out" 2>"$WORK/template-$major.err"; then
+    if summary="$(kubeconform_run "$out" "$KIND_DIR/kafka.yaml" "$KIND_DIR/pipeline.yaml" "$KIND_DIR/simulate-job.yaml" 2>&1)"; then
+      pass "Helm $major template (kind values) + kind manifests, kubeconform: ${summary##*$'\n'}"
+    else
+      printf '%s\n' "$summary" >&2
+      fail "kubeconform on the kind path (Helm $major rendering)"
+    fi
+  else
+    cat "$WORK/template-$major.err" >&2
+    fail "helm template with Helm $major and e2e/kind/ferry-values.yaml"
+  fi
+done
+cp "$WORK/ferry-kind-3.yaml" "$rendered" 2>/dev/null || cp "$WORK/ferry-kind-4.yaml" "$rendered" 2>/dev/null || true
+if [[ -f "$WORK/ferry-kind-3.yaml" && -f "$WORK/ferry-kind-4.yaml" ]]; then
+  if diff -q "$WORK/ferry-kind-3.yaml" "$WORK/ferry-kind-4.yaml" >/dev/null; then
+    say "Helm 3 and Helm 4 render the chart identically"
+  elif diff -B -q "$WORK/ferry-kind-3.yaml" "$WORK/ferry-kind-4.yaml" >/dev/null; then
+    say "Helm 3 and Helm 4 render the chart identically but for blank lines"
+  else
+    say "Helm 3 and Helm 4 renderings differ (both validated above): $(diff "$WORK/ferry-kind-3.yaml" "$WORK/ferry-kind-4.yaml" | grep -c '^[<>]') lines"
+  fi
 fi
 
 # ---- 5. server-side dry run --------------------------------------------------------------------

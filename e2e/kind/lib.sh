@@ -2,16 +2,19 @@
 # shellcheck disable=SC2034 # the variables here are used by the scripts that source this file
 # Shared by e2e/kind/up.sh, down.sh and check.sh: pinned versions, names and helpers.
 
+KIND_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$KIND_DIR/../.." && pwd)"
+export REPO_ROOT
+
 # ---- pinned versions ----------------------------------------------------------------
-KIND_VERSION=v0.33.0            # sigs.k8s.io/kind; kind-config.yaml pins its node image by digest
+# kind (sigs.k8s.io/kind) is a go row of e2e/deps/deps.txt, built by the dependency step;
+# kind-config.yaml pins the node image of that release by digest.
+KIND_VERSION="$(awk '$1 == "go" && $2 == "kind" {sub(/.*@/, "", $3); print $3}' "$REPO_ROOT/e2e/deps/deps.txt")"
 STRIMZI_CHART_VERSION=1.2.0     # Strimzi operator chart (same release as shared/strimzi-crds)
 STRIMZI_CHART=oci://quay.io/strimzi-helm/strimzi-kafka-operator
 VALKEY_CHART_VERSION=0.9.3      # valkey-io/valkey-helm chart "valkey" (Valkey 9, Redis protocol)
 VALKEY_CHART_REPO=https://valkey.io/valkey-helm/
 
-KIND_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO_ROOT="$(cd "$KIND_DIR/../.." && pwd)"
-export REPO_ROOT
 CLUSTER_NAME="${FERRY_KIND_CLUSTER:-ferry}"
 KIND_CONTEXT="kind-$CLUSTER_NAME"
 FERRY_CACHE="${FERRY_CACHE:-$HOME/.cache/ferry}"
@@ -53,4 +56,34 @@ need() {
 # kctl / khelm: kubectl and helm pinned to the kind cluster's context, whatever the
 # user's current context is.
 kctl() { kubectl --context "$KIND_CONTEXT" "$@"; }
-khelm() { helm --kube-context "$KIND_CONTEXT" "$@"; }
+khelm() { "${HELM:-helm}" --kube-context "$KIND_CONTEXT" "$@"; }
+
+# helm_version_supported VERSION: true for what `helm version --short` prints for Helm 3 and
+# Helm 4 ("v3.22.0+g1a2b3c4", "v4.3.2"); false for Helm 2, a later major, or anything else.
+helm_version_supported() {
+  [[ "$1" =~ ^v(3|4)\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.+-]*)?$ ]]
+}
+
+# kind_tool NAME: the path of NAME: the dependency step's build (e2e/deps/deps.sh path NAME,
+# a pinned go row) when it is there, else NAME on PATH; nothing when neither is.
+kind_tool() {
+  local p
+  p="$(bash "$REPO_ROOT/e2e/deps/deps.sh" path "$1" 2>/dev/null || true)"
+  if [[ -n "$p" && -x "$p" ]]; then
+    printf '%s\n' "$p"
+  else
+    command -v "$1" 2>/dev/null || true
+  fi
+}
+
+# build_image DOCKERFILE IMAGE ARCHIVE: docker build with provenance attestations off, then the
+# image saved as ARCHIVE for `kind load image-archive`. Docker 29 stores images in containerd;
+# an image with an attestation manifest then saves incompletely and `kind load docker-image`
+# fails ("content digest ... not found", kind #3795), and docker-image's already-loaded check
+# misses images it loaded before (kind #4236). An archive is always imported.
+build_image() {
+  local dockerfile="$1" image="$2" archive="$3"
+  DOCKER_BUILDKIT=1 docker buildx build --provenance=false --load -f "$dockerfile" -t "$image" "$REPO_ROOT"
+  mkdir -p "$(dirname "$archive")"
+  docker image save -o "$archive" "$image"
+}

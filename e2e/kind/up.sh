@@ -5,10 +5,12 @@
 #   e2e/kind/up.sh            # everything; re-running reuses what is there
 #   e2e/kind/down.sh          # deletes the cluster
 #
-# Needs Docker, kind (v0.33.0; built with `go install` when missing and Go is there),
-# kubectl and helm 3, and internet access for the images and charts. Every step waits on
-# a readiness condition with a timeout; set FERRY_KIND_SKIP_DEMO=1 to stop after the
-# Pipeline is Ready, FERRY_KIND_SKIP_BUILD=1 to reuse images already built.
+# Needs Docker with buildx (Docker 29's containerd image store or the classic one), kubectl,
+# kind and Helm 3 or 4 (`bash e2e/deps/deps.sh install kind` builds the pinned kind and Helm 4
+# from their Go modules; a helm already on PATH is used first), and internet access for the
+# images and charts. Every step waits on a readiness condition with a timeout; set
+# FERRY_KIND_SKIP_DEMO=1 to stop after the Pipeline is Ready, FERRY_KIND_SKIP_BUILD=1 to reuse
+# image archives already built.
 set -euo pipefail
 # shellcheck source=e2e/kind/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -28,39 +30,43 @@ trap dump_state EXIT
 
 # ---- tools ---------------------------------------------------------------------------
 step tools "checking docker, kind, kubectl and helm"
-need docker kubectl helm
-if ! command -v kind >/dev/null; then
-  need go
-  say "kind is missing: go install sigs.k8s.io/kind@$KIND_VERSION into $FERRY_CACHE/kind-$KIND_VERSION/bin"
-  GOBIN="$FERRY_CACHE/kind-$KIND_VERSION/bin" go install "sigs.k8s.io/kind@$KIND_VERSION"
-  PATH="$FERRY_CACHE/kind-$KIND_VERSION/bin:$PATH"
-fi
+need docker kubectl
+KIND="$(kind_tool kind)"
+[[ -n "$KIND" ]] || die "kind is missing: bash e2e/deps/deps.sh install kind (builds kind $KIND_VERSION)"
+HELM="$(command -v helm 2>/dev/null || kind_tool helm4)"
+[[ -n "$HELM" ]] || die "helm is missing: bash e2e/deps/deps.sh install kind (builds Helm 4)"
 docker info >/dev/null 2>&1 || die "the Docker daemon is not reachable (docker info failed)"
-kind_have="$(kind version | awk '{print $2}')"
+docker buildx version >/dev/null 2>&1 || die "docker buildx is missing (the images are built with --provenance=false)"
+kind_have="$("$KIND" version | awk '{print $2}')"
 [[ "$kind_have" == "$KIND_VERSION" ]] ||
   say "warning: kind $kind_have, not $KIND_VERSION: the node image in kind-config.yaml was built for $KIND_VERSION"
-helm version --short | grep -q '^v3\.' || die "helm 3 is required ($(helm version --short))"
+helm_have="$("$HELM" version --short 2>/dev/null || true)"
+helm_version_supported "$helm_have" || die "Helm 3 or 4 is required ($HELM: ${helm_have:-no version})"
+say "kind $kind_have ($KIND), helm $helm_have ($HELM)"
 
 # ---- images (built first: the slowest step needs no cluster) ---------------------------
+WORKER_ARCHIVE="$FERRY_CACHE/kind-images/worker.tar"
+OPERATOR_ARCHIVE="$FERRY_CACHE/kind-images/operator.tar"
 if [[ "${FERRY_KIND_SKIP_BUILD:-0}" != 1 ]]; then
   step images "building $WORKER_IMAGE and $OPERATOR_IMAGE (first build compiles librdkafka: several minutes)"
-  DOCKER_BUILDKIT=1 docker build -f "$REPO_ROOT/Dockerfile.worker" -t "$WORKER_IMAGE" "$REPO_ROOT"
-  DOCKER_BUILDKIT=1 docker build -f "$REPO_ROOT/Dockerfile.operator" -t "$OPERATOR_IMAGE" "$REPO_ROOT"
+  build_image "$REPO_ROOT/Dockerfile.worker" "$WORKER_IMAGE" "$WORKER_ARCHIVE"
+  build_image "$REPO_ROOT/Dockerfile.operator" "$OPERATOR_IMAGE" "$OPERATOR_ARCHIVE"
 fi
-docker image inspect "$WORKER_IMAGE" "$OPERATOR_IMAGE" >/dev/null ||
-  die "images $WORKER_IMAGE and $OPERATOR_IMAGE are missing (run without FERRY_KIND_SKIP_BUILD)"
+[[ -s "$WORKER_ARCHIVE" && -s "$OPERATOR_ARCHIVE" ]] ||
+  die "image archives $WORKER_ARCHIVE and $OPERATOR_ARCHIVE are missing (run without FERRY_KIND_SKIP_BUILD)"
 
 # ---- cluster ----------------------------------------------------------------------------
 step cluster "kind cluster $CLUSTER_NAME (1 control plane, 2 workers)"
-if kind get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME"; then
+if "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME"; then
   say "cluster $CLUSTER_NAME exists: reusing it"
 else
-  kind create cluster --name "$CLUSTER_NAME" --config "$REPO_ROOT/kind-config.yaml" --wait 5m
+  "$KIND" create cluster --name "$CLUSTER_NAME" --config "$REPO_ROOT/kind-config.yaml" --wait 5m
 fi
 kctl wait --for=condition=Ready nodes --all --timeout=300s ||
   die "the kind nodes did not become Ready within 5 minutes"
-say "loading the images into every node"
-kind load docker-image --name "$CLUSTER_NAME" "$WORKER_IMAGE" "$OPERATOR_IMAGE"
+say "loading the image archives into every node"
+"$KIND" load image-archive --name "$CLUSTER_NAME" "$WORKER_ARCHIVE"
+"$KIND" load image-archive --name "$CLUSTER_NAME" "$OPERATOR_ARCHIVE"
 
 # ---- Strimzi and Kafka ----------------------------------------------------------------------
 step strimzi "Strimzi operator $STRIMZI_CHART_VERSION (Helm) in namespace $KAFKA_NS"

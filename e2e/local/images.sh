@@ -12,6 +12,10 @@
 #   bash e2e/local/images.sh builtin    # pause + test image (k8s_up does this)
 #   bash e2e/local/images.sh list
 #
+# The worker and operator images take the same guard as the Dockerfiles' builder stage
+# (e2e/images/build.sh guard): every library the binary loads must be one the kind images'
+# runtime base (e2e/images/runtime-base.txt) gives, so both paths ship the same binary shape.
+#
 # Image names follow Docker's short-name rule (ferry/worker:dev is stored as the
 # fully qualified name the CRI plugin looks up), so pod specs use `ferry/worker:dev`
 # with imagePullPolicy IfNotPresent or Never.
@@ -137,6 +141,9 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
       [[ $# -ge 2 ]] || die "usage: $0 $1 <path-to-binary> [args...]"
       kind="$1" bin="$2"
       shift 2
+      # The kind images' library rule (e2e/images/build.sh guard): a binary that would not
+      # load in the runtime base image is refused here too.
+      bash "$REPO_ROOT/e2e/images/build.sh" guard "$bin" >/dev/null || die "$bin: see above"
       img_build_import "ferry/$kind:dev" "$bin" "$@"
       ;;
     image)
