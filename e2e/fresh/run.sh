@@ -234,7 +234,8 @@ CNF
   for s in $FRESH_STEPS; do steps+=" && echo '[fresh] ==> make $s' && make $s"; done
   step "variant $variant: in the root: $steps"
   t0="$(_ferry_now_ms)"
-  ip netns exec "$FRESH_NS" unshare --mount --pid --fork --uts --ipc \
+  # nsenter, not `ip netns exec`: that remounts /sys, which hides the cgroup mounts.
+  nsenter --net="/run/netns/$FRESH_NS" unshare --mount --pid --fork --uts --ipc \
     bash -c "$(inner_script)" _ "$root" /bin/bash -c "echo ferry-fresh >/proc/sys/kernel/hostname; $steps" \
     > >(tee "$log" | sed -u "s/^/  [$variant] /" >&2) 2>&1 || rc=$?
   local secs=$((($(_ferry_now_ms) - t0) / 1000))
@@ -274,7 +275,7 @@ cleanup_root() {
 main() {
   [[ "$(id -u)" == 0 ]] || die "the fresh-root guard needs root (namespaces, chroot, debootstrap)"
   deps_install fresh
-  need_cmd unshare chroot ip iptables git debootstrap
+  need_cmd unshare nsenter chroot ip iptables git debootstrap
   ensure_base
   RESULTS=()
   trap 'net_down; cgroup_down' EXIT
