@@ -176,8 +176,11 @@ run_variant() {
   log="$FRESH_HOME/logs/$(date -u +%Y%m%d-%H%M%S)-$variant.log"
   step "variant $variant: fresh copy of the base root (log $log)"
   cleanup_root
+  cgroup_up
   mkdir -p "$FRESH_WORK"
   cp -a "$FRESH_BASE" "$root"
+  # A machine has an id (the kubelet reads it); debootstrap leaves none.
+  od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$root/etc/machine-id"
   cp /etc/resolv.conf "$root/etc/resolv.conf"
   # The machine's own trust anchors (a fresh machine of this kind boots with them): Debian's
   # ca-certificates, installed by the dependency step, adds them to the root's bundle.
@@ -280,7 +283,6 @@ main() {
   RESULTS=()
   trap 'net_down; cgroup_down' EXIT
   net_up
-  cgroup_up
   step "root network $FRESH_NET.2/30 in netns $FRESH_NS, NAT via $FRESH_UPLINK; kubelet cgroup parent $FRESH_CGROUP"
   local v rc=0
   for v in $FRESH_VARIANTS; do
