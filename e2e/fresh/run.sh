@@ -35,13 +35,18 @@ FRESH_VARIANTS="${FRESH_VARIANTS:-shared noshared}"
 FRESH_STEPS="${FRESH_STEPS-demo test}"
 FRESH_HOME="$FERRY_CACHE/fresh"
 FRESH_BASE="$FRESH_HOME/bookworm-base"
-FRESH_WORK="${FRESH_WORK:-/tmp/ferry-fresh}"
-FRESH_NS=ferry-fresh
-FRESH_VETH_HOST=ffresh0
-FRESH_VETH_NS=ffresh1
-FRESH_NET=10.250.77
-FRESH_CGROUP=/ferry-fresh
-SHARED_DIR="$(cd "$REPO_ROOT/.." && pwd)/shared"
+# FRESH_SLOT (0-9) lets two guards run at once: each gets its own namespace, veth, subnet,
+# work dir and cgroup parent.
+FRESH_SLOT="${FRESH_SLOT:-0}"
+[[ "$FRESH_SLOT" =~ ^[0-9]$ ]] || die "FRESH_SLOT must be 0-9"
+FRESH_WORK="/tmp/ferry-fresh$FRESH_SLOT"
+FRESH_NS="ferry-fresh$FRESH_SLOT"
+FRESH_VETH_HOST="ffresh${FRESH_SLOT}h"
+FRESH_VETH_NS="ffresh${FRESH_SLOT}n"
+FRESH_NET="10.250.$((77 + FRESH_SLOT))"
+FRESH_CGROUP="/ferry-fresh$FRESH_SLOT"
+FRESH_CHAIN="FERRY-FRESH$FRESH_SLOT"
+SHARED_DIR="${FRESH_SHARED_DIR:-$(cd "$REPO_ROOT/.." && pwd)/shared}"
 mkdir -p "$FRESH_HOME/logs"
 
 # ---- the base root ------------------------------------------------------------------------
@@ -89,12 +94,12 @@ net_up() {
   # Forward only between the veth and the uplink, and NAT what leaves: the root reaches
   # the package registries as the host does, and nothing else of the host's networks.
   sysctl -qw "net.ipv4.conf.$FRESH_VETH_HOST.forwarding=1" "net.ipv4.conf.$up.forwarding=1"
-  iptables -w -N FERRY-FRESH 2>/dev/null || iptables -w -F FERRY-FRESH
-  iptables -w -A FERRY-FRESH -i "$FRESH_VETH_HOST" -o "$up" -j ACCEPT
-  iptables -w -A FERRY-FRESH -i "$up" -o "$FRESH_VETH_HOST" -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
-  iptables -w -A FERRY-FRESH -i "$FRESH_VETH_HOST" -j DROP
-  iptables -w -A FERRY-FRESH -o "$FRESH_VETH_HOST" -j DROP
-  iptables -w -I FORWARD 1 -j FERRY-FRESH
+  iptables -w -N "$FRESH_CHAIN" 2>/dev/null || iptables -w -F "$FRESH_CHAIN"
+  iptables -w -A "$FRESH_CHAIN" -i "$FRESH_VETH_HOST" -o "$up" -j ACCEPT
+  iptables -w -A "$FRESH_CHAIN" -i "$up" -o "$FRESH_VETH_HOST" -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+  iptables -w -A "$FRESH_CHAIN" -i "$FRESH_VETH_HOST" -j DROP
+  iptables -w -A "$FRESH_CHAIN" -o "$FRESH_VETH_HOST" -j DROP
+  iptables -w -I FORWARD 1 -j "$FRESH_CHAIN"
   iptables -w -t nat -A POSTROUTING -s "$FRESH_NET.0/30" -o "$up" -j MASQUERADE
   FRESH_UPLINK="$up"
 }
@@ -103,8 +108,8 @@ net_down() {
   local up
   up="$(uplink)"
   iptables -w -t nat -D POSTROUTING -s "$FRESH_NET.0/30" -o "$up" -j MASQUERADE 2>/dev/null || true
-  while iptables -w -D FORWARD -j FERRY-FRESH 2>/dev/null; do :; done
-  iptables -w -F FERRY-FRESH 2>/dev/null && iptables -w -X FERRY-FRESH 2>/dev/null
+  while iptables -w -D FORWARD -j "$FRESH_CHAIN" 2>/dev/null; do :; done
+  iptables -w -F "$FRESH_CHAIN" 2>/dev/null && iptables -w -X "$FRESH_CHAIN" 2>/dev/null
   ip link delete "$FRESH_VETH_HOST" 2>/dev/null || true
   ip netns delete "$FRESH_NS" 2>/dev/null || true
   return 0
@@ -166,7 +171,7 @@ done
 exec chroot "$root" /usr/bin/env -i "${pass[@]}" HOME=/root TERM=dumb LANG=C.UTF-8 \
   PATH=/root/.cargo/bin:/usr/local/go/bin:/opt/host-jdk/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   JAVA_HOME=/opt/host-jdk RUSTUP_HOME=/root/.rustup CARGO_HOME=/root/.cargo \
-  RUSTUP_AUTO_INSTALL=0 BASH_ENV=/etc/fresh-cnf.bash CI="${CI:-}" FERRY_K8S_CGROUP_ROOT=/ferry-fresh \
+  RUSTUP_AUTO_INSTALL=0 BASH_ENV=/etc/fresh-cnf.bash CI="${CI:-}" FERRY_K8S_CGROUP_ROOT="$FRESH_CGROUP" \
   "$@"
 INNER
 }
@@ -238,7 +243,7 @@ CNF
   step "variant $variant: in the root: $steps"
   t0="$(_ferry_now_ms)"
   # nsenter, not `ip netns exec`: that remounts /sys, which hides the cgroup mounts.
-  nsenter --net="/run/netns/$FRESH_NS" unshare --mount --pid --fork --uts --ipc \
+  FRESH_CGROUP="$FRESH_CGROUP" nsenter --net="/run/netns/$FRESH_NS" unshare --mount --pid --fork --uts --ipc \
     bash -c "$(inner_script)" _ "$root" /bin/bash -c "echo ferry-fresh >/proc/sys/kernel/hostname; $steps" \
     > >(tee "$log" | sed -u "s/^/  [$variant] /" >&2) 2>&1 || rc=$?
   local secs=$((($(_ferry_now_ms) - t0) / 1000))
