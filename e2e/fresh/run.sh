@@ -231,8 +231,9 @@ CNF
       # One heavy build at a time across the host and the root.
       touch "$FERRY_BUILD_LOCK"
       echo "$FERRY_BUILD_LOCK $FERRY_BUILD_LOCK rw"
-      mkdir -p "$FRESH_HOME/apt-archives"
-      echo "$FRESH_HOME/apt-archives /var/cache/apt/archives rw"
+      # Per slot: apt locks its archive dir, and two roots would wait on each other.
+      mkdir -p "$FRESH_HOME/apt-archives$FRESH_SLOT"
+      echo "$FRESH_HOME/apt-archives$FRESH_SLOT /var/cache/apt/archives rw"
     fi
   } >"$root/.fresh-binds"
   [[ "$variant" != shared || -d "$SHARED_DIR" ]] || die "variant shared: no $SHARED_DIR beside the repo"
