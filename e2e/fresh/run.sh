@@ -20,8 +20,9 @@
 # Knobs:
 #   FRESH_VARIANTS="shared noshared"   which runs
 #   FRESH_STEPS="demo test"            what runs after the dependency step
-#   FRESH_DROP_DEP=NAME                remove NAME's row from the clone's deps.txt (to see the
-#                                      guard fail, e.g. FRESH_DROP_DEP=iptables)
+#   FRESH_DROP_DEP="NAME..."           remove these rows from the clone's deps.txt, to see the
+#                                      guard fail: "iptables containernetworking-plugins" (the
+#                                      CNI plugins depend on iptables, so one alone still has it)
 #   FRESH_COLD=1                       the root gets empty caches (builds everything from
 #                                      nothing); by default it shares the host's download and
 #                                      build caches ($FERRY_CACHE, Go's, cargo's registry)
@@ -200,7 +201,7 @@ run_variant() {
   git clone -q "$REPO_ROOT" "$root/work/ferry"
   git -C "$root/work/ferry" checkout -q "$(git -C "$REPO_ROOT" rev-parse HEAD)"
   if [[ -n "${FRESH_DROP_DEP:-}" ]]; then
-    awk -v n="$FRESH_DROP_DEP" '$2 != n' "$root/work/ferry/e2e/deps/deps.txt" >"$root/work/ferry/e2e/deps/deps.txt.new"
+    awk -v drop=" $FRESH_DROP_DEP " 'index(drop, " " $2 " ") == 0' "$root/work/ferry/e2e/deps/deps.txt" >"$root/work/ferry/e2e/deps/deps.txt.new"
     mv "$root/work/ferry/e2e/deps/deps.txt.new" "$root/work/ferry/e2e/deps/deps.txt"
     warn "variant $variant: dropped '$FRESH_DROP_DEP' from the clone's deps.txt"
   fi
