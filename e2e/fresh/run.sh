@@ -267,9 +267,22 @@ CNF
   return "$rc"
 }
 
-# Kill what the root left running (its PID namespace died with its PID 1), unmount, remove.
+# Every process whose filesystem root is this slot's root: killing the namespace's PID 1
+# ends them all, but the guard itself may be the one interrupted.
+kill_root_procs() {
+  local p r
+  for p in /proc/[0-9]*; do
+    r="$(readlink "$p/root" 2>/dev/null)" || continue
+    [[ "$r" == "$FRESH_WORK/root" ]] && kill -9 "${p#/proc/}" 2>/dev/null
+  done
+  return 0
+}
+
+# Kill what the root left running, unmount, remove.
 cleanup_root() {
   local root="$FRESH_WORK/root" m
+  kill_root_procs
+  sleep 1
   cgroup_down
   if [[ -d "$root" ]]; then
     while read -r m; do
@@ -288,7 +301,8 @@ main() {
   need_cmd unshare nsenter chroot ip iptables git debootstrap
   ensure_base
   RESULTS=()
-  trap 'net_down; cgroup_down' EXIT
+  trap 'kill_root_procs; net_down; cgroup_down' EXIT
+  trap 'exit 130' INT TERM
   net_up
   step "root network $FRESH_NET.2/30 in netns $FRESH_NS, NAT via $FRESH_UPLINK; kubelet cgroup parent $FRESH_CGROUP"
   local v rc=0
