@@ -66,7 +66,25 @@ need_pyyaml() {
 
 # ---- kubeconform schemas --------------------------------------------------------------
 KUBE_VERSION="${KUBE_VERSION:-v1.34.4}" # matches e2e/local/k8s.sh; the kind node image is 1.34 too
+# Strimzi 1.2.0's real CRDs where the shared folder is beside the clone (STRIMZI_CRDS_DIR
+# overrides where), else the project's minimal stand-ins: a clone alone must pass too.
 STRIMZI_CRDS_DIR="${STRIMZI_CRDS_DIR:-$REPO_ROOT/../shared/strimzi-crds}"
+STRIMZI_MINIMAL_CRDS_DIR="$REPO_ROOT/e2e/strimzi-minimal"
+# One field manager for either set (as in the operator tests), so a switch of sets leaves
+# none of the other set's labels behind; the schema list is replaced whole either way.
+STRIMZI_CRDS_FIELD_MANAGER=ferry-strimzi-crds
+
+# choose_strimzi_crds: sets STRIMZI_CRDS (the CRD files of the chosen set) and says which.
+choose_strimzi_crds() {
+  local dir="$STRIMZI_CRDS_DIR" set="Strimzi 1.2.0's real CRDs"
+  if [[ ! -d "$dir" ]]; then
+    dir="$STRIMZI_MINIMAL_CRDS_DIR"
+    set="the project's minimal Strimzi CRDs ($STRIMZI_CRDS_DIR does not exist)"
+  fi
+  mapfile -t STRIMZI_CRDS < <(find "$dir" -maxdepth 1 -name '0*-Crd-*.yaml' | sort)
+  ((${#STRIMZI_CRDS[@]} > 0)) || die "no Strimzi CRDs (0*-Crd-*.yaml) in $dir"
+  say "strimzi: using $set, from $dir"
+}
 
 # _swagger_json WORKDIR: the OpenAPI v2 spec of k8s.io/kubernetes@$KUBE_VERSION, from the Go
 # module cache (where e2e/local/k8s.sh's build leaves it), else downloaded as a Go module.
@@ -85,9 +103,9 @@ _swagger_json() {
 
 # prepare_schemas WORKDIR: sets BUILTIN_SCHEMAS (cached per Kubernetes version and per
 # revision of schemas.py), CRD_SCHEMAS (made fresh in WORKDIR from the chart's Pipeline
-# CRD, the Strimzi CRDs and e2e/chart/schemas/) and KUBECONFORM_SKIP.
+# CRD, the chosen Strimzi CRDs and e2e/chart/schemas/), STRIMZI_CRDS and KUBECONFORM_SKIP.
 prepare_schemas() {
-  local work="$1" gen_rev strimzi_crds=()
+  local work="$1" gen_rev
   gen_rev="$(sha256sum "$CHART_LIB_DIR/schemas.py" | cut -c1-12)"
   BUILTIN_SCHEMAS="$FERRY_CACHE/kubeconform-schemas/k8s-$KUBE_VERSION-$gen_rev"
   if [[ ! -f "$BUILTIN_SCHEMAS/.complete" ]]; then
@@ -97,17 +115,11 @@ prepare_schemas() {
     touch "$BUILTIN_SCHEMAS/.complete"
   fi
   CRD_SCHEMAS="$work/crd-schemas"
-  if [[ -d "$STRIMZI_CRDS_DIR" ]]; then
-    mapfile -t strimzi_crds < <(find "$STRIMZI_CRDS_DIR" -maxdepth 1 -name '0*-Crd-*.yaml' | sort)
-  fi
-  python3 "$CHART_LIB_DIR/schemas.py" crd "$CRD_SCHEMAS" "$CHART_DIR/crds/pipeline.yaml" "${strimzi_crds[@]}" >/dev/null ||
+  choose_strimzi_crds
+  python3 "$CHART_LIB_DIR/schemas.py" crd "$CRD_SCHEMAS" "$CHART_DIR/crds/pipeline.yaml" "${STRIMZI_CRDS[@]}" >/dev/null ||
     die "cannot generate the CRD schemas"
   cp "$CHART_LIB_DIR"/schemas/*.json "$CRD_SCHEMAS/"
   KUBECONFORM_SKIP=()
-  if ((${#strimzi_crds[@]} == 0)); then
-    say "no Strimzi CRDs at $STRIMZI_CRDS_DIR: Strimzi kinds are skipped"
-    KUBECONFORM_SKIP=(-skip "Kafka,KafkaNodePool,KafkaTopic")
-  fi
   say "schemas: $(find "$BUILTIN_SCHEMAS" -name '*.json' | wc -l) built-in ($KUBE_VERSION), $(find "$CRD_SCHEMAS" -name '*.json' | wc -l) custom ($(find "$CRD_SCHEMAS" -name '*.json' -printf '%f ' | sort))"
 }
 

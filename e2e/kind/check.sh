@@ -11,6 +11,7 @@
 #      is `kind load image-archive` (kind #3795, #4236 with Docker 29's containerd store);
 #   4. helm lint and helm template with the kind path's values, with Helm 3 and with Helm 4;
 #      both renderings and the kind manifests pass kubeconform;
+#      the minimal Strimzi CRDs (e2e/strimzi-minimal) are a subset of the real ones;
 #   5. with a reachable API server (KUBECONFIG, or /tmp/ferry-stack/env's): a server-side
 #      dry run of the rendered chart and every kind manifest, after installing the Strimzi
 #      and Pipeline CRDs (the CEL rules and defaults of the real API server apply).
@@ -174,6 +175,14 @@ fi
 
 # ---- 4. lint and render with Helm 3 and Helm 4, kubeconform ----------------------------------------
 prepare_schemas "$WORK"
+# The minimal Strimzi CRDs (the fallback without the shared folder) stay a subset of the real.
+if [[ ! -d "$STRIMZI_CRDS_DIR" ]]; then
+  skip "minimal Strimzi CRDs against the real ones: no $STRIMZI_CRDS_DIR to compare with"
+elif python3 "$STRIMZI_MINIMAL_CRDS_DIR/check-subset.py" "$STRIMZI_MINIMAL_CRDS_DIR" "$STRIMZI_CRDS_DIR"; then
+  pass "the minimal Strimzi CRDs are a subset of Strimzi 1.2.0's (names, versions, field types)"
+else
+  fail "e2e/strimzi-minimal differs from Strimzi's CRDs"
+fi
 rendered="$WORK/ferry-kind.yaml"
 for h in "$HELM" "$HELM4"; do
   major="$("$h" version --short 2>/dev/null | cut -d. -f1)"
@@ -219,16 +228,14 @@ if [[ -z "${KUBECONFIG:-}" || -z "$KUBECTL" ]] || ! "$KUBECTL" get --raw /readyz
   skip "server-side dry run: no reachable API server (start one with e2e/local/stack.sh up k8s)"
 else
   say "server-side dry run against $("$KUBECTL" config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
-  crds=("$CHART_DIR/crds/pipeline.yaml")
-  if [[ -d "$STRIMZI_CRDS_DIR" ]]; then
-    mapfile -t -O 1 crds < <(find "$STRIMZI_CRDS_DIR" -maxdepth 1 -name '0*-Crd-*.yaml' | sort)
-  fi
   # CRDs are installed for real (server-side apply, idempotent): a dry run cannot check a
-  # custom resource whose CRD only exists in the same dry run.
-  if "$KUBECTL" apply --server-side --force-conflicts --field-manager=ferry-kind-check "${crds[@]/#/-f}" >/dev/null &&
+  # custom resource whose CRD only exists in the same dry run. STRIMZI_CRDS: the set that
+  # prepare_schemas chose in step 4.
+  if "$KUBECTL" apply --server-side --force-conflicts --field-manager=ferry-kind-check -f "$CHART_DIR/crds/pipeline.yaml" >/dev/null &&
+    "$KUBECTL" apply --server-side --force-conflicts --field-manager="$STRIMZI_CRDS_FIELD_MANAGER" "${STRIMZI_CRDS[@]/#/-f}" >/dev/null &&
     "$KUBECTL" wait --for=condition=Established crd/pipelines.ferry.dev crd/kafkas.kafka.strimzi.io \
       crd/kafkanodepools.kafka.strimzi.io crd/kafkatopics.kafka.strimzi.io --timeout=60s >/dev/null; then
-    pass "CRDs installed and Established: ${#crds[@]} (Pipeline + Strimzi)"
+    pass "CRDs installed and Established: $((1 + ${#STRIMZI_CRDS[@]})) (Pipeline + Strimzi from $(basename "$(dirname "${STRIMZI_CRDS[0]}")"))"
   else
     fail "installing the CRDs"
   fi

@@ -60,6 +60,8 @@ phase_end build
 
 phase_start unit-tests
 cargo test --workspace --lib --bins
+# The operator alone gets the worker crate without `runtime`, as Dockerfile.operator builds it.
+cargo test -p ferry-operator --lib a_rule_that_does_not_parse
 phase_end unit-tests
 
 phase_start stack

@@ -407,9 +407,8 @@ impl WorkerConfig {
                             "must hold at least one rule",
                         );
                     }
-                    // The rule language lives with the processors (runtime feature); the
-                    // operator's build checks rules at admission instead.
-                    #[cfg(feature = "runtime")]
+                    // The parser builds without the runtime feature, so an operator built
+                    // alone refuses a broken rule at reconcile, as the worker would at start.
                     ProcessorKind::Validate(validate) => {
                         for (index, rule) in validate.rules.iter().enumerate() {
                             if let Err(err) = crate::process::rules::parse(&rule.expression) {

@@ -1,7 +1,8 @@
 //! Ferry's worker: the code that runs in every receiver and processor pod, and the config
 //! contract the operator renders for it.
 //!
-//! Without the `runtime` feature only the config types build, for the operator.
+//! Without the `runtime` feature only the config types and the rule language build, for the
+//! operator: it checks a Pipeline's rules with the same parser the processors use.
 
 pub mod backoff;
 pub mod config;
@@ -14,7 +15,6 @@ pub mod consume;
 pub mod http;
 #[cfg(feature = "runtime")]
 pub mod metrics;
-#[cfg(feature = "runtime")]
 pub mod process;
 #[cfg(feature = "runtime")]
 pub mod simulate;

@@ -455,3 +455,35 @@ fn create_topic_builds_an_owned_strimzi_kafka_topic() {
     let (_, children) = built(SAMPLE);
     assert!(children.kafka_topic.is_none());
 }
+
+/// Holds in an operator built alone (`cargo test -p ferry-operator --lib`), where the worker
+/// crate has no `runtime` feature: the rule parser must still run at reconcile.
+#[test]
+fn a_rule_that_does_not_parse_is_an_invalid_spec() {
+    let yaml = SAMPLE.replace(
+        "expression: values[0] IN RANGE 11 29 AND text NOT NULL",
+        "expression: values[0] IN RANGE 11",
+    );
+    let pipeline = with_metadata(&yaml);
+    let Err(err) = validate(
+        &pipeline,
+        &Dereferenced {
+            bootstrap: Bootstrap::Resolved("x:1".to_owned()),
+        },
+        &OperatorDefaults {
+            worker_image: "w".to_owned(),
+        },
+    ) else {
+        panic!("a Pipeline whose rule does not parse passed validate: its pods would crash-loop");
+    };
+    let problem = super::Error::from(err).problem();
+    assert_eq!(problem.reason, "InvalidSpec");
+    assert!(problem.user_error);
+    assert_eq!(
+        problem.message,
+        "invalid Pipeline: the rendered worker config for stage validate is invalid: config: \
+         `stage.processor.kind.validate.rules[0].expression`: rule `in-range` does not parse at \
+         column 22: expected an operand (values[i], text, ts, key, a number or a string), found \
+         the end of the rule: values[0] IN RANGE 11"
+    );
+}

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -86,8 +87,13 @@ impl StackEnv {
     }
 }
 
+/// The checkout being tested. Cargo sets CARGO_MANIFEST_DIR when it runs the test too; that
+/// comes first because clones sharing one target dir can share a test binary, and the path
+/// compiled in would then be another clone's (with or without `../shared` beside it).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("..")
 }
 
 pub async fn client() -> Client {
@@ -141,26 +147,71 @@ pub fn install_crds() {
     });
 }
 
-/// Installs Strimzi 1.2.0's real CRDs from `../shared/strimzi-crds/`.
+/// Which Strimzi CRDs the tests install: Strimzi 1.2.0's real ones where the shared folder
+/// is beside the clone, else the project's minimal stand-ins in `e2e/strimzi-minimal`.
+#[derive(Debug, Clone)]
+pub struct StrimziCrds {
+    pub dir: PathBuf,
+}
+
+impl StrimziCrds {
+    /// `STRIMZI_CRDS_DIR` overrides where the real CRDs are looked for, as in e2e/chart/lib.sh.
+    pub fn chosen() -> Self {
+        static CHOSEN: OnceLock<StrimziCrds> = OnceLock::new();
+        CHOSEN
+            .get_or_init(|| {
+                let real_dir = std::env::var_os("STRIMZI_CRDS_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| repo_root().join("../shared/strimzi-crds"));
+                let (dir, set) = if real_dir.is_dir() {
+                    (real_dir, "Strimzi 1.2.0's real CRDs".to_owned())
+                } else {
+                    let set = format!(
+                        "the project's minimal Strimzi CRDs ({} does not exist)",
+                        real_dir.display()
+                    );
+                    (repo_root().join("e2e/strimzi-minimal"), set)
+                };
+                // Through the stderr handle, not eprintln!: libtest captures only the macros,
+                // and which set ran must show in a passing run too.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "strimzi: using {set}, from {}",
+                    dir.display()
+                );
+                StrimziCrds { dir }
+            })
+            .clone()
+    }
+
+    /// Strimzi's single-node example cluster, or the minimal set's copy of its shape.
+    pub fn example_kafka(&self) -> PathBuf {
+        self.dir.join("example-kafka-single-node.yaml")
+    }
+}
+
+/// One field manager for either set (and in e2e/chart/lib.sh), so a switch of sets leaves
+/// none of the other set's labels behind; the schema list is replaced whole either way.
+const STRIMZI_CRDS_FIELD_MANAGER: &str = "ferry-strimzi-crds";
+
+/// Installs the chosen Strimzi CRDs once per test binary and waits until they are served.
 pub fn install_strimzi_crds() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
-        let dir = repo_root().join("../shared/strimzi-crds");
-        assert!(
-            dir.is_dir(),
-            "Strimzi's CRDs are expected in {} (the shared folder beside the repo)",
-            dir.display()
-        );
+        let crds = StrimziCrds::chosen();
         for file in [
             "040-Crd-kafka.yaml",
             "043-Crd-kafkatopic.yaml",
             "045-Crd-kafkanodepool.yaml",
         ] {
-            let path = dir.join(file);
+            let path = crds.dir.join(file);
+            assert!(path.is_file(), "no Strimzi CRD {}", path.display());
             kubectl_ok(&[
                 "apply",
                 "--server-side",
                 "--force-conflicts",
+                "--field-manager",
+                STRIMZI_CRDS_FIELD_MANAGER,
                 "-f",
                 path.to_str().unwrap_or_default(),
             ]);

@@ -30,12 +30,20 @@
 //! Undecodable records are dead-lettered with the decoder's reason label (and counted as
 //! `undecodable` in the validate totals). Without a dead-letter topic they are dropped
 //! and only counted in metrics.
+//!
+//! Without the `runtime` feature only [`rules`] builds: `WorkerConfig::validate` parses the
+//! rules with it, in the operator's build as in the worker's.
 
+#[cfg(feature = "runtime")]
 pub mod enrich;
 pub mod rules;
+#[cfg(feature = "runtime")]
 pub mod stats;
+#[cfg(feature = "runtime")]
 pub mod validate;
 
+#[cfg(feature = "runtime")]
 mod runtime;
 
+#[cfg(feature = "runtime")]
 pub use runtime::{ProcessError, run};
