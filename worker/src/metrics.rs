@@ -39,6 +39,11 @@ pub struct Metrics {
     pub records_written: Counter,
     /// Records seen again after a restart or rebalance and skipped, being already in Redis.
     pub records_skipped: Counter,
+    /// Of those, records dropped at commit time because the checkpoint read under `WATCH`
+    /// had passed them: another writer applied them first (the fence).
+    pub records_fenced: Counter,
+    /// Transactions aborted because a watched key changed before `EXEC`; each is retried.
+    pub transaction_conflicts: Counter,
     /// Records refused, by reason; dead-lettered when a dead-letter topic is configured.
     pub records_dead_lettered: Family<ReasonLabel, Counter>,
     /// Batches committed to Redis.
@@ -64,6 +69,8 @@ impl Metrics {
             records_in: Counter::default(),
             records_written: Counter::default(),
             records_skipped: Counter::default(),
+            records_fenced: Counter::default(),
+            transaction_conflicts: Counter::default(),
             records_dead_lettered: Family::default(),
             batches: Counter::default(),
             batch_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -90,6 +97,16 @@ impl Metrics {
             "records_skipped",
             "Records already in Redis, skipped after a restart or rebalance",
             metrics.records_skipped.clone(),
+        );
+        registry.register(
+            "records_fenced",
+            "Records dropped at commit time: the checkpoint read under WATCH had passed them",
+            metrics.records_fenced.clone(),
+        );
+        registry.register(
+            "transaction_conflicts",
+            "Transactions aborted because a watched key changed before EXEC",
+            metrics.transaction_conflicts.clone(),
         );
         registry.register(
             "records_dead_lettered",

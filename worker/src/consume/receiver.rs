@@ -591,6 +591,7 @@ impl Writer {
                     break;
                 }
                 Err(FlushError::Conflict) => {
+                    self.metrics.transaction_conflicts.inc();
                     info!("checkpoint changed under the batch (partition moved?); re-filtering");
                     continue;
                 }
@@ -661,6 +662,7 @@ impl Writer {
         if advanced.is_empty() {
             self.sink.unwatch().await?;
             self.metrics.records_skipped.inc_by(already_applied as u64);
+            self.metrics.records_fenced.inc_by(already_applied as u64);
             return Ok(());
         }
 
@@ -706,6 +708,7 @@ impl Writer {
                 self.metrics.batches.inc();
                 self.metrics.records_written.inc_by(records.len() as u64);
                 self.metrics.records_skipped.inc_by(already_applied as u64);
+                self.metrics.records_fenced.inc_by(already_applied as u64);
                 for rejected in &rejects {
                     self.metrics.dead_lettered(rejected.reason).inc();
                 }

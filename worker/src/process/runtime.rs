@@ -297,6 +297,7 @@ impl Stage {
                     return true;
                 }
                 Ok(Attempt::Conflict) => {
+                    self.metrics.transaction_conflicts.inc();
                     tracing::info!("a checkpoint moved during the batch; re-reading it");
                 }
                 Err(err) => {
