@@ -7,8 +7,8 @@
 //! - `stream`: one entry per record with fields `ts` (ms) and `v` (the value), capped by
 //!   `XADD MAXLEN ~ history_depth`;
 //! - `hash`: fields `ts` and `v` of the last record applied;
-//! - `zset`: members are values scored by record timestamp; the newest `history_depth` kept.
-//!   Two byte-identical records are one member, as sets go.
+//! - `zset`: members are values scored by record timestamp; the `history_depth` highest
+//!   scores kept. Two byte-identical records are one member, as sets go.
 //!
 //! Values are stored exactly as received. With a TTL each touched key gets `EXPIRE`.
 //!
@@ -119,7 +119,9 @@ pub struct StorageCommands {
 ///   `history_depth` are sent) and one `LTRIM key 0 depth-1`;
 /// - stream: one `XADD key MAXLEN ~ depth * ts <ms> v <value>` per record;
 /// - hash: one `HSET key ts <ms> v <value>` with the key's last record;
-/// - zset: one `ZADD key ts1 v1 … tsn vn` and one `ZREMRANGEBYRANK key 0 -(depth+1)`;
+/// - zset: one `ZADD key ts1 v1 … tsn vn` with every record (timestamps need not follow
+///   offsets, so any of them may rank among the highest) and one
+///   `ZREMRANGEBYRANK key 0 -(depth+1)`;
 ///
 /// then `EXPIRE key ttl` per key with a TTL. Keys come in order of first appearance.
 pub fn storage_commands(layout: &StorageLayout, records: &[&StoredRecord]) -> StorageCommands {
@@ -141,7 +143,7 @@ pub fn storage_commands(layout: &StorageLayout, records: &[&StoredRecord]) -> St
         let Some((_, first)) = group.first() else {
             continue;
         };
-        // The newest `depth` records: all that survive the trim.
+        // The newest `depth` records by offset: all that survive a list's trim.
         let newest = &group[group.len().saturating_sub(depth)..];
         let mut key = Vec::with_capacity(key_prefix.len() + first.source().len());
         key.extend_from_slice(key_prefix.as_bytes());
@@ -187,9 +189,11 @@ pub fn storage_commands(layout: &StorageLayout, records: &[&StoredRecord]) -> St
                 }
             }
             StorageKind::Zset => {
+                // Every record: the trim ranks by score, which is not offset order. In
+                // offset order, so a repeated member ends with its last record's score.
                 let mut add = redis::cmd("ZADD");
                 add.arg(&key);
-                for (_, record) in newest {
+                for (_, record) in group {
                     add.arg(record.timestamp_ms).arg(record.value());
                 }
                 commands.push(add);
@@ -632,6 +636,23 @@ mod tests {
                 "ZREMRANGEBYRANK ferry:zset:a 0 -6",
                 "ZADD ferry:zset:b 1002 b1",
                 "ZREMRANGEBYRANK ferry:zset:b 0 -6",
+            ]
+        );
+    }
+
+    #[test]
+    fn zset_adds_every_record_of_the_batch_whatever_its_timestamp() {
+        // Newest by offset is not highest by score: a1 (offset 1) outranks a3.
+        let records = vec![
+            StoredRecord::new(0, 1, "a", 9_000, b"a1"),
+            StoredRecord::new(0, 2, "a", 1_000, b"a2"),
+            StoredRecord::new(0, 3, "a", 2_000, b"a3"),
+        ];
+        assert_eq!(
+            render(&layout(StorageKind::Zset, 1, None), &records),
+            [
+                "ZADD ferry:zset:a 9000 a1 1000 a2 2000 a3",
+                "ZREMRANGEBYRANK ferry:zset:a 0 -2",
             ]
         );
     }

@@ -360,3 +360,54 @@ async fn redis_outage_mid_run_loses_nothing() {
     redis_server.kill().unwrap();
     redis_server.wait().unwrap();
 }
+
+/// Produces `count` records over `keys` keys (scrambled timestamps) and returns the last
+/// offsets; `produce_keyed` with a name that says the timestamps are the point.
+async fn produce_out_of_order(stack: &Stack, topic: &str, keys: usize, count: usize) -> Produced {
+    produce_keyed(stack, topic, keys, count).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zset_keeps_the_highest_scores_when_timestamps_are_out_of_order_in_one_batch() {
+    let stack = stack();
+    let topic = unique("zset-order");
+    create_topic(&stack, &topic, 1).await;
+    // One key, 40 records whose times are not in offset order, all in one batch, depth 5.
+    let produced = produce_out_of_order(&stack, &topic, 1, 40).await;
+    let mut spec = spec(&topic, &stack.redis, 5);
+    spec.storage = "zset";
+    let mut receiver = Receiver::new(&stack, spec);
+    let worker = receiver.start();
+    receiver.wait_applied(&produced.last_offsets, Duration::from_secs(60));
+    assert!(worker.terminate().success());
+    receiver.assert_exact();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_hash_and_zset_each_hold_what_the_topic_says() {
+    let stack = stack();
+    let mut running = Vec::new();
+    for storage in ["stream", "hash", "zset"] {
+        let topic = unique(&format!("storage-{storage}"));
+        create_topic(&stack, &topic, 3).await;
+        // 100 records per key against a depth of 20: trimming and out-of-order times matter.
+        let produced = produce_out_of_order(&stack, &topic, 30, 3_000).await;
+        let mut spec = spec(&topic, &stack.redis, 20);
+        spec.storage = storage;
+        spec.max_records = 400;
+        let mut receiver = Receiver::new(&stack, spec);
+        let worker = receiver.start();
+        running.push((receiver, worker, produced));
+    }
+    let mut verdicts = Vec::new();
+    for (receiver, worker, produced) in running {
+        receiver.wait_applied(&produced.last_offsets, Duration::from_secs(60));
+        assert!(worker.terminate().success());
+        let verdict = receiver.verdict();
+        eprintln!("{verdict}");
+        verdicts.push((verdict, receiver.dir.clone()));
+    }
+    for (verdict, dir) in verdicts {
+        verdict.assert_exact(&dir);
+    }
+}
