@@ -25,6 +25,13 @@ pub struct PartitionLabel {
     pub partition: i32,
 }
 
+/// A stage blocked on one Redis key.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BlockedLabel {
+    pub reason: String,
+    pub key: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabel {
     pub operation: String,
@@ -44,6 +51,8 @@ pub struct Metrics {
     pub records_fenced: Counter,
     /// Transactions aborted because a watched key changed before `EXEC`; each is retried.
     pub transaction_conflicts: Counter,
+    /// 1 while the stage cannot commit its batch because of this key; gone once it can.
+    pub blocked: Family<BlockedLabel, Gauge>,
     /// Records refused, by reason; dead-lettered when a dead-letter topic is configured.
     pub records_dead_lettered: Family<ReasonLabel, Counter>,
     /// Batches committed to Redis.
@@ -71,6 +80,7 @@ impl Metrics {
             records_skipped: Counter::default(),
             records_fenced: Counter::default(),
             transaction_conflicts: Counter::default(),
+            blocked: Family::default(),
             records_dead_lettered: Family::default(),
             batches: Counter::default(),
             batch_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -107,6 +117,11 @@ impl Metrics {
             "transaction_conflicts",
             "Transactions aborted because a watched key changed before EXEC",
             metrics.transaction_conflicts.clone(),
+        );
+        registry.register(
+            "stage_blocked",
+            "1 while a batch cannot commit because of this key, by reason",
+            metrics.blocked.clone(),
         );
         registry.register(
             "records_dead_lettered",

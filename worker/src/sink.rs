@@ -21,6 +21,14 @@
 //! and the batch is re-filtered and retried. So whoever writes, whenever, each offset is
 //! applied once; a lost `EXEC` reply is harmless, since the retry finds its checkpoint.
 //!
+//! Redis rolls nothing back: a command failing inside `EXEC` (`WRONGTYPE` on a key someone
+//! else wrote with another type) would leave the checkpoint applied and its record skipped
+//! for good. So the first round trip also `WATCH`es the keys the batch writes and checks
+//! their `TYPE` ([`RedisSink::watch_and_check`]); a mismatch stops the batch before `MULTI`
+//! (the stage goes unready, naming the key) and a type change after the check aborts `EXEC`.
+//! Checking under `WATCH` rather than in a script keeps the writes native commands and the
+//! round trips at two.
+//!
 //! [`WorkerConfig::checkpoint_key`]: crate::config::WorkerConfig::checkpoint_key
 
 use std::collections::{BTreeMap, HashMap};
@@ -270,6 +278,11 @@ pub enum SinkError {
     },
     #[error("checkpoint {key} holds {value:?}, not an offset")]
     CorruptCheckpoint { key: String, value: String },
+    #[error("Redis {operation} replied with something else than expected: {detail}")]
+    UnexpectedReply {
+        operation: &'static str,
+        detail: String,
+    },
 }
 
 impl SinkError {
@@ -282,6 +295,7 @@ impl SinkError {
             Self::Connect { .. } => "connect",
             Self::Command { operation, .. } => operation,
             Self::CorruptCheckpoint { .. } => "checkpoint",
+            Self::UnexpectedReply { operation, .. } => operation,
         }
     }
 }
@@ -335,6 +349,33 @@ pub fn redis_client(config: &RedisConfig) -> Result<Client, SinkError> {
         },
     )
     .map_err(invalid)
+}
+
+/// The Redis type (as `TYPE` names it) a storage kind writes.
+pub const fn redis_type(kind: StorageKind) -> &'static str {
+    match kind {
+        StorageKind::List => "list",
+        StorageKind::Stream => "stream",
+        StorageKind::Hash => "hash",
+        StorageKind::Zset => "zset",
+    }
+}
+
+/// A key a batch writes that holds another type: its command would fail inside `EXEC`,
+/// where Redis applies the rest (checkpoint included) and rolls nothing back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key {key} holds a {found}, where the stage writes a {expected}")]
+pub struct WrongType {
+    pub key: String,
+    pub found: String,
+    pub expected: &'static str,
+}
+
+/// The checkpoints read under `WATCH`, and the keys found holding another type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Watched {
+    pub checkpoints: Vec<Option<i64>>,
+    pub wrong_types: Vec<WrongType>,
 }
 
 /// What became of a transaction.
@@ -443,6 +484,61 @@ impl RedisSink {
         pipeline.cmd("MGET").arg(keys);
         let (values,): (Vec<Option<String>>,) = self.query("watch_checkpoints", &pipeline).await?;
         parse_checkpoints(keys, values)
+    }
+
+    /// `WATCH`es the checkpoints and the keys the batch will write, reads the checkpoints
+    /// and checks each key's type, in one round trip. A key that holds another type than
+    /// the one given (`none` is fine) is reported, so the batch can stop before `MULTI`;
+    /// being watched, a key that changes type after the check aborts the next
+    /// [`Self::transaction`] instead of failing inside it.
+    pub async fn watch_and_check(
+        &mut self,
+        checkpoint_keys: &[String],
+        data_keys: &[(String, &'static str)],
+    ) -> Result<Watched, SinkError> {
+        let operation = "watch_checkpoints";
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("WATCH")
+            .arg(checkpoint_keys)
+            .arg(data_keys.iter().map(|(key, _)| key).collect::<Vec<_>>())
+            .ignore();
+        pipeline.cmd("MGET").arg(checkpoint_keys);
+        let typed = checkpoint_keys
+            .iter()
+            .map(|key| (key, "string"))
+            .chain(data_keys.iter().map(|(key, expected)| (key, *expected)));
+        for (key, _) in typed.clone() {
+            pipeline.cmd("TYPE").arg(key);
+        }
+        let mut replies: Vec<Value> = self.query(operation, &pipeline).await?;
+        let unexpected = |detail: String| SinkError::UnexpectedReply { operation, detail };
+        if replies.is_empty() {
+            return Err(unexpected("no reply to MGET".to_owned()));
+        }
+        let types = replies.split_off(1);
+        let values: Vec<Option<String>> = replies
+            .pop()
+            .map(redis::from_redis_value)
+            .transpose()
+            .map_err(|err| unexpected(err.to_string()))?
+            .unwrap_or_default();
+        let mut wrong_types = Vec::new();
+        for ((key, expected), found) in typed.zip(types) {
+            let found: String =
+                redis::from_redis_value(found).map_err(|err| unexpected(err.to_string()))?;
+            if found != "none" && found != expected {
+                wrong_types.push(WrongType {
+                    key: key.clone(),
+                    found,
+                    expected,
+                });
+            }
+        }
+        Ok(Watched {
+            checkpoints: parse_checkpoints(checkpoint_keys, values)?,
+            wrong_types,
+        })
     }
 
     pub async fn unwatch(&mut self) -> Result<(), SinkError> {

@@ -430,6 +430,68 @@ async fn counters_and_windows_stay_exact_when_a_processor_joins_and_leaves_mid_s
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_counters_key_of_another_type_blocks_the_processor_until_removed() {
+    let stack = stack();
+    let (input, output, dead) = (unique("in"), unique("valid"), unique("dead"));
+    let prefix = unique("ferry");
+    let group = unique("group");
+    create_topics(&stack, &[(&input, 2), (&output, 1), (&dead, 1)]).await;
+    let mut redis = redis(&stack).await;
+    let allowed = format!("{prefix}:allowed");
+    let _: () = redis.sadd(&allowed, &["a", "b"]).await.unwrap();
+    // A list where the processor keeps a hash of counters.
+    let squatted = format!("{prefix}:counters:a");
+    let _: () = redis.rpush(&squatted, "not a hash").await.unwrap();
+    let keys = ["a", "b", "c"];
+    let config = processor_config(
+        &stack,
+        &input,
+        &group,
+        &prefix,
+        &validate_stage(&output, &dead, &allowed, 50),
+    );
+    let last = produce_paced(&stack, &input, &keys, 300, 10_000.0).await;
+    let mut worker = Worker::start(&config);
+    let port = worker.port.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut blocked = None;
+    let mut last_readyz = None;
+    while Instant::now() < deadline && blocked.is_none() {
+        worker.assert_running();
+        last_readyz = oracle::http_get(port, "/readyz");
+        let named_in_metrics = oracle::http_get(port, "/metrics").is_some_and(|(_, body)| {
+            body.lines()
+                .any(|l| l.starts_with("ferry_stage_blocked{") && l.contains(&squatted))
+        });
+        if let Some((503, body)) = &last_readyz
+            && body.contains(&squatted)
+            && named_in_metrics
+        {
+            blocked = Some(body.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logged = worker.log_text().lines().any(|l| l.contains(&squatted));
+    let _: () = redis.del(&squatted).await.unwrap();
+    wait_all_applied(&mut worker, &stack, &prefix, &group, &input, &last).await;
+    let verdict = oracle::check_counters(
+        &stack.redis_url,
+        &prefix,
+        RecordFormat::Json,
+        &oracle::read_source(&stack.kafka, &input),
+        &is_valid(&["a", "b"]),
+    );
+    eprintln!(
+        "while {squatted} was a list: blocked {blocked:?}, last /readyz {last_readyz:?}, \
+         logged {logged}; after DEL: {verdict}"
+    );
+    assert!(blocked.is_some(), "never unready naming {squatted}");
+    assert!(logged, "no log line names {squatted}");
+    verdict.assert_exact(&worker.log);
+    worker.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_rule_that_does_not_parse_fails_the_start_naming_it() {
     let stack = stack();
     let stage = r#"    name: check

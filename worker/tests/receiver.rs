@@ -411,3 +411,70 @@ async fn stream_hash_and_zset_each_hold_what_the_topic_says() {
         verdict.assert_exact(&dir);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_of_another_type_blocks_the_stage_until_removed_and_nothing_is_skipped() {
+    let stack = stack();
+    let topic = unique("wrongtype");
+    create_topic(&stack, &topic, 2).await;
+    let mut receiver = Receiver::new(&stack, spec(&topic, &stack.redis, 100));
+    // Someone else's string where the receiver will want a list.
+    let squatted = format!("{}:list:src-0003", receiver.prefix);
+    let _: () = redis::cmd("SET")
+        .arg(&squatted)
+        .arg("not a list")
+        .query(&mut receiver.redis())
+        .unwrap();
+    let produced = produce_keyed(&stack, &topic, 10, 500).await;
+    let worker = receiver.start();
+
+    // The stage must go unready and say which key, in /readyz and in /metrics.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen_unready = None;
+    let mut last_readyz = None;
+    while Instant::now() < deadline {
+        last_readyz = worker.readyz();
+        let metrics = oracle::http_get(worker.port, "/metrics").map(|(_, body)| body);
+        if let (Some((503, body)), Some(metrics)) = (&last_readyz, &metrics)
+            && body.contains(&squatted)
+            && let Some(line) = metrics
+                .lines()
+                .find(|l| l.starts_with("ferry_stage_blocked{") && l.contains(&squatted))
+        {
+            seen_unready = Some((body.clone(), line.to_owned()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let checkpoints_while_blocked = receiver.checkpoints(&[0, 1]);
+    let logged = std::fs::read_to_string(&worker.log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&squatted))
+        .take(1)
+        .collect::<String>();
+
+    let _: () = redis::cmd("DEL")
+        .arg(&squatted)
+        .query(&mut receiver.redis())
+        .unwrap();
+    receiver.wait_applied(&produced.last_offsets, Duration::from_secs(60));
+    let ready_after = worker.readyz();
+    assert!(worker.terminate().success());
+    let verdict = receiver.verdict();
+    eprintln!(
+        "while the key was a string: unready {seen_unready:?}, last /readyz {last_readyz:?}, \
+         checkpoints {checkpoints_while_blocked:?}, log line {logged:?}; after DEL: /readyz \
+         {ready_after:?}; {verdict}"
+    );
+    assert!(
+        seen_unready.is_some(),
+        "the stage never went unready naming {squatted}; last /readyz {last_readyz:?}"
+    );
+    assert!(!logged.is_empty(), "no log line names {squatted}");
+    assert!(
+        ready_after.is_some_and(|(status, _)| status == 200),
+        "not ready again after the key was removed"
+    );
+    verdict.assert_exact(&receiver.dir);
+}

@@ -16,7 +16,7 @@ use crate::consume::{self, ConsumeError, Shutdown};
 use crate::http::{self, HttpError, Readiness};
 use crate::metrics::Metrics;
 use crate::record::{self, DataRecord};
-use crate::sink::{RedisSink, SinkError, TransactionOutcome};
+use crate::sink::{RedisSink, SinkError, TransactionOutcome, WrongType};
 
 use super::enrich::{self, EnrichedRecord, Version};
 use super::rules::{LookupSource, RecordView};
@@ -68,6 +68,10 @@ enum BatchError {
     Sink(#[from] SinkError),
     #[error("produce to {topic}: {source}")]
     Produce { topic: String, source: KafkaError },
+    /// Writing would fail inside `EXEC` while the checkpoint lands: the batch stops,
+    /// unapplied, until the key is fixed.
+    #[error("batch blocked: {0}")]
+    WrongType(WrongType),
 }
 
 impl BatchError {
@@ -294,6 +298,11 @@ impl Stage {
                 Ok(Attempt::Committed) => {
                     self.metrics.observe_batch(started.elapsed());
                     self.metrics.batches.inc();
+                    if self.readiness.blocked().is_some() {
+                        tracing::info!("the blocking key is fixed; committing again");
+                        self.readiness.set_blocked(None);
+                        self.metrics.blocked.clear();
+                    }
                     return true;
                 }
                 Ok(Attempt::Conflict) => {
@@ -311,6 +320,16 @@ impl Stage {
                             self.metrics.redis_error(err.operation());
                         }
                         BatchError::Produce { .. } => self.metrics.kafka_error("produce"),
+                        BatchError::WrongType(wrong) => {
+                            self.readiness.set_blocked(Some(wrong.to_string()));
+                            self.metrics
+                                .blocked
+                                .get_or_create(&crate::metrics::BlockedLabel {
+                                    reason: "wrong_type".to_owned(),
+                                    key: wrong.key.clone(),
+                                })
+                                .set(1);
+                        }
                     }
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %err, retry_in = ?delay, "batch failed; retrying");
@@ -355,7 +374,13 @@ impl Stage {
             .collect();
         // A WATCH left by a failed attempt must not fence this one.
         self.sink.unwatch().await?;
-        let checkpoints = self.sink.watch_checkpoints(&keys).await?;
+        let data_keys = self.written_keys(batch);
+        let watched = self.sink.watch_and_check(&keys, &data_keys).await?;
+        if let Some(wrong) = watched.wrong_types.into_iter().next() {
+            self.sink.unwatch().await?;
+            return Err(BatchError::WrongType(wrong));
+        }
+        let checkpoints = watched.checkpoints;
         self.readiness.set_redis_connected(true);
         let checkpoint_of: HashMap<i32, i64> = last_offsets
             .keys()
@@ -412,6 +437,32 @@ impl Stage {
             }
         }
         Ok(Attempt::Committed)
+    }
+
+    /// The keys this processor's transaction writes for `batch`, with the type it writes.
+    fn written_keys(&self, batch: &[OwnedMessage]) -> Vec<(String, &'static str)> {
+        let sources: std::collections::BTreeSet<&str> = batch
+            .iter()
+            .filter_map(|m| record::source_id(m.key()).ok())
+            .collect();
+        let prefix = &self.key_prefix;
+        match &self.processor {
+            Processor::Stats { .. } => sources
+                .into_iter()
+                .flat_map(|key| {
+                    [
+                        (format!("{prefix}:stats-window:{key}"), "list"),
+                        (format!("{prefix}:stats:{key}"), "hash"),
+                    ]
+                })
+                .collect(),
+            Processor::Validate { .. } => sources
+                .into_iter()
+                .chain([TOTAL_COUNTERS])
+                .map(|key| (validate::counters_key(prefix, key), "hash"))
+                .collect(),
+            Processor::Enrich { .. } => Vec::new(),
+        }
     }
 
     /// Decodes the fresh records and fills in what to produce and what to write.
