@@ -160,12 +160,34 @@ async fn produce_paced(
     count: usize,
     rate: f64,
 ) -> BTreeMap<i32, i64> {
+    produce_sequences(stack, topic, keys, 0..count, rate).await
+}
+
+/// More records after `produce_paced`, as fast as the broker takes them, with values and
+/// times distinct from the first ones.
+async fn produce_paced_from(
+    stack: &Stack,
+    topic: &str,
+    keys: &[&str],
+    sequences: std::ops::Range<usize>,
+) -> BTreeMap<i32, i64> {
+    produce_sequences(stack, topic, keys, sequences, 100_000.0).await
+}
+
+async fn produce_sequences(
+    stack: &Stack,
+    topic: &str,
+    keys: &[&str],
+    sequences: std::ops::Range<usize>,
+    rate: f64,
+) -> BTreeMap<i32, i64> {
+    let (first, count) = (sequences.start, sequences.end);
     let producer = producer(stack);
     let base = 1_700_000_000_000;
     let started = Instant::now();
     let mut last = BTreeMap::new();
-    for chunk_start in (0..count).step_by(100) {
-        let due = Duration::from_secs_f64(chunk_start as f64 / rate);
+    for chunk_start in (first..count).step_by(100) {
+        let due = Duration::from_secs_f64((chunk_start - first) as f64 / rate);
         if let Some(wait) = due.checked_sub(started.elapsed()) {
             tokio::time::sleep(wait).await;
         }
@@ -489,6 +511,80 @@ async fn a_counters_key_of_another_type_blocks_the_processor_until_removed() {
     assert!(logged, "no log line names {squatted}");
     verdict.assert_exact(&worker.log);
     worker.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processors_on_one_partition_after_a_sigstop_count_each_record_once() {
+    let stack = stack();
+    let (input, output, dead) = (unique("in"), unique("valid"), unique("dead"));
+    let prefix = unique("ferry");
+    let group = unique("group");
+    create_topics(&stack, &[(&input, 2), (&output, 1), (&dead, 1)]).await;
+    let mut redis = redis(&stack).await;
+    let allowed = format!("{prefix}:allowed");
+    let _: () = redis.sadd(&allowed, &["a", "b", "c"]).await.unwrap();
+    let keys = ["a", "b", "c", "d", "e", "f"];
+    let config = processor_config(
+        &stack,
+        &input,
+        &group,
+        &prefix,
+        &validate_stage(&output, &dead, &allowed, 50),
+    );
+    // A backlog, so the first processor is mid-batch when it freezes.
+    let backlog = produce_paced(&stack, &input, &keys, 20_000, 100_000.0).await;
+    let mut frozen = Worker::start(&config);
+    eventually(&mut frozen, Duration::from_secs(60), || {
+        let mut redis = redis.clone();
+        let (prefix, group, input) = (prefix.clone(), group.clone(), input.clone());
+        async move {
+            let applied: i64 = checkpoints(&mut redis, &prefix, &group, &input, 2)
+                .await
+                .values()
+                .map(|c| c.map_or(0, |c| c + 1))
+                .sum();
+            (applied > 500).then_some(())
+        }
+    })
+    .await;
+    frozen.sigstop();
+    let at_stop = checkpoints(&mut redis, &prefix, &group, &input, 2).await;
+    // Past the 10 s session the group gives the partitions to the second processor.
+    let mut takeover = Worker::start(&config);
+    wait_all_applied(&mut takeover, &stack, &prefix, &group, &input, &backlog).await;
+    frozen.sigcont();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (fenced, conflicts) = loop {
+        let fenced = frozen.metric("ferry_records_fenced_total").unwrap_or(0.0);
+        let conflicts = frozen
+            .metric("ferry_transaction_conflicts_total")
+            .unwrap_or(0.0);
+        if fenced + conflicts > 0.0 || Instant::now() > deadline {
+            break (fenced, conflicts);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Both share the group again for the rest.
+    let more = produce_paced_from(&stack, &input, &keys, 20_000..24_000).await;
+    wait_all_applied(&mut takeover, &stack, &prefix, &group, &input, &more).await;
+    let verdict = oracle::check_counters(
+        &stack.redis_url,
+        &prefix,
+        RecordFormat::Json,
+        &oracle::read_source(&stack.kafka, &input),
+        &is_valid(&["a", "b", "c"]),
+    );
+    eprintln!(
+        "stopped at checkpoints {at_stop:?}; after SIGCONT the first processor fenced \
+         {fenced} records, {conflicts} EXEC conflicts; {verdict}"
+    );
+    verdict.assert_exact(&takeover.log);
+    assert!(
+        fenced + conflicts > 0.0,
+        "the fence never fired: the resumed processor held nothing to commit"
+    );
+    frozen.stop();
+    takeover.stop();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -234,8 +234,16 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Writes `config` (YAML) to a file and starts the binary on it.
+    /// Writes `config` (YAML) to a file and starts the binary on it, on an HTTP port of its
+    /// own: two workers started from one config must not share one.
     pub fn start(config_yaml: &str) -> Self {
+        let config_yaml: String = config_yaml
+            .lines()
+            .map(|line| match line.split_once("listen: 127.0.0.1:") {
+                Some((indent, _)) => format!("{indent}listen: 127.0.0.1:{}\n", free_port()),
+                None => format!("{line}\n"),
+            })
+            .collect();
         let dir = std::env::temp_dir().join(unique("worker"));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("config.yaml");
