@@ -1,10 +1,10 @@
 //! The worker's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process
-//! serves) and `/readyz` (the stage reports ready: for a receiver, partitions assigned and
-//! Redis reachable).
+//! serves) and `/readyz` (the stage reports ready: partitions assigned, Redis reachable,
+//! and no batch blocked; a blocked stage says why in the body).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -18,9 +18,23 @@ use crate::metrics::Metrics;
 pub struct Readiness {
     assigned: Arc<AtomicBool>,
     redis_connected: Arc<AtomicBool>,
+    /// Why the stage cannot commit its batch, while it cannot (e.g. a key of another type).
+    blocked: Arc<Mutex<Option<String>>>,
 }
 
 impl Readiness {
+    /// `Some(reason)`: the stage stops committing until it clears; `None` clears it.
+    pub fn set_blocked(&self, reason: Option<String>) {
+        *self.blocked.lock().unwrap_or_else(PoisonError::into_inner) = reason;
+    }
+
+    pub fn blocked(&self) -> Option<String> {
+        self.blocked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn set_assigned(&self, assigned: bool) {
         self.assigned.store(assigned, Ordering::Relaxed);
     }
@@ -30,7 +44,9 @@ impl Readiness {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.assigned.load(Ordering::Relaxed) && self.redis_connected.load(Ordering::Relaxed)
+        self.assigned.load(Ordering::Relaxed)
+            && self.redis_connected.load(Ordering::Relaxed)
+            && self.blocked().is_none()
     }
 }
 
@@ -70,11 +86,19 @@ pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
             "/readyz",
             get(move || {
                 let ready = readiness.is_ready();
+                let blocked = readiness.blocked();
                 async move {
-                    if ready {
-                        (StatusCode::OK, "ready\n").into_response()
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+                    match (ready, blocked) {
+                        (true, _) => (StatusCode::OK, "ready\n".to_owned()).into_response(),
+                        (false, Some(reason)) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {reason}\n"),
+                        )
+                            .into_response(),
+                        (false, None) => {
+                            (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned())
+                                .into_response()
+                        }
                     }
                 }
             }),

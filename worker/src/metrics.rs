@@ -25,6 +25,13 @@ pub struct PartitionLabel {
     pub partition: i32,
 }
 
+/// A stage blocked on one Redis key.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BlockedLabel {
+    pub reason: String,
+    pub key: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabel {
     pub operation: String,
@@ -39,6 +46,13 @@ pub struct Metrics {
     pub records_written: Counter,
     /// Records seen again after a restart or rebalance and skipped, being already in Redis.
     pub records_skipped: Counter,
+    /// Of those, records dropped at commit time because the checkpoint read under `WATCH`
+    /// had passed them: another writer applied them first (the fence).
+    pub records_fenced: Counter,
+    /// Transactions aborted because a watched key changed before `EXEC`; each is retried.
+    pub transaction_conflicts: Counter,
+    /// 1 while the stage cannot commit its batch because of this key; gone once it can.
+    pub blocked: Family<BlockedLabel, Gauge>,
     /// Records refused, by reason; dead-lettered when a dead-letter topic is configured.
     pub records_dead_lettered: Family<ReasonLabel, Counter>,
     /// Batches committed to Redis.
@@ -64,6 +78,9 @@ impl Metrics {
             records_in: Counter::default(),
             records_written: Counter::default(),
             records_skipped: Counter::default(),
+            records_fenced: Counter::default(),
+            transaction_conflicts: Counter::default(),
+            blocked: Family::default(),
             records_dead_lettered: Family::default(),
             batches: Counter::default(),
             batch_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -90,6 +107,21 @@ impl Metrics {
             "records_skipped",
             "Records already in Redis, skipped after a restart or rebalance",
             metrics.records_skipped.clone(),
+        );
+        registry.register(
+            "records_fenced",
+            "Records dropped at commit time: the checkpoint read under WATCH had passed them",
+            metrics.records_fenced.clone(),
+        );
+        registry.register(
+            "transaction_conflicts",
+            "Transactions aborted because a watched key changed before EXEC",
+            metrics.transaction_conflicts.clone(),
+        );
+        registry.register(
+            "stage_blocked",
+            "1 while a batch cannot commit because of this key, by reason",
+            metrics.blocked.clone(),
         );
         registry.register(
             "records_dead_lettered",

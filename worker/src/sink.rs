@@ -7,8 +7,8 @@
 //! - `stream`: one entry per record with fields `ts` (ms) and `v` (the value), capped by
 //!   `XADD MAXLEN ~ history_depth`;
 //! - `hash`: fields `ts` and `v` of the last record applied;
-//! - `zset`: members are values scored by record timestamp; the newest `history_depth` kept.
-//!   Two byte-identical records are one member, as sets go.
+//! - `zset`: members are values scored by record timestamp; the `history_depth` highest
+//!   scores kept. Two byte-identical records are one member, as sets go.
 //!
 //! Values are stored exactly as received. With a TTL each touched key gets `EXPIRE`.
 //!
@@ -20,6 +20,14 @@
 //! If any checkpoint changed in between (another worker took the partition), `EXEC` aborts
 //! and the batch is re-filtered and retried. So whoever writes, whenever, each offset is
 //! applied once; a lost `EXEC` reply is harmless, since the retry finds its checkpoint.
+//!
+//! Redis rolls nothing back: a command failing inside `EXEC` (`WRONGTYPE` on a key someone
+//! else wrote with another type) would leave the checkpoint applied and its record skipped
+//! for good. So the first round trip also `WATCH`es the keys the batch writes and checks
+//! their `TYPE` ([`RedisSink::watch_and_check`]); a mismatch stops the batch before `MULTI`
+//! (the stage goes unready, naming the key) and a type change after the check aborts `EXEC`.
+//! Checking under `WATCH` rather than in a script keeps the writes native commands and the
+//! round trips at two.
 //!
 //! [`WorkerConfig::checkpoint_key`]: crate::config::WorkerConfig::checkpoint_key
 
@@ -119,7 +127,9 @@ pub struct StorageCommands {
 ///   `history_depth` are sent) and one `LTRIM key 0 depth-1`;
 /// - stream: one `XADD key MAXLEN ~ depth * ts <ms> v <value>` per record;
 /// - hash: one `HSET key ts <ms> v <value>` with the key's last record;
-/// - zset: one `ZADD key ts1 v1 … tsn vn` and one `ZREMRANGEBYRANK key 0 -(depth+1)`;
+/// - zset: one `ZADD key ts1 v1 … tsn vn` with every record (timestamps need not follow
+///   offsets, so any of them may rank among the highest) and one
+///   `ZREMRANGEBYRANK key 0 -(depth+1)`;
 ///
 /// then `EXPIRE key ttl` per key with a TTL. Keys come in order of first appearance.
 pub fn storage_commands(layout: &StorageLayout, records: &[&StoredRecord]) -> StorageCommands {
@@ -141,7 +151,7 @@ pub fn storage_commands(layout: &StorageLayout, records: &[&StoredRecord]) -> St
         let Some((_, first)) = group.first() else {
             continue;
         };
-        // The newest `depth` records: all that survive the trim.
+        // The newest `depth` records by offset: all that survive a list's trim.
         let newest = &group[group.len().saturating_sub(depth)..];
         let mut key = Vec::with_capacity(key_prefix.len() + first.source().len());
         key.extend_from_slice(key_prefix.as_bytes());
@@ -187,9 +197,11 @@ pub fn storage_commands(layout: &StorageLayout, records: &[&StoredRecord]) -> St
                 }
             }
             StorageKind::Zset => {
+                // Every record: the trim ranks by score, which is not offset order. In
+                // offset order, so a repeated member ends with its last record's score.
                 let mut add = redis::cmd("ZADD");
                 add.arg(&key);
-                for (_, record) in newest {
+                for (_, record) in group {
                     add.arg(record.timestamp_ms).arg(record.value());
                 }
                 commands.push(add);
@@ -266,6 +278,11 @@ pub enum SinkError {
     },
     #[error("checkpoint {key} holds {value:?}, not an offset")]
     CorruptCheckpoint { key: String, value: String },
+    #[error("Redis {operation} replied with something else than expected: {detail}")]
+    UnexpectedReply {
+        operation: &'static str,
+        detail: String,
+    },
 }
 
 impl SinkError {
@@ -278,6 +295,7 @@ impl SinkError {
             Self::Connect { .. } => "connect",
             Self::Command { operation, .. } => operation,
             Self::CorruptCheckpoint { .. } => "checkpoint",
+            Self::UnexpectedReply { operation, .. } => operation,
         }
     }
 }
@@ -331,6 +349,33 @@ pub fn redis_client(config: &RedisConfig) -> Result<Client, SinkError> {
         },
     )
     .map_err(invalid)
+}
+
+/// The Redis type (as `TYPE` names it) a storage kind writes.
+pub const fn redis_type(kind: StorageKind) -> &'static str {
+    match kind {
+        StorageKind::List => "list",
+        StorageKind::Stream => "stream",
+        StorageKind::Hash => "hash",
+        StorageKind::Zset => "zset",
+    }
+}
+
+/// A key a batch writes that holds another type: its command would fail inside `EXEC`,
+/// where Redis applies the rest (checkpoint included) and rolls nothing back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key {key} holds a {found}, where the stage writes a {expected}")]
+pub struct WrongType {
+    pub key: String,
+    pub found: String,
+    pub expected: &'static str,
+}
+
+/// The checkpoints read under `WATCH`, and the keys found holding another type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Watched {
+    pub checkpoints: Vec<Option<i64>>,
+    pub wrong_types: Vec<WrongType>,
 }
 
 /// What became of a transaction.
@@ -439,6 +484,61 @@ impl RedisSink {
         pipeline.cmd("MGET").arg(keys);
         let (values,): (Vec<Option<String>>,) = self.query("watch_checkpoints", &pipeline).await?;
         parse_checkpoints(keys, values)
+    }
+
+    /// `WATCH`es the checkpoints and the keys the batch will write, reads the checkpoints
+    /// and checks each key's type, in one round trip. A key that holds another type than
+    /// the one given (`none` is fine) is reported, so the batch can stop before `MULTI`;
+    /// being watched, a key that changes type after the check aborts the next
+    /// [`Self::transaction`] instead of failing inside it.
+    pub async fn watch_and_check(
+        &mut self,
+        checkpoint_keys: &[String],
+        data_keys: &[(String, &'static str)],
+    ) -> Result<Watched, SinkError> {
+        let operation = "watch_checkpoints";
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("WATCH")
+            .arg(checkpoint_keys)
+            .arg(data_keys.iter().map(|(key, _)| key).collect::<Vec<_>>())
+            .ignore();
+        pipeline.cmd("MGET").arg(checkpoint_keys);
+        let typed = checkpoint_keys
+            .iter()
+            .map(|key| (key, "string"))
+            .chain(data_keys.iter().map(|(key, expected)| (key, *expected)));
+        for (key, _) in typed.clone() {
+            pipeline.cmd("TYPE").arg(key);
+        }
+        let mut replies: Vec<Value> = self.query(operation, &pipeline).await?;
+        let unexpected = |detail: String| SinkError::UnexpectedReply { operation, detail };
+        if replies.is_empty() {
+            return Err(unexpected("no reply to MGET".to_owned()));
+        }
+        let types = replies.split_off(1);
+        let values: Vec<Option<String>> = replies
+            .pop()
+            .map(redis::from_redis_value)
+            .transpose()
+            .map_err(|err| unexpected(err.to_string()))?
+            .unwrap_or_default();
+        let mut wrong_types = Vec::new();
+        for ((key, expected), found) in typed.zip(types) {
+            let found: String =
+                redis::from_redis_value(found).map_err(|err| unexpected(err.to_string()))?;
+            if found != "none" && found != expected {
+                wrong_types.push(WrongType {
+                    key: key.clone(),
+                    found,
+                    expected,
+                });
+            }
+        }
+        Ok(Watched {
+            checkpoints: parse_checkpoints(checkpoint_keys, values)?,
+            wrong_types,
+        })
     }
 
     pub async fn unwatch(&mut self) -> Result<(), SinkError> {
@@ -632,6 +732,23 @@ mod tests {
                 "ZREMRANGEBYRANK ferry:zset:a 0 -6",
                 "ZADD ferry:zset:b 1002 b1",
                 "ZREMRANGEBYRANK ferry:zset:b 0 -6",
+            ]
+        );
+    }
+
+    #[test]
+    fn zset_adds_every_record_of_the_batch_whatever_its_timestamp() {
+        // Newest by offset is not highest by score: a1 (offset 1) outranks a3.
+        let records = vec![
+            StoredRecord::new(0, 1, "a", 9_000, b"a1"),
+            StoredRecord::new(0, 2, "a", 1_000, b"a2"),
+            StoredRecord::new(0, 3, "a", 2_000, b"a3"),
+        ];
+        assert_eq!(
+            render(&layout(StorageKind::Zset, 1, None), &records),
+            [
+                "ZADD ferry:zset:a 9000 a1 1000 a2 2000 a3",
+                "ZREMRANGEBYRANK ferry:zset:a 0 -2",
             ]
         );
     }

@@ -15,6 +15,7 @@
 //! skew) is stored. Without `max_age` the receiver does not judge time at all.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod oracle;
 mod receiver_support;
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,8 +1,8 @@
 //! Faults around `ferry-worker receive`: SIGKILLed receivers, a Redis outage, a SIGKILLed
-//! Redis with AOF, a Kafka outage and a slow Redis. Each compares Redis with an oracle of
-//! what was produced (every key's newest `historyDepth` values, in order, with the depth at
-//! least the records per key, so any loss or duplicate shows) and reports produced, found,
-//! lost, duplicated and the worker's peak RSS as a row of `make test-faults`' table.
+//! Redis with AOF, a Kafka outage and a slow Redis. Each compares Redis with the oracle
+//! (`oracle`: what each key must hold, derived from the topic read back from Kafka; the depth
+//! is at least the records per key, so any loss or duplicate shows) and reports produced,
+//! found, lost, duplicated and the worker's peak RSS as a row of `make test-faults`' table.
 //!
 //! Redis and Kafka that a test stops are its own (free loopback ports, temp dirs); the shared
 //! stack's Kafka only carries topics with random names. Size: `FERRY_FAULT_RECORDS`
@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod faults_support;
+mod oracle;
 mod receiver_support;
 
 use std::sync::Arc;
@@ -40,7 +41,7 @@ fn produce_in_background(
     keys: usize,
     count: usize,
     seconds: f64,
-) -> tokio::task::JoinHandle<Oracle> {
+) -> tokio::task::JoinHandle<Produced> {
     let stack = Stack {
         kafka: kafka.to_owned(),
         redis: String::new(),
@@ -103,20 +104,20 @@ async fn fault_receivers_sigkilled_every_5s() {
             backlog(&receiver, &stack.kafka, PARTITIONS)
         );
     }
-    let oracle = producing.await.unwrap();
-    receiver.wait_applied(&oracle.last_offsets, Duration::from_secs(240));
+    let produced = producing.await.unwrap();
+    receiver.wait_applied(&produced.last_offsets, Duration::from_secs(240));
     for worker in workers {
         peak = peak.max(hwm_kb(worker.child.id()));
         assert!(worker.terminate().success());
     }
-    let tally = tally(&receiver, &oracle, depth as usize);
+    let verdict = receiver.verdict();
     report(
         "receiver SIGKILL every 5s (3 receivers, 6 partitions)",
-        &tally,
+        &verdict,
         peak,
         &format!("{kills} kills"),
     );
-    assert_exact("kills", &tally, &receiver.dir);
+    verdict.assert_exact(&receiver.dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,18 +142,18 @@ async fn fault_redis_outage_mid_run() {
     redis.restart();
     let after = backlog(&receiver, &stack.kafka, PARTITIONS);
     eprintln!("backlog before the outage {before}, after {after}");
-    let oracle = producing.await.unwrap();
-    receiver.wait_applied(&oracle.last_offsets, Duration::from_secs(180));
+    let produced = producing.await.unwrap();
+    receiver.wait_applied(&produced.last_offsets, Duration::from_secs(180));
     let peak = hwm_kb(worker.child.id());
     assert!(worker.terminate().success());
-    let tally = tally(&receiver, &oracle, depth as usize);
+    let verdict = receiver.verdict();
     report(
         "Redis stopped (SHUTDOWN SAVE) mid-run, restarted",
-        &tally,
+        &verdict,
         peak,
         &format!("down {}s, backlog {before} -> {after}", outage().as_secs()),
     );
-    assert_exact("redis outage", &tally, &receiver.dir);
+    verdict.assert_exact(&receiver.dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -178,18 +179,18 @@ async fn fault_redis_with_aof_sigkilled_and_restarted() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         redis.restart();
     }
-    let oracle = producing.await.unwrap();
-    receiver.wait_applied(&oracle.last_offsets, Duration::from_secs(180));
+    let produced = producing.await.unwrap();
+    receiver.wait_applied(&produced.last_offsets, Duration::from_secs(180));
     let peak = hwm_kb(worker.child.id());
     assert!(worker.terminate().success());
-    let tally = tally(&receiver, &oracle, depth as usize);
+    let verdict = receiver.verdict();
     report(
         "Redis (AOF, fsync always) SIGKILLed, restarted same dir",
-        &tally,
+        &verdict,
         peak,
         &format!("{kills} kills, 2s down each"),
     );
-    assert_exact("redis aof kill", &tally, &receiver.dir);
+    verdict.assert_exact(&receiver.dir);
 }
 
 // Out of `make test`: in one clean-clone run the private broker did not come back within the
@@ -223,18 +224,18 @@ async fn fault_kafka_outage_mid_run() {
     })
     .await
     .unwrap();
-    let oracle = producing.await.unwrap();
-    receiver.wait_applied(&oracle.last_offsets, Duration::from_secs(180));
+    let produced = producing.await.unwrap();
+    receiver.wait_applied(&produced.last_offsets, Duration::from_secs(180));
     let peak = hwm_kb(worker.child.id());
     assert!(worker.terminate().success());
-    let tally = tally(&receiver, &oracle, depth as usize);
+    let verdict = receiver.verdict();
     report(
         "Kafka (private KRaft broker) stopped mid-run, restarted",
-        &tally,
+        &verdict,
         peak,
         &format!("down {}s, backlog at stop {before}", outage().as_secs()),
     );
-    assert_exact("kafka outage", &tally, &receiver.dir);
+    verdict.assert_exact(&receiver.dir);
     drop(kafka);
 }
 
@@ -290,12 +291,12 @@ async fn fault_slow_redis_keeps_memory_bounded() {
     slow.store(false, Ordering::Relaxed);
     let sleeps = sleeper.join().unwrap();
     last_backlog = last_backlog.max(backlog(&receiver, &stack.kafka, PARTITIONS));
-    let oracle = producing.await.unwrap();
-    receiver.wait_applied(&oracle.last_offsets, Duration::from_secs(180));
+    let produced = producing.await.unwrap();
+    receiver.wait_applied(&produced.last_offsets, Duration::from_secs(180));
     peak_rss = peak_rss.max(rss_kb(pid));
     let peak = hwm_kb(pid);
     assert!(worker.terminate().success());
-    let tally = tally(&receiver, &oracle, depth as usize);
+    let verdict = receiver.verdict();
     let note = format!(
         "{sleeps} x DEBUG SLEEP 0.5; backlog {first_backlog} -> {last_backlog}; VmRSS {} MiB idle, {} MiB peak while slow",
         baseline / 1024,
@@ -303,7 +304,7 @@ async fn fault_slow_redis_keeps_memory_bounded() {
     );
     report(
         "slow Redis (DEBUG SLEEP 0.5 loop, 20s)",
-        &tally,
+        &verdict,
         peak,
         &note,
     );
@@ -319,5 +320,155 @@ async fn fault_slow_redis_keeps_memory_bounded() {
         peak_rss / 1024 < limit_mb,
         "worker memory not bounded while Redis was slow: {note}"
     );
-    assert_exact("slow redis", &tally, &receiver.dir);
+    verdict.assert_exact(&receiver.dir);
+}
+
+/// Records applied in Redis past the group's committed offsets: what a crash now leaves for
+/// the replay filter.
+fn applied_past_commit(receiver: &Receiver, partitions: i32) -> (i64, String) {
+    let ids: Vec<i32> = (0..partitions).collect();
+    let applied = receiver.checkpoints(&ids);
+    let committed = oracle::committed_offsets(
+        &receiver.kafka,
+        &receiver.group,
+        &receiver.topic,
+        partitions,
+    );
+    let ahead = ids
+        .iter()
+        .zip(&applied)
+        .filter_map(|(p, c)| {
+            let c = (*c)?;
+            let next = committed.get(p).copied().unwrap_or(0);
+            (c >= next).then_some(c + 1 - next)
+        })
+        .sum();
+    (
+        ahead,
+        format!("applied {applied:?}, committed {committed:?}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_receiver_sigkilled_holding_applied_but_uncommitted_records() {
+    let shared = stack();
+    let count = records(40_000);
+    let (keys, depth) = keys_and_depth(count);
+    let topic = unique("fault-uncommitted");
+    create_topic(&shared, &topic, PARTITIONS).await;
+    let producing = produce_in_background(&shared.kafka, &topic, keys, count, 10.0);
+    let mut spec = spec(&topic, &shared.redis, depth);
+    spec.max_records = 200;
+    let mut receiver = Receiver::new(&shared, spec);
+    let victim = receiver.start();
+    // Kill only once the victim owns partitions (ready) and Redis is ahead of Kafka's commit.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (ahead, at_kill) = loop {
+        let ready = victim.readyz().is_some_and(|(status, _)| status == 200);
+        let (ahead, state) = applied_past_commit(&receiver, PARTITIONS);
+        if ready && ahead >= 100 {
+            break (ahead, state);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the victim never got ahead of its commit: {state}; log {}",
+            victim.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let peak = hwm_kb(victim.child.id());
+    victim.sigkill();
+    eprintln!("killed holding {ahead} applied but uncommitted records: {at_kill}");
+    let successor = receiver.start();
+    let produced = producing.await.unwrap();
+    receiver.wait_applied(&produced.last_offsets, Duration::from_secs(180));
+    let skipped = successor
+        .metric("ferry_records_skipped_total")
+        .unwrap_or(0.0);
+    assert!(successor.terminate().success());
+    let verdict = receiver.verdict();
+    eprintln!("replay filter skipped {skipped}; {verdict}");
+    report(
+        "receiver SIGKILLed holding applied, uncommitted records",
+        &verdict,
+        peak,
+        &format!("{ahead} records past the commit at the kill, {skipped} skipped"),
+    );
+    verdict.assert_exact(&receiver.dir);
+    assert!(
+        skipped > 0.0,
+        "the replay filter skipped nothing: the kill did not land on uncommitted work"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_two_writers_on_one_partition_after_a_sigstop() {
+    let shared = stack();
+    let count = records(60_000);
+    let (keys, depth) = keys_and_depth(count);
+    let topic = unique("fault-sigstop");
+    create_topic(&shared, &topic, 2).await;
+    // A backlog, so the first writer is mid-work, holding consumed records, when it freezes.
+    let produced = produce_keyed(&shared, &topic, keys, count).await;
+    let mut spec = spec(&topic, &shared.redis, depth);
+    spec.max_records = 500;
+    let mut receiver = Receiver::new(&shared, spec);
+    let frozen = receiver.start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let applied: i64 = receiver
+            .checkpoints(&[0, 1])
+            .iter()
+            .map(|c| c.map_or(0, |c| c + 1))
+            .sum();
+        if applied > 2_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first writer made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    frozen.sigstop();
+    let at_stop = receiver.checkpoints(&[0, 1]);
+    // Past its 6 s session the group gives its partitions to the second writer, which
+    // finishes the backlog while the first still believes it owns them.
+    let takeover = receiver.start();
+    receiver.wait_applied(&produced.last_offsets, Duration::from_secs(120));
+    frozen.sigcont();
+    // The first writer commits what it held: the fence must drop all of it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (fenced, conflicts) = loop {
+        let fenced = frozen.metric("ferry_records_fenced_total").unwrap_or(0.0);
+        let conflicts = frozen
+            .metric("ferry_transaction_conflicts_total")
+            .unwrap_or(0.0);
+        if fenced + conflicts > 0.0 || Instant::now() > deadline {
+            break (fenced, conflicts);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // More records after the resume: both writers now share the group again.
+    let more = produce_sequences(&shared, &topic, keys, count..count + count / 10, 0.0).await;
+    receiver.wait_applied(&more.last_offsets, Duration::from_secs(120));
+    let peak = hwm_kb(frozen.child.id());
+    assert!(frozen.terminate().success());
+    assert!(takeover.terminate().success());
+    let verdict = receiver.verdict();
+    eprintln!(
+        "stopped at checkpoints {at_stop:?}; after SIGCONT the first writer fenced {fenced} \
+         records, {conflicts} EXEC conflicts; {verdict}"
+    );
+    report(
+        "receiver SIGSTOPped past its session, a second takes over, SIGCONT",
+        &verdict,
+        peak,
+        &format!("{fenced} records fenced, {conflicts} EXEC aborted"),
+    );
+    verdict.assert_exact(&receiver.dir);
+    assert!(
+        fenced + conflicts > 0.0,
+        "the fence never fired: the resumed writer held nothing to commit"
+    );
 }

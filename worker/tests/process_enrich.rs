@@ -1,5 +1,6 @@
 //! `ferry-worker process` with an enrich stage, against the real local stack.
 
+mod oracle;
 mod process_support;
 
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! `ferry-worker process` with a stats stage, against the real local stack.
 
+mod oracle;
 mod process_support;
 
 use std::collections::HashMap;
@@ -29,15 +30,16 @@ async fn rolling_stats_per_key_survive_a_restart() {
 
     // Per key, the reference the script must agree with.
     let first_half: Vec<(&str, i64, Vec<f64>)> = vec![
-        ("a", 10, vec![1.0, 2.0]),
+        ("a", 30, vec![1.0, 2.0]),
         ("b", 11, vec![-5.5]),
         ("a", 12, vec![3.0]),
-        ("b", 13, vec![]),
+        ("b", 43, vec![]),
     ];
+    // Times are distinct and not in offset order: `updated_ts` is the last record's.
     let second_half: Vec<(&str, i64, Vec<f64>)> = vec![
         ("a", 20, vec![10.0, 0.25]),
         ("b", 21, vec![4.5, 1.0]),
-        ("a", 22, vec![7.0]),
+        ("a", 7, vec![7.0]),
     ];
     let mut windows: HashMap<&str, (RollingWindow, i64)> = HashMap::new();
     for (key, ts, values) in first_half.iter().chain(&second_half) {
@@ -76,7 +78,7 @@ async fn rolling_stats_per_key_survive_a_restart() {
         let key = format!("{prefix}:stats:a");
         async move {
             let updated: Option<i64> = redis.hget(&key, "updated_ts").await.ok().flatten();
-            (updated == Some(22)).then_some(())
+            (updated == Some(7)).then_some(())
         }
     })
     .await;
@@ -132,5 +134,14 @@ async fn rolling_stats_per_key_survive_a_restart() {
         Duration::from_secs(1),
     );
     assert_eq!(passed.len(), 7, "{passed:?}");
+    let verdict = oracle::check_stats(
+        &stack.redis_url,
+        &prefix,
+        4,
+        ferry_worker::config::RecordFormat::Json,
+        &oracle::read_source(&stack.kafka, &input),
+    );
+    eprintln!("{verdict}");
+    verdict.assert_exact(&worker.log);
     worker.stop();
 }

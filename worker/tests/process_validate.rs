@@ -1,10 +1,13 @@
 //! `ferry-worker process` with a validate stage, against the real local stack.
 
+mod oracle;
 mod process_support;
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
+use ferry_worker::config::RecordFormat;
+use ferry_worker::record::DataRecord;
 use process_support::*;
 use redis::AsyncCommands;
 
@@ -48,11 +51,11 @@ async fn validates_counts_forwards_and_dead_letters() {
     let _: () = redis.sadd(&allowed, &["s1", "s2"]).await.unwrap();
 
     let records = vec![
-        ("s1".to_owned(), json_record(1000, &[50.0], "ok")), // valid
+        ("s1".to_owned(), json_record(1040, &[50.0], "ok")), // valid
         ("s1".to_owned(), json_record(1001, &[150.0], "ok")), // in-range fails
-        ("s1".to_owned(), json_record(1002, &[5.0, 1.0], "")), // valid: text NULL but values[1] EQ 1
+        ("s1".to_owned(), json_record(1032, &[5.0, 1.0], "")), // valid: text NULL but values[1] EQ 1
         ("s2".to_owned(), json_record(1003, &[], "ok")),       // in-range fails: values[0] NULL
-        ("s3".to_owned(), json_record(1004, &[1.0], "ok")),    // known-source fails
+        ("s3".to_owned(), json_record(1024, &[1.0], "ok")),    // known-source fails
         ("s2".to_owned(), b"not json".to_vec()),               // undecodable
     ];
     produce(&producer(&stack), &input, &records).await;
@@ -124,11 +127,90 @@ async fn validates_counts_forwards_and_dead_letters() {
             ("s3".to_owned(), "known-source".to_owned()),
         ]
     );
+    let verdict = oracle::check_counters(
+        &stack.redis_url,
+        &prefix,
+        RecordFormat::Json,
+        &oracle::read_source(&stack.kafka, &input),
+        &is_valid(&["s1", "s2"]),
+    );
+    eprintln!("{verdict}");
+    verdict.assert_exact(&worker.log);
     worker.stop();
 }
 
+/// The test's own statement of `validate_stage`'s rules, for the oracle.
+fn is_valid<'a>(allowed: &'a [&'a str]) -> impl Fn(&str, &DataRecord) -> bool + 'a {
+    move |key, record| {
+        let in_range = record
+            .values
+            .first()
+            .is_some_and(|v| (0.0..=100.0).contains(v));
+        let text_or_flag = !record.text.is_empty() || record.values.get(1) == Some(&1.0);
+        allowed.contains(&key) && in_range && text_or_flag
+    }
+}
+
+/// Produces `count` JSON records over `keys` at about `rate` a second, with distinct,
+/// scrambled timestamps and distinct values; returns the last offset per partition.
+async fn produce_paced(
+    stack: &Stack,
+    topic: &str,
+    keys: &[&str],
+    count: usize,
+    rate: f64,
+) -> BTreeMap<i32, i64> {
+    produce_sequences(stack, topic, keys, 0..count, rate).await
+}
+
+/// More records after `produce_paced`, as fast as the broker takes them, with values and
+/// times distinct from the first ones.
+async fn produce_paced_from(
+    stack: &Stack,
+    topic: &str,
+    keys: &[&str],
+    sequences: std::ops::Range<usize>,
+) -> BTreeMap<i32, i64> {
+    produce_sequences(stack, topic, keys, sequences, 100_000.0).await
+}
+
+async fn produce_sequences(
+    stack: &Stack,
+    topic: &str,
+    keys: &[&str],
+    sequences: std::ops::Range<usize>,
+    rate: f64,
+) -> BTreeMap<i32, i64> {
+    let (first, count) = (sequences.start, sequences.end);
+    let producer = producer(stack);
+    let base = 1_700_000_000_000;
+    let started = Instant::now();
+    let mut last = BTreeMap::new();
+    for chunk_start in (first..count).step_by(100) {
+        let due = Duration::from_secs_f64((chunk_start - first) as f64 / rate);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        let records: Vec<(String, Vec<u8>)> = (chunk_start..(chunk_start + 100).min(count))
+            .map(|i| {
+                let key = keys[i % keys.len()].to_owned();
+                let ts = oracle::scrambled_ts(base, i);
+                (
+                    key,
+                    json_record(ts, &[(i % 150) as f64, i as f64 + 0.5], "t"),
+                )
+            })
+            .collect();
+        for (partition, offset) in produce(&producer, topic, &records).await {
+            let at = last.entry(partition).or_insert(-1);
+            *at = offset.max(*at);
+        }
+    }
+    last
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_crash_mid_run_does_not_double_count() {
+async fn a_processor_sigkilled_holding_uncommitted_records_loses_and_doubles_nothing() {
     let stack = stack();
     let (input, output, dead) = (unique("in"), unique("valid"), unique("dead"));
     let prefix = unique("ferry");
@@ -137,81 +219,104 @@ async fn a_crash_mid_run_does_not_double_count() {
     let mut redis = redis(&stack).await;
     let allowed = format!("{prefix}:allowed");
     let _: () = redis.sadd(&allowed, &["a", "b", "c"]).await.unwrap();
-
-    const RECORDS: i64 = 3000;
-    let keys = ["a", "b", "c", "d"];
-    let records: Vec<(String, Vec<u8>)> = (0..RECORDS)
-        .map(|i| {
-            let key = keys[(i % 4) as usize].to_owned();
-            (key, json_record(i, &[(i % 150) as f64], "t"))
-        })
-        .collect();
-    produce(&producer(&stack), &input, &records).await;
-    let expected_valid = (0..RECORDS)
-        .filter(|i| i % 4 != 3 && i % 150 <= 100)
-        .count() as i64;
-
+    let keys = ["a", "b", "c", "d", "e", "f", "g", "h"];
     let config = processor_config(
         &stack,
         &input,
         &group,
         &prefix,
-        &validate_stage(&output, &dead, &allowed, 7),
+        &validate_stage(&output, &dead, &allowed, 50),
     );
-    let mut first = Worker::start(&config);
-    let seen_at_crash = eventually(&mut first, Duration::from_secs(60), || {
-        let mut redis = redis.clone();
-        let prefix = prefix.clone();
-        async move {
-            let seen = counters(&mut redis, &prefix, "_total")
-                .await
-                .values()
-                .sum::<i64>();
-            (seen >= 300).then_some(seen)
-        }
-    })
-    .await;
-    first.crash();
-    assert!(seen_at_crash < RECORDS, "the crash should land mid-run");
 
-    let mut second = Worker::start(&config);
-    eventually(&mut second, Duration::from_secs(120), || {
+    // Records keep coming while the victim works, so it always has applied records that
+    // the next auto-commit has not covered yet.
+    let producing = tokio::spawn({
+        let stack = Stack {
+            kafka: stack.kafka.clone(),
+            redis_url: stack.redis_url.clone(),
+        };
+        let input = input.clone();
+        async move { produce_paced(&stack, &input, &keys, 8_000, 1_000.0).await }
+    });
+    let mut victim = Worker::start(&config);
+    // Kill only once it owns partitions and Redis is ahead of the committed offsets.
+    let (ahead, at_kill) = eventually(&mut victim, Duration::from_secs(60), || {
         let mut redis = redis.clone();
-        let prefix = prefix.clone();
+        let (prefix, group, input, kafka) = (
+            prefix.clone(),
+            group.clone(),
+            input.clone(),
+            stack.kafka.clone(),
+        );
         async move {
-            let seen = counters(&mut redis, &prefix, "_total")
-                .await
-                .values()
-                .sum::<i64>();
-            (seen >= RECORDS).then_some(())
+            let applied = checkpoints(&mut redis, &prefix, &group, &input, 4).await;
+            let committed = oracle::committed_offsets(&kafka, &group, &input, 4);
+            let ahead: i64 = applied
+                .iter()
+                .filter_map(|(p, c)| {
+                    let c = (*c)?;
+                    let next = committed.get(p).copied().unwrap_or(0);
+                    (c >= next).then_some(c + 1 - next)
+                })
+                .sum();
+            (ahead >= 20).then(|| {
+                (
+                    ahead,
+                    format!("applied {applied:?}, committed {committed:?}"),
+                )
+            })
         }
     })
     .await;
-    // Let any duplicate work land before checking nothing was counted twice.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let total = counters(&mut redis, &prefix, "_total").await;
-    assert_eq!(total.get("valid"), Some(&expected_valid), "{total:?}");
-    assert_eq!(
-        total.get("invalid"),
-        Some(&(RECORDS - expected_valid)),
-        "{total:?}"
-    );
-    let per_key_sum: i64 = {
-        let mut sum = 0;
-        for key in keys {
-            sum += counters(&mut redis, &prefix, key)
+    victim.crash();
+    eprintln!("killed holding {ahead} applied but uncommitted records: {at_kill}");
+
+    let mut successor = Worker::start(&config);
+    let last_offsets = producing.await.unwrap();
+    eventually(&mut successor, Duration::from_secs(120), || {
+        let mut redis = redis.clone();
+        let (prefix, group, input, last) = (
+            prefix.clone(),
+            group.clone(),
+            input.clone(),
+            last_offsets.clone(),
+        );
+        async move {
+            all_applied(&mut redis, &prefix, &group, &input, &last)
                 .await
-                .values()
-                .sum::<i64>();
+                .then_some(())
         }
-        sum
-    };
-    assert_eq!(per_key_sum, RECORDS);
+    })
+    .await;
+    let skipped = successor
+        .metric("ferry_records_skipped_total")
+        .unwrap_or(0.0);
+    let source = oracle::read_source(&stack.kafka, &input);
+    let verdict = oracle::check_counters(
+        &stack.redis_url,
+        &prefix,
+        RecordFormat::Json,
+        &source,
+        &is_valid(&["a", "b", "c"]),
+    );
+    eprintln!("replay filter skipped {skipped} records; {verdict}");
+    verdict.assert_exact(&successor.log);
+    assert!(
+        skipped > 0.0,
+        "the successor skipped nothing: the kill did not land on uncommitted work"
+    );
     // Output is at-least-once: every valid record is there, duplicates are recognisable.
+    let expected_valid = source
+        .iter()
+        .filter(|r| {
+            r.decode(RecordFormat::Json)
+                .is_some_and(|(key, record)| is_valid(&["a", "b", "c"])(key, &record))
+        })
+        .count();
     let valid = read_topic(
         &stack,
         &output,
-        expected_valid as usize,
+        expected_valid,
         Duration::from_secs(60),
         Duration::from_secs(2),
     );
@@ -224,8 +329,262 @@ async fn a_crash_mid_run_does_not_double_count() {
             )
         })
         .collect();
-    assert_eq!(distinct.len() as i64, expected_valid);
-    second.stop();
+    assert_eq!(distinct.len(), expected_valid);
+    successor.stop();
+}
+
+/// Waits until every partition of `input` is checkpointed by `group` up to `last`.
+async fn wait_all_applied(
+    worker: &mut Worker,
+    stack: &Stack,
+    prefix: &str,
+    group: &str,
+    input: &str,
+    last: &BTreeMap<i32, i64>,
+) {
+    let redis = redis(stack).await;
+    eventually(worker, Duration::from_secs(120), || {
+        let mut redis = redis.clone();
+        let (prefix, group, input, last) = (
+            prefix.to_owned(),
+            group.to_owned(),
+            input.to_owned(),
+            last.clone(),
+        );
+        async move {
+            all_applied(&mut redis, &prefix, &group, &input, &last)
+                .await
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counters_and_windows_stay_exact_when_a_processor_joins_and_leaves_mid_stream() {
+    let stack = stack();
+    let (input, output, dead) = (unique("in"), unique("valid"), unique("dead"));
+    let prefix = unique("ferry");
+    let (validate_group, stats_group) = (unique("validate"), unique("stats"));
+    create_topics(&stack, &[(&input, 6), (&output, 1), (&dead, 1)]).await;
+    let mut redis = redis(&stack).await;
+    let allowed = format!("{prefix}:allowed");
+    let _: () = redis
+        .sadd(&allowed, &["k0", "k1", "k2", "k3"])
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..24).map(|k| format!("k{k}")).collect();
+    // Long batches, so a rebalance lands inside one: the stage must cut it there.
+    let validate = processor_config(
+        &stack,
+        &input,
+        &validate_group,
+        &prefix,
+        &validate_stage(&output, &dead, &allowed, 5_000).replace("max_wait: 20ms", "max_wait: 4s"),
+    );
+    let stats = processor_config(
+        &stack,
+        &input,
+        &stats_group,
+        &prefix,
+        r#"    name: rolling
+    batch: {max_records: 5000, max_wait: 4s}
+    kind:
+      stats: {window: 50}
+"#,
+    );
+    let producing = tokio::spawn({
+        let stack = Stack {
+            kafka: stack.kafka.clone(),
+            redis_url: stack.redis_url.clone(),
+        };
+        let input = input.clone();
+        async move {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            produce_paced(&stack, &input, &keys, 24_000, 1_000.0).await
+        }
+    });
+    let mut first = [Worker::start(&validate), Worker::start(&stats)];
+    // Twice a second processor joins, gets partitions, and leaves, while the first is
+    // inside a batch.
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut second = [Worker::start(&validate), Worker::start(&stats)];
+        for worker in &mut second {
+            let port = worker.port.unwrap();
+            eventually(worker, Duration::from_secs(30), || async move {
+                oracle::http_get(port, "/readyz").filter(|(status, _)| *status == 200)
+            })
+            .await;
+        }
+        eprintln!("round {round}: the second processors own partitions");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for worker in second {
+            worker.stop();
+        }
+    }
+    let last = producing.await.unwrap();
+    wait_all_applied(
+        &mut first[0],
+        &stack,
+        &prefix,
+        &validate_group,
+        &input,
+        &last,
+    )
+    .await;
+    wait_all_applied(&mut first[1], &stack, &prefix, &stats_group, &input, &last).await;
+    let source = oracle::read_source(&stack.kafka, &input);
+    let counters = oracle::check_counters(
+        &stack.redis_url,
+        &prefix,
+        RecordFormat::Json,
+        &source,
+        &is_valid(&["k0", "k1", "k2", "k3"]),
+    );
+    let windows = oracle::check_stats(&stack.redis_url, &prefix, 50, RecordFormat::Json, &source);
+    eprintln!("{counters}\n{windows}");
+    counters.assert_exact(&first[0].log);
+    windows.assert_exact(&first[1].log);
+    for worker in first {
+        worker.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_counters_key_of_another_type_blocks_the_processor_until_removed() {
+    let stack = stack();
+    let (input, output, dead) = (unique("in"), unique("valid"), unique("dead"));
+    let prefix = unique("ferry");
+    let group = unique("group");
+    create_topics(&stack, &[(&input, 2), (&output, 1), (&dead, 1)]).await;
+    let mut redis = redis(&stack).await;
+    let allowed = format!("{prefix}:allowed");
+    let _: () = redis.sadd(&allowed, &["a", "b"]).await.unwrap();
+    // A list where the processor keeps a hash of counters.
+    let squatted = format!("{prefix}:counters:a");
+    let _: () = redis.rpush(&squatted, "not a hash").await.unwrap();
+    let keys = ["a", "b", "c"];
+    let config = processor_config(
+        &stack,
+        &input,
+        &group,
+        &prefix,
+        &validate_stage(&output, &dead, &allowed, 50),
+    );
+    let last = produce_paced(&stack, &input, &keys, 300, 10_000.0).await;
+    let mut worker = Worker::start(&config);
+    let port = worker.port.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut blocked = None;
+    let mut last_readyz = None;
+    while Instant::now() < deadline && blocked.is_none() {
+        worker.assert_running();
+        last_readyz = oracle::http_get(port, "/readyz");
+        let named_in_metrics = oracle::http_get(port, "/metrics").is_some_and(|(_, body)| {
+            body.lines()
+                .any(|l| l.starts_with("ferry_stage_blocked{") && l.contains(&squatted))
+        });
+        if let Some((503, body)) = &last_readyz
+            && body.contains(&squatted)
+            && named_in_metrics
+        {
+            blocked = Some(body.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logged = worker.log_text().lines().any(|l| l.contains(&squatted));
+    let _: () = redis.del(&squatted).await.unwrap();
+    wait_all_applied(&mut worker, &stack, &prefix, &group, &input, &last).await;
+    let verdict = oracle::check_counters(
+        &stack.redis_url,
+        &prefix,
+        RecordFormat::Json,
+        &oracle::read_source(&stack.kafka, &input),
+        &is_valid(&["a", "b"]),
+    );
+    eprintln!(
+        "while {squatted} was a list: blocked {blocked:?}, last /readyz {last_readyz:?}, \
+         logged {logged}; after DEL: {verdict}"
+    );
+    assert!(blocked.is_some(), "never unready naming {squatted}");
+    assert!(logged, "no log line names {squatted}");
+    verdict.assert_exact(&worker.log);
+    worker.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processors_on_one_partition_after_a_sigstop_count_each_record_once() {
+    let stack = stack();
+    let (input, output, dead) = (unique("in"), unique("valid"), unique("dead"));
+    let prefix = unique("ferry");
+    let group = unique("group");
+    create_topics(&stack, &[(&input, 2), (&output, 1), (&dead, 1)]).await;
+    let mut redis = redis(&stack).await;
+    let allowed = format!("{prefix}:allowed");
+    let _: () = redis.sadd(&allowed, &["a", "b", "c"]).await.unwrap();
+    let keys = ["a", "b", "c", "d", "e", "f"];
+    let config = processor_config(
+        &stack,
+        &input,
+        &group,
+        &prefix,
+        &validate_stage(&output, &dead, &allowed, 50),
+    );
+    // A backlog, so the first processor is mid-batch when it freezes.
+    let backlog = produce_paced(&stack, &input, &keys, 20_000, 100_000.0).await;
+    let mut frozen = Worker::start(&config);
+    eventually(&mut frozen, Duration::from_secs(60), || {
+        let mut redis = redis.clone();
+        let (prefix, group, input) = (prefix.clone(), group.clone(), input.clone());
+        async move {
+            let applied: i64 = checkpoints(&mut redis, &prefix, &group, &input, 2)
+                .await
+                .values()
+                .map(|c| c.map_or(0, |c| c + 1))
+                .sum();
+            (applied > 500).then_some(())
+        }
+    })
+    .await;
+    frozen.sigstop();
+    let at_stop = checkpoints(&mut redis, &prefix, &group, &input, 2).await;
+    // Past the 10 s session the group gives the partitions to the second processor.
+    let mut takeover = Worker::start(&config);
+    wait_all_applied(&mut takeover, &stack, &prefix, &group, &input, &backlog).await;
+    frozen.sigcont();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (fenced, conflicts) = loop {
+        let fenced = frozen.metric("ferry_records_fenced_total").unwrap_or(0.0);
+        let conflicts = frozen
+            .metric("ferry_transaction_conflicts_total")
+            .unwrap_or(0.0);
+        if fenced + conflicts > 0.0 || Instant::now() > deadline {
+            break (fenced, conflicts);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Both share the group again for the rest.
+    let more = produce_paced_from(&stack, &input, &keys, 20_000..24_000).await;
+    wait_all_applied(&mut takeover, &stack, &prefix, &group, &input, &more).await;
+    let verdict = oracle::check_counters(
+        &stack.redis_url,
+        &prefix,
+        RecordFormat::Json,
+        &oracle::read_source(&stack.kafka, &input),
+        &is_valid(&["a", "b", "c"]),
+    );
+    eprintln!(
+        "stopped at checkpoints {at_stop:?}; after SIGCONT the first processor fenced \
+         {fenced} records, {conflicts} EXEC conflicts; {verdict}"
+    );
+    verdict.assert_exact(&takeover.log);
+    assert!(
+        fenced + conflicts > 0.0,
+        "the fence never fired: the resumed processor held nothing to commit"
+    );
+    frozen.stop();
+    takeover.stop();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,6 +2,7 @@
 //! `bash e2e/local/stack.sh up kafka redis`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod oracle;
 mod receiver_support;
 
 use std::collections::HashMap;
@@ -37,7 +38,7 @@ async fn keyed_records_keep_their_newest_history_newest_first() {
     let worker = receiver.start();
     receiver.wait_applied(&oracle.last_offsets, Duration::from_secs(60));
     assert!(worker.terminate().success());
-    receiver.assert_lists_match(&oracle, 20);
+    receiver.assert_exact();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -84,7 +85,7 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
         "SIGTERM ended the worker with {status}; log {}",
         log.display()
     );
-    receiver.assert_lists_match(&oracle, 1000);
+    receiver.assert_exact();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -104,7 +105,7 @@ async fn receivers_joining_and_sharing_a_group_apply_each_record_once() {
     for worker in [first, second, third] {
         assert!(worker.terminate().success());
     }
-    receiver.assert_lists_match(&oracle, 1000);
+    receiver.assert_exact();
 }
 
 async fn dead_letters(
@@ -160,9 +161,11 @@ async fn poison_records_are_dead_lettered_with_reasons_while_the_rest_flows() {
         let now = now_ms();
         let good = |key: &str, n: usize| -> Vec<u8> {
             match format {
-                "dsdata" => value(key, n, now),
+                // Distinct, not monotonic, and all within the hour of `max_age`.
+                "dsdata" => value(key, n, now - (n as i64 * 7_919) % 1_000),
                 _ => {
-                    format!(r#"{{"ts": {now}, "values": [{n}], "text": "{key}#{n}"}}"#).into_bytes()
+                    let ts = now - (n as i64 * 7_919) % 1_000;
+                    format!(r#"{{"ts": {ts}, "values": [{n}], "text": "{key}#{n}"}}"#).into_bytes()
                 }
             }
         };
@@ -264,6 +267,24 @@ async fn poison_records_are_dead_lettered_with_reasons_while_the_rest_flows() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+        // And the oracle agrees, from the topic: every record younger than `max_age` kept.
+        let fresh: Vec<oracle::SourceRecord> = oracle::read_source(&stack.kafka, &topic)
+            .into_iter()
+            .filter(|r| {
+                r.stored(receiver.format)
+                    .is_some_and(|(_, ts)| ts > now_ms() - 3_600_000)
+            })
+            .collect();
+        let verdict = oracle::check_storage(
+            &receiver.redis_url,
+            &receiver.prefix,
+            receiver.storage,
+            receiver.depth,
+            receiver.format,
+            &fresh,
+        );
+        eprintln!("{verdict}");
+        verdict.assert_exact(&receiver.dir);
         assert!(worker.terminate().success());
     }
 }
@@ -335,7 +356,125 @@ async fn redis_outage_mid_run_loses_nothing() {
     wait_redis(&url);
     receiver.wait_applied(&oracle.last_offsets, Duration::from_secs(120));
     assert!(worker.terminate().success());
-    receiver.assert_lists_match(&oracle, 1000);
+    receiver.assert_exact();
     redis_server.kill().unwrap();
     redis_server.wait().unwrap();
+}
+
+/// Produces `count` records over `keys` keys (scrambled timestamps) and returns the last
+/// offsets; `produce_keyed` with a name that says the timestamps are the point.
+async fn produce_out_of_order(stack: &Stack, topic: &str, keys: usize, count: usize) -> Produced {
+    produce_keyed(stack, topic, keys, count).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zset_keeps_the_highest_scores_when_timestamps_are_out_of_order_in_one_batch() {
+    let stack = stack();
+    let topic = unique("zset-order");
+    create_topic(&stack, &topic, 1).await;
+    // One key, 40 records whose times are not in offset order, all in one batch, depth 5.
+    let produced = produce_out_of_order(&stack, &topic, 1, 40).await;
+    let mut spec = spec(&topic, &stack.redis, 5);
+    spec.storage = "zset";
+    let mut receiver = Receiver::new(&stack, spec);
+    let worker = receiver.start();
+    receiver.wait_applied(&produced.last_offsets, Duration::from_secs(60));
+    assert!(worker.terminate().success());
+    receiver.assert_exact();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_hash_and_zset_each_hold_what_the_topic_says() {
+    let stack = stack();
+    let mut running = Vec::new();
+    for storage in ["stream", "hash", "zset"] {
+        let topic = unique(&format!("storage-{storage}"));
+        create_topic(&stack, &topic, 3).await;
+        // 100 records per key against a depth of 20: trimming and out-of-order times matter.
+        let produced = produce_out_of_order(&stack, &topic, 30, 3_000).await;
+        let mut spec = spec(&topic, &stack.redis, 20);
+        spec.storage = storage;
+        spec.max_records = 400;
+        let mut receiver = Receiver::new(&stack, spec);
+        let worker = receiver.start();
+        running.push((receiver, worker, produced));
+    }
+    let mut verdicts = Vec::new();
+    for (receiver, worker, produced) in running {
+        receiver.wait_applied(&produced.last_offsets, Duration::from_secs(60));
+        assert!(worker.terminate().success());
+        let verdict = receiver.verdict();
+        eprintln!("{verdict}");
+        verdicts.push((verdict, receiver.dir.clone()));
+    }
+    for (verdict, dir) in verdicts {
+        verdict.assert_exact(&dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_of_another_type_blocks_the_stage_until_removed_and_nothing_is_skipped() {
+    let stack = stack();
+    let topic = unique("wrongtype");
+    create_topic(&stack, &topic, 2).await;
+    let mut receiver = Receiver::new(&stack, spec(&topic, &stack.redis, 100));
+    // Someone else's string where the receiver will want a list.
+    let squatted = format!("{}:list:src-0003", receiver.prefix);
+    let _: () = redis::cmd("SET")
+        .arg(&squatted)
+        .arg("not a list")
+        .query(&mut receiver.redis())
+        .unwrap();
+    let produced = produce_keyed(&stack, &topic, 10, 500).await;
+    let worker = receiver.start();
+
+    // The stage must go unready and say which key, in /readyz and in /metrics.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen_unready = None;
+    let mut last_readyz = None;
+    while Instant::now() < deadline {
+        last_readyz = worker.readyz();
+        let metrics = oracle::http_get(worker.port, "/metrics").map(|(_, body)| body);
+        if let (Some((503, body)), Some(metrics)) = (&last_readyz, &metrics)
+            && body.contains(&squatted)
+            && let Some(line) = metrics
+                .lines()
+                .find(|l| l.starts_with("ferry_stage_blocked{") && l.contains(&squatted))
+        {
+            seen_unready = Some((body.clone(), line.to_owned()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let checkpoints_while_blocked = receiver.checkpoints(&[0, 1]);
+    let logged = std::fs::read_to_string(&worker.log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&squatted))
+        .take(1)
+        .collect::<String>();
+
+    let _: () = redis::cmd("DEL")
+        .arg(&squatted)
+        .query(&mut receiver.redis())
+        .unwrap();
+    receiver.wait_applied(&produced.last_offsets, Duration::from_secs(60));
+    let ready_after = worker.readyz();
+    assert!(worker.terminate().success());
+    let verdict = receiver.verdict();
+    eprintln!(
+        "while the key was a string: unready {seen_unready:?}, last /readyz {last_readyz:?}, \
+         checkpoints {checkpoints_while_blocked:?}, log line {logged:?}; after DEL: /readyz \
+         {ready_after:?}; {verdict}"
+    );
+    assert!(
+        seen_unready.is_some(),
+        "the stage never went unready naming {squatted}; last /readyz {last_readyz:?}"
+    );
+    assert!(!logged.is_empty(), "no log line names {squatted}");
+    assert!(
+        ready_after.is_some_and(|(status, _)| status == 200),
+        "not ready again after the key was removed"
+    );
+    verdict.assert_exact(&receiver.dir);
 }

@@ -9,6 +9,7 @@
 //! and redis-server; fails, never skips, without them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod oracle;
 mod receiver_support;
 
 use std::collections::{BTreeMap, HashMap};

@@ -30,7 +30,7 @@ use super::{
 use crate::backoff::Backoff;
 use crate::config::{RecordFormat, StageConfig, WorkerConfig};
 use crate::http::{self, Readiness};
-use crate::metrics::Metrics;
+use crate::metrics::{BlockedLabel, Metrics};
 use crate::record::{self, RejectReason};
 use crate::sink::{
     self, FastHash, RedisSink, SinkError, StorageCommands, StorageLayout, StoredRecord,
@@ -424,6 +424,10 @@ enum FlushError {
     DeadLetter(KafkaError),
     #[error("a checkpoint changed during the transaction")]
     Conflict,
+    /// Writing would fail inside `EXEC` and the checkpoint would land regardless: the
+    /// batch stops here, unapplied, until the key is fixed.
+    #[error("batch blocked: {0}")]
+    WrongType(sink::WrongType),
 }
 
 struct Writer {
@@ -572,6 +576,24 @@ impl Writer {
         }
     }
 
+    /// Unready, with the key in `/readyz`, the metrics and the log, until a batch commits.
+    fn block(&self, wrong: &sink::WrongType) {
+        self.readiness.set_blocked(Some(wrong.to_string()));
+        self.metrics
+            .blocked
+            .get_or_create(&BlockedLabel {
+                reason: "wrong_type".to_owned(),
+                key: wrong.key.clone(),
+            })
+            .set(1);
+        error!(
+            key = %wrong.key,
+            found = %wrong.found,
+            expected = wrong.expected,
+            "batch blocked: a key it writes holds another type; remove or rename the key"
+        );
+    }
+
     fn redis_failed(&mut self, error: &SinkError) {
         self.metrics.redis_error(error.operation());
         self.readiness.set_redis_connected(false);
@@ -588,9 +610,15 @@ impl Writer {
                 Ok(()) => {
                     self.backoff.reset();
                     self.readiness.set_redis_connected(true);
+                    if self.readiness.blocked().is_some() {
+                        info!("the blocking key is fixed; committing again");
+                        self.readiness.set_blocked(None);
+                        self.metrics.blocked.clear();
+                    }
                     break;
                 }
                 Err(FlushError::Conflict) => {
+                    self.metrics.transaction_conflicts.inc();
                     info!("checkpoint changed under the batch (partition moved?); re-filtering");
                     continue;
                 }
@@ -599,6 +627,7 @@ impl Writer {
                         FlushError::Redis(sink_error) => self.redis_failed(sink_error),
                         FlushError::DeadLetter(_) => self.metrics.kafka_error("dead_letter"),
                         FlushError::Conflict => {}
+                        FlushError::WrongType(wrong) => self.block(wrong),
                     }
                     let delay = self.backoff.next_delay();
                     if deadline.is_some_and(|deadline| Instant::now() + delay > deadline) {
@@ -629,10 +658,28 @@ impl Writer {
             .iter()
             .map(|p| self.checkpoint_keys.key(*p))
             .collect();
+        // Every key the batch may write, with the type it writes there.
+        let expected_type = sink::redis_type(self.layout.kind);
+        let mut sources: HashSet<&[u8], FastHash> = HashSet::default();
+        let data_keys: Vec<(String, &'static str)> = self
+            .batch
+            .records
+            .iter()
+            .filter(|r| sources.insert(r.source()))
+            .map(|r| {
+                let source = String::from_utf8_lossy(r.source());
+                (self.layout.data_key(&source), expected_type)
+            })
+            .collect();
+        let watched = self.sink.watch_and_check(&keys, &data_keys).await?;
+        if let Some(wrong) = watched.wrong_types.into_iter().next() {
+            self.sink.unwatch().await?;
+            return Err(FlushError::WrongType(wrong));
+        }
         let checkpoints: HashMap<i32, i64> = partitions
             .iter()
             .copied()
-            .zip(self.sink.watch_checkpoints(&keys).await?)
+            .zip(watched.checkpoints)
             .map(|(partition, checkpoint)| (partition, checkpoint.unwrap_or(-1)))
             .collect();
         let is_new = |partition: i32, offset: i64| {
@@ -661,6 +708,7 @@ impl Writer {
         if advanced.is_empty() {
             self.sink.unwatch().await?;
             self.metrics.records_skipped.inc_by(already_applied as u64);
+            self.metrics.records_fenced.inc_by(already_applied as u64);
             return Ok(());
         }
 
@@ -706,6 +754,7 @@ impl Writer {
                 self.metrics.batches.inc();
                 self.metrics.records_written.inc_by(records.len() as u64);
                 self.metrics.records_skipped.inc_by(already_applied as u64);
+                self.metrics.records_fenced.inc_by(already_applied as u64);
                 for rejected in &rejects {
                     self.metrics.dead_lettered(rejected.reason).inc();
                 }

@@ -1,6 +1,7 @@
 //! The processor's Kafka and Redis loop; see the module docs of [`crate::process`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
@@ -16,7 +17,7 @@ use crate::consume::{self, ConsumeError, Shutdown};
 use crate::http::{self, HttpError, Readiness};
 use crate::metrics::Metrics;
 use crate::record::{self, DataRecord};
-use crate::sink::{RedisSink, SinkError, TransactionOutcome};
+use crate::sink::{RedisSink, SinkError, TransactionOutcome, WrongType};
 
 use super::enrich::{self, EnrichedRecord, Version};
 use super::rules::{LookupSource, RecordView};
@@ -68,6 +69,10 @@ enum BatchError {
     Sink(#[from] SinkError),
     #[error("produce to {topic}: {source}")]
     Produce { topic: String, source: KafkaError },
+    /// Writing would fail inside `EXEC` while the checkpoint lands: the batch stops,
+    /// unapplied, until the key is fixed.
+    #[error("batch blocked: {0}")]
+    WrongType(WrongType),
 }
 
 impl BatchError {
@@ -260,6 +265,7 @@ impl Stage {
     async fn run(&mut self, mut shutdown: Shutdown) {
         let max_records = self.config.batch.max_records.max(1) as usize;
         let max_wait = self.config.batch.max_wait.as_duration();
+        let mut carry = None;
         loop {
             if shutdown.is_triggered() {
                 break;
@@ -267,7 +273,7 @@ impl Stage {
             let batch = tokio::select! {
                 biased;
                 () = shutdown.wait() => break,
-                batch = collect_batch(&self.consumer, &self.metrics, max_records, max_wait) => batch,
+                batch = collect_batch(&self.consumer, &self.metrics, max_records, max_wait, &mut carry) => batch,
             };
             if batch.is_empty() {
                 continue;
@@ -294,9 +300,15 @@ impl Stage {
                 Ok(Attempt::Committed) => {
                     self.metrics.observe_batch(started.elapsed());
                     self.metrics.batches.inc();
+                    if self.readiness.blocked().is_some() {
+                        tracing::info!("the blocking key is fixed; committing again");
+                        self.readiness.set_blocked(None);
+                        self.metrics.blocked.clear();
+                    }
                     return true;
                 }
                 Ok(Attempt::Conflict) => {
+                    self.metrics.transaction_conflicts.inc();
                     tracing::info!("a checkpoint moved during the batch; re-reading it");
                 }
                 Err(err) => {
@@ -310,6 +322,16 @@ impl Stage {
                             self.metrics.redis_error(err.operation());
                         }
                         BatchError::Produce { .. } => self.metrics.kafka_error("produce"),
+                        BatchError::WrongType(wrong) => {
+                            self.readiness.set_blocked(Some(wrong.to_string()));
+                            self.metrics
+                                .blocked
+                                .get_or_create(&crate::metrics::BlockedLabel {
+                                    reason: "wrong_type".to_owned(),
+                                    key: wrong.key.clone(),
+                                })
+                                .set(1);
+                        }
                     }
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %err, retry_in = ?delay, "batch failed; retrying");
@@ -354,21 +376,20 @@ impl Stage {
             .collect();
         // A WATCH left by a failed attempt must not fence this one.
         self.sink.unwatch().await?;
-        let checkpoints = self.sink.watch_checkpoints(&keys).await?;
+        let data_keys = self.written_keys(batch);
+        let watched = self.sink.watch_and_check(&keys, &data_keys).await?;
+        if let Some(wrong) = watched.wrong_types.into_iter().next() {
+            self.sink.unwatch().await?;
+            return Err(BatchError::WrongType(wrong));
+        }
+        let checkpoints = watched.checkpoints;
         self.readiness.set_redis_connected(true);
         let checkpoint_of: HashMap<i32, i64> = last_offsets
             .keys()
             .zip(&checkpoints)
             .filter_map(|(partition, checkpoint)| checkpoint.map(|c| (*partition, c)))
             .collect();
-        let fresh: Vec<&OwnedMessage> = batch
-            .iter()
-            .filter(|m| {
-                checkpoint_of
-                    .get(&m.partition())
-                    .is_none_or(|c| m.offset() > *c)
-            })
-            .collect();
+        let fresh = fresh_records(batch, &checkpoint_of);
         let skipped = batch.len() - fresh.len();
 
         // 2. Compute and produce.
@@ -400,6 +421,8 @@ impl Stage {
             }
         }
         self.metrics.records_skipped.inc_by(skipped as u64);
+        // Every processor skip is decided by the checkpoint read under WATCH: the fence.
+        self.metrics.records_fenced.inc_by(skipped as u64);
         self.metrics.records_written.inc_by(written);
 
         // 4. Kafka offsets, only after EXEC. A partition revoked meanwhile refuses the
@@ -411,6 +434,32 @@ impl Stage {
             }
         }
         Ok(Attempt::Committed)
+    }
+
+    /// The keys this processor's transaction writes for `batch`, with the type it writes.
+    fn written_keys(&self, batch: &[OwnedMessage]) -> Vec<(String, &'static str)> {
+        let sources: std::collections::BTreeSet<&str> = batch
+            .iter()
+            .filter_map(|m| record::source_id(m.key()).ok())
+            .collect();
+        let prefix = &self.key_prefix;
+        match &self.processor {
+            Processor::Stats { .. } => sources
+                .into_iter()
+                .flat_map(|key| {
+                    [
+                        (format!("{prefix}:stats-window:{key}"), "list"),
+                        (format!("{prefix}:stats:{key}"), "hash"),
+                    ]
+                })
+                .collect(),
+            Processor::Validate { .. } => sources
+                .into_iter()
+                .chain([TOTAL_COUNTERS])
+                .map(|key| (validate::counters_key(prefix, key), "hash"))
+                .collect(),
+            Processor::Enrich { .. } => Vec::new(),
+        }
     }
 
     /// Decodes the fresh records and fills in what to produce and what to write.
@@ -841,16 +890,43 @@ impl LookupSource for BatchLookups {
     }
 }
 
-/// Waits for a first record, then gathers more until the batch is full or `max_wait` has
-/// passed since the first.
+/// The records of `batch` not applied yet: above their partition's checkpoint, and above
+/// every earlier record of the partition in the batch. A partition revoked and assigned
+/// again is read again from its committed offset, so one batch can hold an offset twice;
+/// counting both would double it.
+fn fresh_records<'a>(
+    batch: &'a [OwnedMessage],
+    checkpoint_of: &HashMap<i32, i64>,
+) -> Vec<&'a OwnedMessage> {
+    let mut highest: HashMap<i32, i64> = checkpoint_of.clone();
+    batch
+        .iter()
+        .filter(|m| {
+            let highest = highest.entry(m.partition()).or_insert(-1);
+            let fresh = m.offset() > *highest;
+            *highest = (*highest).max(m.offset());
+            fresh
+        })
+        .collect()
+}
+
+/// Waits for a first record, then gathers more until the batch is full, `max_wait` has
+/// passed since the first, or a rebalance happened: a batch never spans two assignments.
+/// A record read after the rebalance waits in `carry` for the next batch.
 async fn collect_batch(
     consumer: &StreamConsumer<RebalanceContext>,
     metrics: &Metrics,
     max_records: usize,
     max_wait: Duration,
+    carry: &mut Option<OwnedMessage>,
 ) -> Vec<OwnedMessage> {
+    let generation = consumer.context().generation.load(Ordering::SeqCst);
     let mut batch = Vec::new();
     let mut deadline = None;
+    if let Some(message) = carry.take() {
+        batch.push(message);
+        deadline = Some(tokio::time::Instant::now() + max_wait);
+    }
     while batch.len() < max_records {
         let next = match deadline {
             None => consumer.recv().await,
@@ -862,7 +938,14 @@ async fn collect_batch(
         match next {
             Ok(message) => {
                 metrics.records_in.inc();
-                batch.push(message.detach());
+                let message = message.detach();
+                if !batch.is_empty()
+                    && consumer.context().generation.load(Ordering::SeqCst) != generation
+                {
+                    *carry = Some(message);
+                    break;
+                }
+                batch.push(message);
                 deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_wait);
             }
             Err(err) => {
@@ -881,6 +964,8 @@ async fn collect_batch(
 /// Reports partition assignment to `/readyz`.
 struct RebalanceContext {
     readiness: Readiness,
+    /// Counts rebalances, so a batch being collected can see one happened.
+    generation: AtomicU64,
 }
 
 impl ClientContext for RebalanceContext {
@@ -890,6 +975,10 @@ impl ClientContext for RebalanceContext {
 }
 
 impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Error(err) = rebalance {
             tracing::warn!(error = %err, "rebalance error");
@@ -908,7 +997,10 @@ fn create_consumer(
     readiness: Readiness,
 ) -> Result<StreamConsumer<RebalanceContext>, ProcessError> {
     consume::consumer_config(kafka, SESSION_TIMEOUT)?
-        .create_with_context(RebalanceContext { readiness })
+        .create_with_context(RebalanceContext {
+            readiness,
+            generation: AtomicU64::new(0),
+        })
         .map_err(|source| ProcessError::CreateKafkaClient {
             role: "consumer",
             source,
@@ -930,4 +1022,38 @@ fn create_producer(kafka: &KafkaConfig) -> Result<FutureProducer, ProcessError> 
 /// A client for reads, with the same credentials and TLS settings the sink uses.
 fn redis_reader(config: &WorkerConfig) -> Result<redis::Client, ProcessError> {
     Ok(crate::sink::redis_client(&config.redis)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::Timestamp;
+
+    fn message(partition: i32, offset: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            None,
+            None,
+            "in".to_owned(),
+            Timestamp::NotAvailable,
+            partition,
+            offset,
+            None,
+        )
+    }
+
+    #[test]
+    fn an_offset_read_twice_in_one_batch_is_fresh_once() {
+        // Partition 0 rewound to 5 after a revoke and re-assign; partition 1 is at its
+        // checkpoint 7.
+        let batch: Vec<OwnedMessage> = [(0, 5), (0, 6), (1, 7), (0, 5), (0, 6), (0, 7), (1, 8)]
+            .into_iter()
+            .map(|(p, o)| message(p, o))
+            .collect();
+        let checkpoints = HashMap::from([(1, 7)]);
+        let fresh: Vec<(i32, i64)> = fresh_records(&batch, &checkpoints)
+            .into_iter()
+            .map(|m| (m.partition(), m.offset()))
+            .collect();
+        assert_eq!(fresh, [(0, 5), (0, 6), (0, 7), (1, 8)]);
+    }
 }

@@ -1,16 +1,15 @@
 //! Plumbing of the fault tests: private Redis and Kafka servers on free loopback ports (the
-//! shared stack is never stopped), a paced producer that remembers what it sent, the
-//! oracle comparison (produced, found, lost, duplicated) and the report rows that
-//! `e2e/faults.sh` prints as one table.
+//! shared stack is never stopped), and the report rows (the oracle's verdict: produced,
+//! found, lost, duplicated) that `e2e/faults.sh` prints as one table.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
-use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::receiver_support::{Oracle, Receiver, unique};
+use crate::oracle::Verdict;
+use crate::receiver_support::{Receiver, unique};
 
 /// Records per fault run: `FERRY_FAULT_RECORDS`, small by default so `make test` stays short.
 pub fn records(default: usize) -> usize {
@@ -334,80 +333,20 @@ impl Drop for PrivateKafka {
     }
 }
 
-// ---------------------------------------------------------------- producing
-
-// ---------------------------------------------------------------- the oracle
-
-/// What Redis holds against what was produced.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Tally {
-    pub produced: usize,
-    pub found: usize,
-    pub lost: usize,
-    pub duplicated: usize,
-    /// Keys whose list is not exactly the newest `depth` values, newest first.
-    pub wrong_keys: usize,
-}
-
-/// Compares every key's list with its newest `depth` values, newest first.
-pub fn tally(receiver: &Receiver, oracle: &Oracle, depth: usize) -> Tally {
-    let mut conn = receiver.redis();
-    let keys: Vec<&String> = oracle.per_key.keys().collect();
-    let mut stored: Vec<Vec<Vec<u8>>> = Vec::with_capacity(keys.len());
-    for chunk in keys.chunks(100) {
-        let mut pipe = redis::pipe();
-        for key in chunk {
-            pipe.cmd("LRANGE")
-                .arg(format!("{}:list:{key}", receiver.prefix))
-                .arg(0)
-                .arg(-1);
-        }
-        let lists: Vec<Vec<Vec<u8>>> = pipe.query(&mut conn).unwrap();
-        stored.extend(lists);
-    }
-    let mut tally = Tally::default();
-    for (key, list) in keys.iter().zip(&stored) {
-        let sent = &oracle.per_key[*key];
-        tally.produced += sent.len();
-        let expected: Vec<&Vec<u8>> = sent.iter().rev().take(depth).collect();
-        let wanted: HashSet<&Vec<u8>> = expected.iter().copied().collect();
-        let mut counts: HashMap<&Vec<u8>, usize> = HashMap::new();
-        for value in list {
-            *counts.entry(value).or_default() += 1;
-        }
-        for value in &expected {
-            if counts.contains_key(value) {
-                tally.found += 1;
-            } else {
-                tally.lost += 1;
-            }
-        }
-        // Extra copies, and values that are not among the newest `depth` (pushed in twice
-        // after being trimmed, or not produced at all).
-        tally.duplicated += counts
-            .iter()
-            .map(|(v, n)| if wanted.contains(v) { n - 1 } else { *n })
-            .sum::<usize>();
-        let in_order =
-            list.len() == expected.len() && list.iter().zip(&expected).all(|(a, b)| a == *b);
-        if !in_order {
-            tally.wrong_keys += 1;
-        }
-    }
-    // Found counts only the history kept; records older than `depth` are not "found".
-    tally
-}
+// ---------------------------------------------------------------- the report
 
 /// Appends one row to the report `e2e/faults.sh` prints (`FERRY_FAULT_REPORT`, default
 /// `target/fault-report.tsv`) and prints it.
-pub fn report(fault: &str, tally: &Tally, peak_rss_kb: u64, note: &str) {
+/// "duplicated" counts extra copies and entries no record explains; "keys wrong" includes
+/// keys out of order.
+pub fn report(fault: &str, verdict: &Verdict, peak_rss_kb: u64, note: &str) {
     let row = format!(
         "{fault}\t{}\t{}\t{}\t{}\t{}\t{:.1}\t{note}",
-        tally.produced,
-        tally.found,
-        tally.lost,
-        tally.duplicated,
-        tally.wrong_keys,
+        verdict.records,
+        verdict.records.saturating_sub(verdict.total.lost),
+        verdict.total.lost,
+        verdict.total.duplicated + verdict.total.unexpected,
+        verdict.wrong.len(),
         peak_rss_kb as f64 / 1024.0
     );
     println!("FAULT ROW: {row}");
@@ -422,15 +361,6 @@ pub fn report(fault: &str, tally: &Tally, peak_rss_kb: u64, note: &str) {
     {
         let _ = writeln!(file, "{row}");
     }
-}
-
-/// Fails the test unless nothing was lost or duplicated and every list is in order.
-pub fn assert_exact(fault: &str, tally: &Tally, logs: &Path) {
-    assert!(
-        tally.lost == 0 && tally.duplicated == 0 && tally.wrong_keys == 0,
-        "{fault}: {tally:?}; logs in {}",
-        logs.display()
-    );
 }
 
 /// Sum of the checkpoints against the last offsets: records still to apply.

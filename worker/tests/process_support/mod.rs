@@ -4,7 +4,7 @@
 // Test-only helpers: failing loudly is their job.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -95,16 +95,64 @@ pub fn json_record(ts: i64, values: &[f64], text: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({"ts": ts, "values": values, "text": text})).unwrap()
 }
 
-pub async fn produce(producer: &FutureProducer, topic: &str, records: &[(String, Vec<u8>)]) {
+/// Produces `records` and returns the last offset written per partition.
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+) -> BTreeMap<i32, i64> {
     let sends = records.iter().map(|(key, payload)| {
         producer.send(
             FutureRecord::to(topic).key(key.as_bytes()).payload(payload),
             Duration::from_secs(10),
         )
     });
+    let mut last = BTreeMap::new();
     for delivery in futures::future::join_all(sends).await {
-        delivery.expect("delivered");
+        let delivered = delivery.expect("delivered");
+        let offset = last.entry(delivered.partition).or_insert(-1);
+        *offset = delivered.offset.max(*offset);
     }
+    last
+}
+
+/// `{prefix}:ckpt:{group}:{topic}:{partition}`, as the worker names it.
+pub fn checkpoint_key(prefix: &str, group: &str, topic: &str, partition: i32) -> String {
+    format!("{prefix}:ckpt:{group}:{topic}:{partition}")
+}
+
+/// Each partition's checkpoint (`None` before the first batch).
+pub async fn checkpoints(
+    redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> BTreeMap<i32, Option<i64>> {
+    let keys: Vec<String> = (0..partitions)
+        .map(|p| checkpoint_key(prefix, group, topic, p))
+        .collect();
+    let values: Vec<Option<i64>> = redis::cmd("MGET")
+        .arg(&keys)
+        .query_async(redis)
+        .await
+        .unwrap_or_else(|_| vec![None; keys.len()]);
+    (0..partitions).zip(values).collect()
+}
+
+/// True once every partition's checkpoint reached its last offset.
+pub async fn all_applied(
+    redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    group: &str,
+    topic: &str,
+    last_offsets: &BTreeMap<i32, i64>,
+) -> bool {
+    let partitions = last_offsets.keys().max().map_or(0, |p| p + 1);
+    let now = checkpoints(redis, prefix, group, topic, partitions).await;
+    last_offsets
+        .iter()
+        .all(|(p, last)| now.get(p).copied().flatten().is_some_and(|c| c >= *last))
 }
 
 /// A record read back from an output topic.
@@ -180,12 +228,22 @@ pub async fn redis(stack: &Stack) -> redis::aio::MultiplexedConnection {
 pub struct Worker {
     child: Child,
     pub log: PathBuf,
+    /// Its HTTP port (`/metrics`, `/readyz`), read from the config.
+    pub port: Option<u16>,
     _dir: PathBuf,
 }
 
 impl Worker {
-    /// Writes `config` (YAML) to a file and starts the binary on it.
+    /// Writes `config` (YAML) to a file and starts the binary on it, on an HTTP port of its
+    /// own: two workers started from one config must not share one.
     pub fn start(config_yaml: &str) -> Self {
+        let config_yaml: String = config_yaml
+            .lines()
+            .map(|line| match line.split_once("listen: 127.0.0.1:") {
+                Some((indent, _)) => format!("{indent}listen: 127.0.0.1:{}\n", free_port()),
+                None => format!("{line}\n"),
+            })
+            .collect();
         let dir = std::env::temp_dir().join(unique("worker"));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("config.yaml");
@@ -194,7 +252,7 @@ impl Worker {
             .write_all(config_yaml.as_bytes())
             .unwrap();
         let log = dir.join("worker.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ferry-worker"))
+        let child = Command::new(crate::oracle::worker_bin())
             .args(["--log-format", "pretty", "process", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info,ferry_worker=debug")
@@ -202,11 +260,34 @@ impl Worker {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn ferry-worker");
+        let port = config_yaml
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("listen: 127.0.0.1:"))
+            .and_then(|port| port.trim().parse().ok());
         Self {
             child,
             log,
+            port,
             _dir: dir,
         }
+    }
+
+    /// One series of its `/metrics`, summed over labels.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        crate::oracle::metric(self.port?, name)
+    }
+
+    /// SIGSTOP: frozen, with its sessions open.
+    pub fn sigstop(&self) {
+        let _ = Command::new("kill")
+            .args(["-STOP", &self.child.id().to_string()])
+            .status();
+    }
+
+    pub fn sigcont(&self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
     }
 
     pub fn log_text(&self) -> String {

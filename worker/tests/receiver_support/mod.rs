@@ -1,5 +1,6 @@
 //! Shared harness of the receiver tests: the real stack, random names, a producer that
-//! remembers what it sent (the oracle), and `ferry-worker receive` child processes.
+//! remembers where it wrote, `ferry-worker receive` child processes, and the oracle's
+//! check of a receiver's keys ([`crate::oracle`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ferry_worker::config::{RecordFormat, StorageKind};
 use ferry_worker::record::{DataRecord, dsdata};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -81,16 +83,17 @@ pub fn producer(stack: &Stack) -> FutureProducer {
         .expect("producer")
 }
 
-/// What was sent, per key in order, and the last offset per partition.
+/// What a producer sent: how many records per key, and the last offset per partition (to
+/// wait for). What Redis must hold is the oracle's to say, from the topic itself.
 #[derive(Default, Debug)]
-pub struct Oracle {
-    pub per_key: HashMap<String, Vec<Vec<u8>>>,
+pub struct Produced {
+    pub per_key: HashMap<String, usize>,
     pub last_offsets: BTreeMap<i32, i64>,
 }
 
-impl Oracle {
+impl Produced {
     pub fn total(&self) -> usize {
-        self.per_key.values().map(Vec::len).sum()
+        self.per_key.values().sum()
     }
 }
 
@@ -104,41 +107,57 @@ pub fn value(key: &str, sequence: usize, timestamp_ms: i64) -> Vec<u8> {
     .unwrap()
 }
 
-/// Produces `count` records round robin over `keys` keys, remembering all of them.
-pub async fn produce_keyed(stack: &Stack, topic: &str, keys: usize, count: usize) -> Oracle {
+/// Produces `count` records round robin over `keys` keys.
+pub async fn produce_keyed(stack: &Stack, topic: &str, keys: usize, count: usize) -> Produced {
     produce_paced(stack, topic, keys, count, 0.0).await
 }
 
 /// Produces `count` records round robin over `keys` keys at about `rate` a second (0: as
-/// fast as it can), remembering them all. Retries through a full queue or a broker that is
-/// down.
+/// fast as it can), each with its own scrambled timestamp (payload and Kafka record alike).
+/// Retries through a full queue or a broker that is down.
 pub async fn produce_paced(
     stack: &Stack,
     topic: &str,
     keys: usize,
     count: usize,
     rate: f64,
-) -> Oracle {
+) -> Produced {
+    produce_sequences(stack, topic, keys, 0..count, rate).await
+}
+
+/// Produces the records numbered `sequences` (so a second call continues a first one with
+/// distinct values), at about `rate` a second (0: as fast as it can).
+pub async fn produce_sequences(
+    stack: &Stack,
+    topic: &str,
+    keys: usize,
+    sequences: std::ops::Range<usize>,
+    rate: f64,
+) -> Produced {
     let producer = producer(stack);
-    let mut oracle = Oracle::default();
-    let mut pending = Vec::with_capacity(count);
-    let ts = now_ms();
+    let mut oracle = Produced::default();
+    let mut pending = Vec::with_capacity(sequences.len());
+    // One base for every call of the process, so sequences of different calls never share a
+    // time; now, as brokers refuse record times far in the future.
+    static BASE_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let ts = *BASE_MS.get_or_init(now_ms);
     let started = Instant::now();
-    for sequence in 0..count {
-        if sequence % 100 == 0 && rate > 0.0 {
-            let due = Duration::from_secs_f64(sequence as f64 / rate);
+    let first = sequences.start;
+    for sequence in sequences {
+        if (sequence - first).is_multiple_of(100) && rate > 0.0 {
+            let due = Duration::from_secs_f64((sequence - first) as f64 / rate);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
         }
         let key = format!("src-{:04}", sequence % keys);
-        let payload = value(&key, sequence, ts);
-        oracle
-            .per_key
-            .entry(key.clone())
-            .or_default()
-            .push(payload.clone());
-        let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
+        let timestamp_ms = crate::oracle::scrambled_ts(ts, sequence);
+        let payload = value(&key, sequence, timestamp_ms);
+        *oracle.per_key.entry(key.clone()).or_default() += 1;
+        let mut record = FutureRecord::to(topic)
+            .key(&key)
+            .payload(&payload)
+            .timestamp(timestamp_ms);
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
@@ -164,9 +183,31 @@ pub async fn produce_paced(
 pub struct Worker {
     pub child: Child,
     pub log: PathBuf,
+    /// Where its `/metrics` and `/readyz` answer.
+    pub port: u16,
 }
 
 impl Worker {
+    /// One counter or gauge of its `/metrics` (summed over labels), `None` when it does not
+    /// answer.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        crate::oracle::metric(self.port, name)
+    }
+
+    /// `/readyz`'s status code and body.
+    pub fn readyz(&self) -> Option<(u16, String)> {
+        crate::oracle::http_get(self.port, "/readyz")
+    }
+
+    /// SIGSTOP: the process freezes, its sessions and connections stay open.
+    pub fn sigstop(&self) {
+        signal(&self.child, "-STOP");
+    }
+
+    pub fn sigcont(&self) {
+        signal(&self.child, "-CONT");
+    }
+
     pub fn sigkill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -192,7 +233,19 @@ impl Worker {
     }
 }
 
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} failed");
+}
+
 pub struct Receiver {
+    pub kafka: String,
+    pub format: RecordFormat,
+    pub storage: StorageKind,
+    pub depth: usize,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub topic: String,
@@ -239,7 +292,22 @@ impl Receiver {
             ),
         )
         .unwrap();
+        let format = match spec.format {
+            "json" => RecordFormat::Json,
+            "raw" => RecordFormat::Raw,
+            _ => RecordFormat::Dsdata,
+        };
+        let storage = match spec.storage {
+            "stream" => StorageKind::Stream,
+            "hash" => StorageKind::Hash,
+            "zset" => StorageKind::Zset,
+            _ => StorageKind::List,
+        };
         Self {
+            kafka: stack.kafka.clone(),
+            format,
+            storage,
+            depth: spec.depth as usize,
             dir,
             config,
             topic: spec.topic.to_owned(),
@@ -260,7 +328,7 @@ impl Receiver {
             .port();
         let log = self.dir.join(format!("worker-{}.log", self.started));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ferry-worker"))
+        let child = Command::new(crate::oracle::worker_bin())
             .args(["receive", "--config"])
             .arg(&self.config)
             .args(["--session-timeout", "6s", "--drain-timeout", "5s"])
@@ -270,7 +338,7 @@ impl Receiver {
             .stderr(file)
             .spawn()
             .unwrap();
-        Worker { child, log }
+        Worker { child, log, port }
     }
 
     pub fn redis(&self) -> redis::Connection {
@@ -326,32 +394,24 @@ impl Receiver {
             .unwrap()
     }
 
-    /// Every key's list equals its newest `depth` values, newest first.
-    pub fn assert_lists_match(&self, oracle: &Oracle, depth: usize) {
-        for (key, sent) in &oracle.per_key {
-            let expected: Vec<Vec<u8>> = sent.iter().rev().take(depth).cloned().collect();
-            let stored = self.list(key);
-            if stored != expected {
-                let text = |values: &[Vec<u8>]| -> Vec<String> {
-                    values
-                        .iter()
-                        .map(|v| {
-                            dsdata::decode(v)
-                                .map(|r| r.text)
-                                .unwrap_or_else(|e| e.to_string())
-                        })
-                        .take(8)
-                        .collect()
-                };
-                panic!(
-                    "{key}: stored {} values, expected {}; stored starts {:?}, expected starts {:?}; logs in {}",
-                    stored.len(),
-                    expected.len(),
-                    text(&stored),
-                    text(&expected),
-                    self.dir.display()
-                );
-            }
-        }
+    /// The oracle's verdict on this receiver's keys, from the topic as Kafka holds it now.
+    pub fn verdict(&self) -> crate::oracle::Verdict {
+        let source = crate::oracle::read_source(&self.kafka, &self.topic);
+        crate::oracle::check_storage(
+            &self.redis_url,
+            &self.prefix,
+            self.storage,
+            self.depth,
+            self.format,
+            &source,
+        )
+    }
+
+    /// Fails unless every key holds exactly what the topic says it must.
+    pub fn assert_exact(&self) -> crate::oracle::Verdict {
+        let verdict = self.verdict();
+        eprintln!("{verdict}");
+        verdict.assert_exact(&self.dir);
+        verdict
     }
 }
