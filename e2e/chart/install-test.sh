@@ -10,9 +10,10 @@
 #   5. helm uninstall removes every object the chart made (the CRD stays, as Helm intends).
 # Steps 2 and 4 need the operator image in the cluster's containerd: it is built from
 # target/{release,debug}/ferry-operator with e2e/local/images.sh as ferry/operator:chart-test.
-# Without it the chart is installed with replicaCount 0 and only the objects, RBAC and
-# uninstall are checked; so is the cluster-wide install when other Pipelines exist in the
-# cluster (a second cluster-wide operator would reconcile them too).
+# Without it the chart is installed with an operator image that is never pulled (the chart
+# refuses replicaCount 0), so no operator runs and only the objects, RBAC and uninstall are
+# checked; so is the cluster-wide install when other Pipelines exist in the cluster (a second
+# cluster-wide operator would reconcile them too: `make demo` leaves its Pipeline behind).
 # Ends with one "install-test: N passed, N failed" line.
 set -euo pipefail
 CHECK_NAME=install-test
@@ -77,7 +78,7 @@ fi
 # scenario MODE: MODE is `cluster` (every namespace, ClusterRole) or `namespaced`
 # (watchNamespace set to a second namespace: Roles and RoleBindings only).
 scenario() {
-  local mode="$1" release ns watch_ns sa replicas=0 run_operator=0 others out holder deadline
+  local mode="$1" release ns watch_ns sa replicas=1 run_operator=0 others out holder deadline
   release="ferry-it-$mode-$suffix"
   ns="ferry-it-$mode-$suffix"
   sa="$release" # the full name: the release name already contains the chart name
@@ -97,16 +98,23 @@ scenario() {
   if ((have_image)); then
     others="$(k get pipelines -A --no-headers 2>/dev/null | wc -l || true)"
     if [[ "$mode" == cluster && "${others:-0}" -gt 0 ]]; then
-      say "$others Pipeline(s) exist in the cluster: a cluster-wide operator would reconcile them too; replicaCount=0"
+      say "$others Pipeline(s) exist in the cluster: a cluster-wide operator would reconcile them too; it will not run"
     else
       run_operator=1
       replicas=2
     fi
   fi
+  # An operator that must not run gets a tag no image has: with pullPolicy Never its pod
+  # waits in ErrImageNeverPull and reconciles nothing.
+  local tag=chart-test wait=(--wait --timeout 4m)
+  if ((!run_operator)); then
+    tag=never-pulled
+    wait=()
+  fi
   local install_args=(
     "$release" "$CHART_DIR" --namespace "$ns" --create-namespace
     --set "replicaCount=$replicas" --set leaderElection.enabled=true --set "leaderElection.leaseName=$release"
-    --set image.repository=ferry/operator --set image.tag=chart-test --set image.pullPolicy=Never
+    --set image.repository=ferry/operator --set "image.tag=$tag" --set image.pullPolicy=Never
     --set worker.image.repository=ferry/worker --set worker.image.tag=dev --set logFormat=pretty
     --set networkPolicy.enabled=true --set-json 'networkPolicy.metricsFrom=[{"podSelector":{}}]'
     "${extra[@]}"
@@ -121,8 +129,8 @@ scenario() {
   fi
 
   # 2. real install
-  if "$HELM" install "${install_args[@]}" --wait --timeout 4m >/dev/null; then
-    pass "helm install $release into $ns (replicaCount=$replicas, watching $watching) --wait"
+  if "$HELM" install "${install_args[@]}" "${wait[@]}" >/dev/null; then
+    pass "helm install $release into $ns (replicaCount=$replicas, image tag $tag, watching $watching) ${wait[*]:-without --wait}"
   else
     fail "helm install"
     k -n "$ns" get pods -o wide >&2 || true
