@@ -13,7 +13,7 @@ mod oracle;
 mod receiver_support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,11 @@ struct SecureServers {
 }
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/local/secure.sh")
+    // Cargo sets CARGO_MANIFEST_DIR when it runs a test too: that is the checkout under test,
+    // where the compiled-in one may be another clone's that shares the target dir.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../e2e/local/secure.sh")
 }
 
 impl SecureServers {

@@ -351,7 +351,12 @@ pub fn report(fault: &str, verdict: &Verdict, peak_rss_kb: u64, note: &str) {
     );
     println!("FAULT ROW: {row}");
     let path = std::env::var("FERRY_FAULT_REPORT").map_or_else(
-        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fault-report.tsv"),
+        |_| {
+            // The checkout under test (see security.rs): not another clone's compiled-in path.
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+                .join("../target/fault-report.tsv")
+        },
         PathBuf::from,
     );
     if let Ok(mut file) = std::fs::OpenOptions::new()
