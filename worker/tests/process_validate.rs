@@ -273,20 +273,14 @@ async fn a_processor_sigkilled_holding_uncommitted_records_loses_and_doubles_not
 
     let mut successor = Worker::start(&config);
     let last_offsets = producing.await.unwrap();
-    eventually(&mut successor, Duration::from_secs(120), || {
-        let mut redis = redis.clone();
-        let (prefix, group, input, last) = (
-            prefix.clone(),
-            group.clone(),
-            input.clone(),
-            last_offsets.clone(),
-        );
-        async move {
-            all_applied(&mut redis, &prefix, &group, &input, &last)
-                .await
-                .then_some(())
-        }
-    })
+    wait_all_applied(
+        &mut successor,
+        &stack,
+        &prefix,
+        &group,
+        &input,
+        &last_offsets,
+    )
     .await;
     let skipped = successor
         .metric("ferry_records_skipped_total")
