@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_worker::config::{RecordFormat, StageConfig, WorkerConfig};
 use ferry_worker::consume::Shutdown;
-use ferry_worker::consume::receiver::{self, ReceiveOptions};
+use ferry_worker::consume::pipeline::StageOptions;
+use ferry_worker::consume::receiver;
 use ferry_worker::duration::HumanDuration;
 use ferry_worker::simulate::{self, SimulateOptions};
 use tracing_subscriber::EnvFilter;
@@ -41,26 +42,46 @@ enum Command {
     Receive {
         #[arg(long, env = "FERRY_CONFIG")]
         config: PathBuf,
-        /// How long a rebalance waits for revoked partitions' records to reach Redis.
-        #[arg(long, default_value = "10s", env = "FERRY_DRAIN_TIMEOUT")]
-        drain_timeout: HumanDuration,
-        /// How long SIGTERM waits for in-flight records; keep it under the pod's grace period.
-        #[arg(long, default_value = "25s", env = "FERRY_SHUTDOWN_TIMEOUT")]
-        shutdown_timeout: HumanDuration,
-        /// Kafka group session timeout: how soon a crashed worker's partitions move.
-        #[arg(long, default_value = "10s", env = "FERRY_SESSION_TIMEOUT")]
-        session_timeout: HumanDuration,
-        /// Redis response timeout; slower replies are retried.
-        #[arg(long, default_value = "5s", env = "FERRY_REDIS_TIMEOUT")]
-        redis_timeout: HumanDuration,
+        #[command(flatten)]
+        stage: StageArgs,
     },
     /// Compute from a topic (stats, validate, enrich) and write results to Redis.
     Process {
         #[arg(long, env = "FERRY_CONFIG")]
         config: PathBuf,
+        #[command(flatten)]
+        stage: StageArgs,
     },
     /// Play the data sources: each sends timestamped float arrays with a text.
     Simulate(SimulateArgs),
+}
+
+/// The consumption pipeline's process-level knobs, the same for every stage kind.
+#[derive(Debug, clap::Args)]
+struct StageArgs {
+    /// How long a rebalance waits for revoked partitions' records to reach Redis.
+    #[arg(long, default_value = "10s", env = "FERRY_DRAIN_TIMEOUT")]
+    drain_timeout: HumanDuration,
+    /// How long SIGTERM waits for in-flight records; keep it under the pod's grace period.
+    #[arg(long, default_value = "25s", env = "FERRY_SHUTDOWN_TIMEOUT")]
+    shutdown_timeout: HumanDuration,
+    /// Kafka group session timeout: how soon a crashed worker's partitions move.
+    #[arg(long, default_value = "10s", env = "FERRY_SESSION_TIMEOUT")]
+    session_timeout: HumanDuration,
+    /// Redis response timeout; slower replies are retried.
+    #[arg(long, default_value = "5s", env = "FERRY_REDIS_TIMEOUT")]
+    redis_timeout: HumanDuration,
+}
+
+impl StageArgs {
+    fn options(&self) -> StageOptions {
+        StageOptions {
+            drain_timeout: self.drain_timeout.as_duration(),
+            shutdown_timeout: self.shutdown_timeout.as_duration(),
+            session_timeout: self.session_timeout.as_duration(),
+            redis_timeout: self.redis_timeout.as_duration(),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -169,20 +190,9 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), ExitCode> {
     match command {
-        Command::Receive {
-            config,
-            drain_timeout,
-            shutdown_timeout,
-            session_timeout,
-            redis_timeout,
-        } => {
+        Command::Receive { config, stage } => {
             let config = load_config(&config, "receive", "receiver")?;
-            let options = ReceiveOptions {
-                drain_timeout: drain_timeout.as_duration(),
-                shutdown_timeout: shutdown_timeout.as_duration(),
-                session_timeout: session_timeout.as_duration(),
-                redis_timeout: redis_timeout.as_duration(),
-            };
+            let options = stage.options();
             runtime()?.block_on(async move {
                 let shutdown = Shutdown::from_signals().map_err(|err| {
                     tracing::error!(%err, "cannot install signal handlers");
@@ -196,14 +206,15 @@ fn run(command: Command) -> Result<(), ExitCode> {
                     })
             })
         }
-        Command::Process { config } => {
+        Command::Process { config, stage } => {
             let config = load_config(&config, "process", "processor")?;
+            let options = stage.options();
             runtime()?.block_on(async move {
                 let shutdown = Shutdown::from_signals().map_err(|err| {
                     tracing::error!(%err, "cannot install signal handlers");
                     ExitCode::FAILURE
                 })?;
-                ferry_worker::process::run(config, shutdown)
+                ferry_worker::process::run(config, options, shutdown)
                     .await
                     .map_err(|err| {
                         tracing::error!(error = %err, "processor failed");

@@ -155,7 +155,7 @@ impl Metrics {
         );
         // Zeroes for every reason, so alerts see the series before the first bad record.
         for reason in RejectReason::ALL {
-            let _ = metrics.dead_lettered(reason);
+            let _ = metrics.dead_lettered(reason.as_str());
         }
         drop(registry);
         metrics
@@ -166,10 +166,10 @@ impl Metrics {
         &self.registry
     }
 
-    pub fn dead_lettered(&self, reason: RejectReason) -> Counter {
+    pub fn dead_lettered(&self, reason: &str) -> Counter {
         self.records_dead_lettered
             .get_or_create(&ReasonLabel {
-                reason: reason.as_str().to_owned(),
+                reason: reason.to_owned(),
             })
             .clone()
     }
@@ -215,7 +215,9 @@ mod tests {
     fn encodes_series_with_the_pipeline_label() {
         let metrics = Metrics::new("demo");
         metrics.records_in.inc_by(3);
-        metrics.dead_lettered(RejectReason::Truncated).inc();
+        metrics
+            .dead_lettered(RejectReason::Truncated.as_str())
+            .inc();
         metrics.observe_batch(Duration::from_millis(2));
         metrics
             .consumer_lag

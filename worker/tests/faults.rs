@@ -438,17 +438,8 @@ async fn fault_two_writers_on_one_partition_after_a_sigstop() {
     receiver.wait_applied(&produced.last_offsets, Duration::from_secs(120));
     frozen.sigcont();
     // The first writer commits what it held: the fence must drop all of it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (fenced, conflicts) = loop {
-        let fenced = frozen.metric("ferry_records_fenced_total").unwrap_or(0.0);
-        let conflicts = frozen
-            .metric("ferry_transaction_conflicts_total")
-            .unwrap_or(0.0);
-        if fenced + conflicts > 0.0 || Instant::now() > deadline {
-            break (fenced, conflicts);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (fenced, conflicts) =
+        oracle::wait_fence_fired(|name| frozen.metric(name), Duration::from_secs(30)).await;
     // More records after the resume: both writers now share the group again.
     let more = produce_sequences(&shared, &topic, keys, count..count + count / 10, 0.0).await;
     receiver.wait_applied(&more.last_offsets, Duration::from_secs(120));

@@ -445,48 +445,89 @@ async fn counters_and_windows_stay_exact_when_a_processor_joins_and_leaves_mid_s
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_counters_key_of_another_type_blocks_the_processor_until_removed() {
-    let stack = stack();
+/// Polls the worker until `/readyz` answers 503 naming `readyz_names` and a
+/// `ferry_stage_blocked` series names `metric_names`: (that body, the last `/readyz`).
+#[allow(clippy::expect_used)] // test helper
+async fn wait_blocked(
+    worker: &mut Worker,
+    readyz_names: &str,
+    metric_names: &str,
+    timeout: Duration,
+) -> (Option<String>, Option<(u16, String)>) {
+    let port = worker.port.expect("the worker serves HTTP");
+    let deadline = Instant::now() + timeout;
+    let mut last_readyz = None;
+    while Instant::now() < deadline {
+        worker.assert_running();
+        last_readyz = oracle::http_get(port, "/readyz");
+        let in_metrics = oracle::http_get(port, "/metrics").is_some_and(|(_, body)| {
+            body.lines()
+                .any(|l| l.starts_with("ferry_stage_blocked{") && l.contains(metric_names))
+        });
+        if let Some((503, body)) = &last_readyz
+            && body.contains(readyz_names)
+            && in_metrics
+        {
+            return (Some(body.clone()), last_readyz);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (None, last_readyz)
+}
+
+/// Topics `in`/`valid`/`dead` (the input with `partitions`), a fresh prefix and group, the
+/// allowed set holding `allowed`, and the validate config over them.
+struct ValidateSetup {
+    input: String,
+    group: String,
+    prefix: String,
+    config: String,
+    redis: redis::aio::MultiplexedConnection,
+}
+
+#[allow(clippy::unwrap_used)] // test setup: a failure here is the test failing
+async fn validate_setup(stack: &Stack, partitions: i32, allowed: &[&str]) -> ValidateSetup {
     let (input, output, dead) = (unique("in"), unique("valid"), unique("dead"));
     let prefix = unique("ferry");
     let group = unique("group");
-    create_topics(&stack, &[(&input, 2), (&output, 1), (&dead, 1)]).await;
-    let mut redis = redis(&stack).await;
-    let allowed = format!("{prefix}:allowed");
-    let _: () = redis.sadd(&allowed, &["a", "b"]).await.unwrap();
+    create_topics(stack, &[(&input, partitions), (&output, 1), (&dead, 1)]).await;
+    let mut redis = redis(stack).await;
+    let allowed_set = format!("{prefix}:allowed");
+    let _: () = redis.sadd(&allowed_set, allowed).await.unwrap();
+    let config = processor_config(
+        stack,
+        &input,
+        &group,
+        &prefix,
+        &validate_stage(&output, &dead, &allowed_set, 50),
+    );
+    ValidateSetup {
+        input,
+        group,
+        prefix,
+        config,
+        redis,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_counters_key_of_another_type_blocks_the_processor_until_removed() {
+    let stack = stack();
+    let ValidateSetup {
+        input,
+        group,
+        prefix,
+        config,
+        mut redis,
+    } = validate_setup(&stack, 2, &["a", "b"]).await;
     // A list where the processor keeps a hash of counters.
     let squatted = format!("{prefix}:counters:a");
     let _: () = redis.rpush(&squatted, "not a hash").await.unwrap();
     let keys = ["a", "b", "c"];
-    let config = processor_config(
-        &stack,
-        &input,
-        &group,
-        &prefix,
-        &validate_stage(&output, &dead, &allowed, 50),
-    );
     let last = produce_paced(&stack, &input, &keys, 300, 10_000.0).await;
     let mut worker = Worker::start(&config);
-    let port = worker.port.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut blocked = None;
-    let mut last_readyz = None;
-    while Instant::now() < deadline && blocked.is_none() {
-        worker.assert_running();
-        last_readyz = oracle::http_get(port, "/readyz");
-        let named_in_metrics = oracle::http_get(port, "/metrics").is_some_and(|(_, body)| {
-            body.lines()
-                .any(|l| l.starts_with("ferry_stage_blocked{") && l.contains(&squatted))
-        });
-        if let Some((503, body)) = &last_readyz
-            && body.contains(&squatted)
-            && named_in_metrics
-        {
-            blocked = Some(body.clone());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (blocked, last_readyz) =
+        wait_blocked(&mut worker, &squatted, &squatted, Duration::from_secs(20)).await;
     let logged = worker.log_text().lines().any(|l| l.contains(&squatted));
     let _: () = redis.del(&squatted).await.unwrap();
     wait_all_applied(&mut worker, &stack, &prefix, &group, &input, &last).await;
@@ -565,17 +606,8 @@ async fn sigstop_round() -> bool {
     let mut takeover = Worker::start(&config);
     wait_all_applied(&mut takeover, &stack, &prefix, &group, &input, &backlog).await;
     frozen.sigcont();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (fenced, conflicts) = loop {
-        let fenced = frozen.metric("ferry_records_fenced_total").unwrap_or(0.0);
-        let conflicts = frozen
-            .metric("ferry_transaction_conflicts_total")
-            .unwrap_or(0.0);
-        if fenced + conflicts > 0.0 || Instant::now() > deadline {
-            break (fenced, conflicts);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (fenced, conflicts) =
+        oracle::wait_fence_fired(|name| frozen.metric(name), Duration::from_secs(30)).await;
     // Both share the group again for the rest.
     let more = produce_paced_from(&stack, &input, &keys, 20_000..24_000).await;
     wait_all_applied(&mut takeover, &stack, &prefix, &group, &input, &more).await;
@@ -616,4 +648,53 @@ async fn a_rule_that_does_not_parse_fails_the_start_naming_it() {
         .find(|line| line.contains("broken-range"))
         .unwrap_or_else(|| panic!("no line names the rule:\n{log}"));
     assert!(line.contains("column 21"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_failing_inside_exec_halts_the_stage_with_its_offsets_unstored() {
+    // A counter field that is not an integer: the key is a hash, so the type check under
+    // WATCH passes, and HINCRBY fails inside EXEC while Redis applies the rest of the
+    // transaction. Such a batch must not count as committed.
+    let stack = stack();
+    let ValidateSetup {
+        input,
+        group,
+        prefix,
+        config,
+        mut redis,
+    } = validate_setup(&stack, 1, &["a", "b"]).await;
+    let poisoned = format!("{prefix}:counters:a");
+    let _: () = redis
+        .hset(&poisoned, "valid", "not a number")
+        .await
+        .unwrap();
+    let last = produce_paced(&stack, &input, &["a", "b"], 400, 10_000.0).await;
+    let end = last.values().max().copied().unwrap_or(-1) + 1;
+    let mut worker = Worker::start(&config);
+    let port = worker.port.unwrap();
+    let (halted, last_readyz) = wait_blocked(
+        &mut worker,
+        "HINCRBY",
+        "command_failed",
+        Duration::from_secs(30),
+    )
+    .await;
+    // Auto commit runs every second: give it a few to show whether anything moved on.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let committed = oracle::committed_offsets(&stack.kafka, &group, &input, 1);
+    let still_unready = matches!(oracle::http_get(port, "/readyz"), Some((503, _)));
+    eprintln!(
+        "halted: {halted:?}; last /readyz {last_readyz:?}; committed {committed:?} of {end}; \
+         unready 4 s later: {still_unready}"
+    );
+    assert!(
+        halted.is_some(),
+        "the stage never went unready naming the failed command"
+    );
+    assert!(still_unready, "the halted stage became ready again");
+    assert!(
+        committed.get(&0).is_none_or(|offset| *offset < end),
+        "offsets were committed to the end ({committed:?}): the failed batch counted as done"
+    );
+    worker.stop();
 }

@@ -11,8 +11,10 @@
 //!   deadline) until the writer has drained the revoked partitions and stored their
 //!   offsets, then commits synchronously.
 //!
-//! [`receiver`] is the receive stage built on it.
+//! [`pipeline`] is the one consumption pipeline built on it; [`receiver`] and the
+//! processors (`crate::process`) are stage kinds on that pipeline.
 
+pub mod pipeline;
 pub mod receiver;
 
 use std::sync::atomic::{AtomicBool, Ordering};

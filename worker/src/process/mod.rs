@@ -1,22 +1,14 @@
 //! `ferry-worker process`: the stats, validate and enrich processors.
 //!
-//! Each processor consumes the pipeline's topic in its own consumer group, in batches.
-//! A batch is exactly-once in Redis and at-least-once on the output topics:
-//!
-//! 1. `WATCH` the batch's partition checkpoints (`config.checkpoint_key`) and read them;
-//!    records at or below a partition's checkpoint are already in Redis and are skipped.
-//!    Reading under `WATCH` on every batch (not only on assignment) also fences a consumer
-//!    that lost its partitions in a rebalance without noticing yet.
-//! 2. Decode, compute, and produce output and dead-letter records, awaiting delivery.
-//!    Each carries `ferry-source-partition` and `ferry-source-offset` headers, so a
-//!    downstream reader can drop the duplicates a crash between steps 2 and 3 makes.
-//! 3. `MULTI`, the processor's Redis effects, the new checkpoints, `EXEC`. If a watched
-//!    checkpoint moved, `EXEC` aborts and the batch starts again from step 1.
-//! 4. Only then store the offsets in Kafka (auto-committed), so Kafka never runs ahead of
-//!    Redis.
-//!
-//! Transient Redis and Kafka failures retry the whole batch with backoff; the steps above
-//! make a retry safe.
+//! Each processor consumes the pipeline's topic in its own consumer group, on the same
+//! consumption pipeline as the receiver ([`crate::consume::pipeline`]): batches fenced by
+//! their partitions' checkpoints under `WATCH`, output and dead-letter records produced
+//! and acknowledged before `EXEC`, the processor's Redis effects and the checkpoints in one
+//! `MULTI`/`EXEC`, offsets stored only after it, a drain on revoke, and a batch cut at
+//! every rebalance. A batch is exactly once in Redis and at least once on the output
+//! topics: every produced record carries `ferry-source-topic`, `ferry-source-partition` and
+//! `ferry-source-offset`, so a downstream reader can drop the duplicates a crash between
+//! produce and `EXEC` makes.
 //!
 //! What each processor emits:
 //! - stats: writes `{prefix}:stats:{key}` and its window; input records pass through to
@@ -28,8 +20,8 @@
 //!   reading the first's output topic.
 //!
 //! Undecodable records are dead-lettered with the decoder's reason label (and counted as
-//! `undecodable` in the validate totals). Without a dead-letter topic they are dropped
-//! and only counted in metrics.
+//! `undecodable` in the validate totals). Without a dead-letter topic they are counted in
+//! metrics and logged (rate-limited), like every refused record.
 //!
 //! Without the `runtime` feature only [`rules`] builds: `WorkerConfig::validate` parses the
 //! rules with it, in the operator's build as in the worker's.

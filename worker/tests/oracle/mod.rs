@@ -648,6 +648,23 @@ pub fn metric(port: u16, name: &str) -> Option<f64> {
     )
 }
 
+/// After a frozen writer resumes: waits (up to `timeout`) until its fence fired, and
+/// returns (records fenced, `EXEC` conflicts) as its `metric` reader reports them.
+pub async fn wait_fence_fired(
+    metric: impl Fn(&str) -> Option<f64>,
+    timeout: Duration,
+) -> (f64, f64) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let fenced = metric("ferry_records_fenced_total").unwrap_or(0.0);
+        let conflicts = metric("ferry_transaction_conflicts_total").unwrap_or(0.0);
+        if fenced + conflicts > 0.0 || std::time::Instant::now() > deadline {
+            return (fenced, conflicts);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The group's committed offset per partition (the next offset it would read), without
 /// joining the group.
 pub fn committed_offsets(

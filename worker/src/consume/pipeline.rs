@@ -1,0 +1,1157 @@
+//! The one consumption pipeline every stage kind runs on:
+//! consume → decode → batch → transact → store offsets.
+//!
+//! - **consume and decode** run on the consumer task: each Kafka message becomes the
+//!   kind's record ([`Decode`]) or a [`Rejected`] one, and travels through the bounded
+//!   channel of [`StageContext`] in consumption order, rebalance events in band.
+//! - **batch**: one writer task gathers records (`batch.maxRecords` / `batch.maxWait`) and
+//!   drops replays: a record at or below its partition's checkpoint (read when the
+//!   partition is assigned) or below one already in the batch. A batch is cut at every
+//!   rebalance (the writer commits it before it handles the event), so it never spans two
+//!   assignments, and a revoke waits until the revoked partitions' records are committed.
+//! - **transact**: `WATCH` the batch's checkpoints and every key it writes, read the
+//!   checkpoints and the keys' types; drop what is at or below a checkpoint now (another
+//!   worker got there first); the kind computes its commands and what it produces
+//!   ([`StageKind::effects`]); the produced and dead-lettered records are sent and
+//!   acknowledged; then one `MULTI`: the kind's commands, the checkpoints, the batch event;
+//!   `EXEC`. A moved checkpoint aborts `EXEC` ([`Metrics::transaction_conflicts`]) and the
+//!   batch starts again at `WATCH`.
+//! - **store offsets** for the next Kafka commit, only after `EXEC`.
+//!
+//! Key types are checked under `WATCH` before `MULTI` rather than in a script: Redis
+//! applies the rest of a transaction when one command fails in it, checkpoint included, so
+//! a `WRONGTYPE` inside `EXEC` would skip the records for good. A key of another type
+//! blocks the stage instead (unready, `ferry_stage_blocked`, the key in `/readyz`) until it
+//! is removed. Each key is checked (and watched) the first time the writer meets it, until a
+//! batch that wrote it commits: checking every key of every batch cost a fifth of the
+//! receiver's throughput (bench/README.md). A command that still fails inside `EXEC` (a key
+//! some other client turned into another type later, a counter field that is not a number)
+//! halts the stage the same way and stores no more offsets: Redis has applied the rest of
+//! that transaction, checkpoint included, so the halt is what says the failed command's
+//! effect is missing.
+//!
+//! A stage kind supplies only how it decodes ([`Decode`]) and what a batch writes and
+//! produces ([`StageKind`]); retries, backoff, fencing and the dead-letter topic are here.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::FutureExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::{
+    ConsumeError, ConsumerEvent, Shutdown, StageContext, commit_stored, consumer_config,
+    kafka_client_config,
+};
+use crate::backoff::Backoff;
+use crate::config::{BatchConfig, WorkerConfig};
+use crate::http::{self, Readiness};
+use crate::metrics::{BlockedLabel, Metrics};
+use crate::record::RejectReason;
+use crate::sink::{self, FastHash, RedisSink, SinkError, TransactionOutcome};
+
+/// Headers of every record a stage produces (output and dead-letter topics alike): where
+/// it came from, so a reader can drop the duplicates a crash between produce and `EXEC`
+/// makes. Dead letters also carry why.
+pub const HEADER_SOURCE_TOPIC: &str = "ferry-source-topic";
+pub const HEADER_SOURCE_PARTITION: &str = "ferry-source-partition";
+pub const HEADER_SOURCE_OFFSET: &str = "ferry-source-offset";
+pub const HEADER_REASON: &str = "ferry-reason";
+pub const HEADER_DETAIL: &str = "ferry-detail";
+
+/// Process-level knobs of a stage; the pipeline's own settings are in the config.
+#[derive(Debug, Clone)]
+pub struct StageOptions {
+    /// How long a revoke waits for the revoked partitions' records to reach Redis.
+    pub drain_timeout: Duration,
+    /// How long SIGTERM waits for in-flight records before leaving the group.
+    pub shutdown_timeout: Duration,
+    /// Kafka group session timeout: how soon a crashed worker's partitions move.
+    pub session_timeout: Duration,
+    /// Redis response timeout; a slower reply counts as a failure and is retried.
+    pub redis_timeout: Duration,
+}
+
+impl Default for StageOptions {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(25),
+            session_timeout: Duration::from_secs(10),
+            redis_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where a record sits in its topic.
+pub trait Positioned {
+    fn partition(&self) -> i32;
+    fn offset(&self) -> i64;
+}
+
+/// Why a record goes to the dead-letter topic (its `ferry-reason` header).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// It does not decode, or fails the receiver's checks.
+    Record(RejectReason),
+    /// A validate rule failed: the rule's name.
+    Rule(String),
+    /// Enrich found no reference version at the record's time.
+    NoReference,
+}
+
+impl Refusal {
+    /// The `ferry-reason` header.
+    pub fn header(&self) -> &str {
+        match self {
+            Self::Record(reason) => reason.as_str(),
+            Self::Rule(rule) => rule,
+            Self::NoReference => crate::process::enrich::NO_REFERENCE,
+        }
+    }
+
+    /// The `reason` label of `ferry_records_dead_lettered_total`.
+    pub fn metric_label(&self) -> String {
+        match self {
+            Self::Rule(rule) => format!("rule:{rule}"),
+            other => other.header().to_owned(),
+        }
+    }
+}
+
+/// A refused record, kept whole for the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub reason: Refusal,
+    pub detail: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl Positioned for Rejected {
+    fn partition(&self) -> i32 {
+        self.partition
+    }
+    fn offset(&self) -> i64 {
+        self.offset
+    }
+}
+
+/// A record for the stage's output topic.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// A decoded record, or a refused one (boxed: refusals are rare, records are the hot path).
+pub type Decoded<R> = Result<R, Box<Rejected>>;
+
+/// The consumer side of a stage kind: what a Kafka message becomes. Runs on the consumer
+/// task, once per record: the hot path.
+pub trait Decode: Send + 'static {
+    type Record: Positioned + Send + Sync + 'static;
+
+    fn decode(&self, message: &BorrowedMessage<'_>, now_ms: i64) -> Decoded<Self::Record>;
+
+    /// Whether [`Decode::decode`] reads `now_ms` (a clock read per chunk otherwise saved).
+    fn needs_clock(&self) -> bool {
+        false
+    }
+}
+
+/// The fresh part of a batch: neither applied before nor fenced off.
+#[derive(Debug)]
+pub struct Fresh<'a, R> {
+    pub records: &'a [&'a R],
+    pub refused: &'a [&'a Rejected],
+}
+
+/// What a batch writes and produces, as the stage kind computed it.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Commands for the batch transaction, before its checkpoints.
+    pub commands: Vec<redis::Cmd>,
+    pub outputs: Vec<Output>,
+    /// Records the kind refuses (a failed rule, no reference data).
+    pub dead_letters: Vec<Rejected>,
+    /// Records that took effect in Redis.
+    pub written: u64,
+    /// Data keys the commands touch (for the batch event).
+    pub keys_touched: usize,
+}
+
+/// A failure of the stage kind's own work (its reads); the batch is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum KindError {
+    #[error("Redis {operation}: {source}")]
+    Redis {
+        operation: &'static str,
+        source: redis::RedisError,
+    },
+}
+
+impl KindError {
+    pub fn redis(operation: &'static str) -> impl FnOnce(redis::RedisError) -> Self {
+        move |source| Self::Redis { operation, source }
+    }
+
+    fn operation(&self) -> &'static str {
+        match self {
+            Self::Redis { operation, .. } => operation,
+        }
+    }
+}
+
+/// The writer side of a stage kind: what a batch does in Redis and produces.
+pub trait StageKind: Send + 'static {
+    type Record: Positioned + Send + Sync + 'static;
+
+    /// Every key a batch of `records` may write, with the Redis type it writes there;
+    /// watched and type-checked before `MULTI`.
+    fn written_keys(&self, records: &[Self::Record]) -> Vec<(String, &'static str)>;
+
+    /// The commands and produced records for the fresh part of a batch. Called on every
+    /// attempt (a retry computes again from what Redis holds then).
+    fn effects<'a>(
+        &'a mut self,
+        fresh: Fresh<'a, Self::Record>,
+    ) -> impl Future<Output = Result<Effects, KindError>> + Send + 'a;
+
+    /// The channel each committed batch's event is published on, inside the transaction.
+    fn events_channel(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The topics a stage produces to; either may be absent.
+#[derive(Debug, Clone, Default)]
+pub struct ProducedTopics {
+    pub output: Option<String>,
+    pub dead_letter: Option<String>,
+}
+
+/// What the pipeline needs from a stage's config besides its kind.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    pub name: &'static str,
+    pub batch: BatchConfig,
+    pub topics: ProducedTopics,
+}
+
+type StageConsumer<R> = StreamConsumer<StageContext<Decoded<R>>>;
+
+/// How many verified data keys a writer remembers before it starts checking all again.
+const MAX_VERIFIED_KEYS: usize = 100_000;
+
+/// The most records the consumer sends the writer at once (fewer if a batch is smaller).
+const MAX_CHUNK: usize = 256;
+
+/// Runs a stage until `shutdown`, then drains, commits and leaves the group.
+pub async fn run<D, K>(
+    config: &WorkerConfig,
+    spec: StageSpec,
+    options: &StageOptions,
+    mut shutdown: Shutdown,
+    decoder: D,
+    kind: K,
+) -> Result<(), ConsumeError>
+where
+    D: Decode,
+    K: StageKind<Record = D::Record>,
+{
+    let metrics = Metrics::new(&config.pipeline);
+    let readiness = Readiness::default();
+    let http_task = http::spawn(config.http.listen, metrics.clone(), readiness.clone()).await?;
+    info!(listen = %config.http.listen, "serving /metrics, /healthz, /readyz");
+
+    let sink = RedisSink::new(&config.redis, options.redis_timeout)?;
+    let producer = Producer::new(config, &spec.topics)?;
+    // Twice a batch, in chunks: the writer commits one batch while the next one queues.
+    let max_records = spec.batch.max_records.max(1) as usize;
+    let chunk_limit = max_records.clamp(1, MAX_CHUNK);
+    let capacity = max_records.saturating_mul(2).div_ceil(chunk_limit).max(4);
+    let (events, events_rx) = mpsc::channel(capacity);
+    let context = StageContext::new(
+        events.clone(),
+        options.drain_timeout,
+        metrics.clone(),
+        &config.kafka.topic,
+    );
+    let consumer: Arc<StageConsumer<D::Record>> = Arc::new(
+        consumer_config(&config.kafka, options.session_timeout)?
+            .create_with_context(context)
+            .map_err(|source| ConsumeError::CreateClient {
+                role: "consumer",
+                source,
+            })?,
+    );
+    consumer
+        .subscribe(&[&config.kafka.topic])
+        .map_err(|source| ConsumeError::Subscribe {
+            topic: config.kafka.topic.clone(),
+            source,
+        })?;
+    info!(
+        topic = %config.kafka.topic,
+        group = %config.kafka.consumer_group,
+        format = ?config.format,
+        "{} started",
+        spec.name
+    );
+
+    let events_channel = kind.events_channel();
+    let writer = Writer {
+        kind,
+        checkpoints: CheckpointKeys(config.clone()),
+        topic: config.kafka.topic.clone(),
+        sink,
+        producer,
+        events_channel,
+        consumer: Arc::clone(&consumer),
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        max_records,
+        max_wait: spec.batch.max_wait.as_duration(),
+        owned: HashSet::default(),
+        replays: ReplayFilter::default(),
+        verified_keys: HashSet::default(),
+        batch: PendingBatch::default(),
+        backoff: Backoff::DEFAULT,
+        halted: None,
+    };
+    let mut writer_task = tokio::spawn(writer.run(events_rx));
+
+    let mut backoff = Backoff::DEFAULT;
+    loop {
+        let received = tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
+            received = consumer.recv() => received,
+        };
+        let now_ms = if decoder.needs_clock() { now_ms() } else { 0 };
+        match received {
+            Ok(message) => {
+                backoff.reset();
+                consumer.context().stage(decoder.decode(&message, now_ms));
+            }
+            Err(error) => {
+                metrics.kafka_error("consume");
+                let delay = backoff.next_delay();
+                warn!(%error, retry_in = ?delay, "kafka consume error");
+                tokio::select! {
+                    _ = shutdown.wait() => break,
+                    _ = tokio::time::sleep(delay) => continue,
+                }
+            }
+        }
+        // Whatever librdkafka already has joins the chunk.
+        let mut chunk_len = 1;
+        while chunk_len < chunk_limit {
+            match consumer.recv().now_or_never() {
+                Some(Ok(message)) => {
+                    consumer.context().stage(decoder.decode(&message, now_ms));
+                    chunk_len += 1;
+                }
+                Some(Err(error)) => {
+                    metrics.kafka_error("consume");
+                    warn!(%error, "kafka consume error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        metrics.records_in.inc_by(chunk_len as u64);
+        // Empty if a rebalance callback has already sent them ahead of its event.
+        let chunk = consumer.context().take_staged();
+        if chunk.is_empty() {
+            continue;
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
+            sent = events.send(ConsumerEvent::Items(chunk)) => if sent.is_err() { break },
+        }
+        if writer_task.is_finished() {
+            break;
+        }
+    }
+
+    info!("stopping: draining in-flight records");
+    let deadline = Instant::now() + options.shutdown_timeout;
+    let (done, drained) = oneshot::channel();
+    let stop = async {
+        events
+            .send(ConsumerEvent::Stop { deadline, done })
+            .await
+            .is_ok()
+            && drained.await.is_ok()
+    };
+    if !matches!(tokio::time::timeout_at(deadline, stop).await, Ok(true)) {
+        warn!("in-flight records not drained in time; they will be read again after restart");
+    }
+    let writer_outcome =
+        match tokio::time::timeout_at(deadline + Duration::from_secs(1), &mut writer_task).await {
+            Ok(joined) => joined.map_err(|err| ConsumeError::WriterTask(err.to_string())),
+            Err(_) => {
+                writer_task.abort();
+                let _ = writer_task.await;
+                Ok(())
+            }
+        };
+    commit_stored(&*consumer, &metrics);
+    consumer.context().set_closing();
+    drop(events);
+    // Closing leaves the group; it blocks on librdkafka, so off the runtime threads.
+    let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    http_task.abort();
+    info!("{} stopped", spec.name);
+    writer_outcome
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// Builds checkpoint keys; a wrapper so the writer needs no whole-config access elsewhere.
+struct CheckpointKeys(WorkerConfig);
+
+impl CheckpointKeys {
+    fn key(&self, partition: i32) -> String {
+        self.0.checkpoint_key(partition)
+    }
+}
+
+/// Records taken since the last commit, in partition order.
+#[derive(Debug)]
+struct PendingBatch<R> {
+    started: Option<Instant>,
+    records: Vec<R>,
+    rejects: Vec<Rejected>,
+    /// The highest offset taken per partition, including records skipped as already applied.
+    last_offsets: BTreeMap<i32, i64>,
+    taken: usize,
+}
+
+impl<R> Default for PendingBatch<R> {
+    fn default() -> Self {
+        Self {
+            started: None,
+            records: Vec::new(),
+            rejects: Vec::new(),
+            last_offsets: BTreeMap::new(),
+            taken: 0,
+        }
+    }
+}
+
+impl<R> PendingBatch<R> {
+    fn is_empty(&self) -> bool {
+        self.taken == 0
+    }
+
+    fn note(&mut self, partition: i32, offset: i64) {
+        self.started.get_or_insert_with(Instant::now);
+        self.taken += 1;
+        let last = self.last_offsets.entry(partition).or_insert(offset);
+        *last = (*last).max(offset);
+    }
+
+    /// Empties the batch, keeping its buffers for the next one.
+    fn clear(&mut self) {
+        self.started = None;
+        self.records.clear();
+        self.rejects.clear();
+        self.last_offsets.clear();
+        self.taken = 0;
+    }
+}
+
+/// Per owned partition, the highest offset known applied or already taken into the batch:
+/// a record at or below it is a replay (read again after a rewind, a rebalance or a retry).
+#[derive(Debug, Default)]
+struct ReplayFilter {
+    highest: HashMap<i32, i64, FastHash>,
+}
+
+impl ReplayFilter {
+    /// True if the record is new, and notes it; false for a replay.
+    fn admit(&mut self, partition: i32, offset: i64) -> bool {
+        let highest = self.highest.entry(partition).or_insert(-1);
+        if offset <= *highest {
+            return false;
+        }
+        *highest = offset;
+        true
+    }
+
+    /// The partition's records up to `checkpoint` are in Redis already.
+    fn resume_after(&mut self, partition: i32, checkpoint: i64) {
+        self.highest.insert(partition, checkpoint);
+    }
+
+    /// Knows nothing of the partition any more: the next batch's `WATCH` decides.
+    fn forget(&mut self, partition: i32) {
+        self.highest.remove(&partition);
+    }
+}
+
+/// Why one attempt to commit a batch failed.
+#[derive(Debug, thiserror::Error)]
+enum FlushError {
+    #[error(transparent)]
+    Redis(#[from] SinkError),
+    #[error(transparent)]
+    Kind(#[from] KindError),
+    #[error("produce to {topic} failed: {source}")]
+    Produce { topic: String, source: KafkaError },
+    #[error("a checkpoint changed during the transaction")]
+    Conflict,
+    /// Writing would fail inside `EXEC` and the checkpoint would land regardless: the
+    /// batch stops here, unapplied, until the key is fixed.
+    #[error("batch blocked: {0}")]
+    WrongType(sink::WrongType),
+    /// Commands failed inside `EXEC` (Redis applied the rest): the stage halts.
+    #[error("commands failed inside the batch transaction: {}", .0.join("; "))]
+    FailedInExec(Vec<String>),
+}
+
+struct Writer<K: StageKind> {
+    kind: K,
+    checkpoints: CheckpointKeys,
+    topic: String,
+    sink: RedisSink,
+    producer: Producer,
+    events_channel: Option<String>,
+    consumer: Arc<StageConsumer<K::Record>>,
+    metrics: Metrics,
+    readiness: Readiness,
+    max_records: usize,
+    max_wait: Duration,
+    owned: HashSet<i32, FastHash>,
+    replays: ReplayFilter,
+    /// Data keys found holding the right type (or none) and written since: not checked
+    /// again.
+    verified_keys: HashSet<String, FastHash>,
+    batch: PendingBatch<K::Record>,
+    backoff: Backoff,
+    /// Set when a command failed inside `EXEC`: the stage takes no more records (their
+    /// offsets stay unstored) and stays unready until restarted.
+    halted: Option<String>,
+}
+
+impl<K: StageKind> Writer<K> {
+    async fn run(mut self, mut events: mpsc::Receiver<ConsumerEvent<Decoded<K::Record>>>) {
+        loop {
+            let flush_at = self.batch.started.map(|started| started + self.max_wait);
+            if flush_at.is_some_and(|at| at <= Instant::now()) {
+                self.flush(None).await;
+                continue;
+            }
+            let event = match flush_at {
+                None => events.recv().await,
+                Some(at) => tokio::select! {
+                    biased;
+                    event = events.recv() => event,
+                    _ = tokio::time::sleep_until(at) => continue,
+                },
+            };
+            match event {
+                Some(ConsumerEvent::Items(records)) => {
+                    for record in records {
+                        self.take(record);
+                        if self.batch.taken >= self.max_records {
+                            self.flush(None).await;
+                        }
+                    }
+                }
+                Some(ConsumerEvent::Assigned { partitions }) => {
+                    // Only left over if a revoke timed out; the fencing keeps it safe.
+                    self.flush(Some(
+                        Instant::now() + self.max_wait.max(Duration::from_secs(5)),
+                    ))
+                    .await;
+                    self.assign(partitions).await;
+                }
+                Some(ConsumerEvent::Revoked {
+                    partitions,
+                    deadline,
+                    done,
+                }) => {
+                    self.flush(Some(deadline)).await;
+                    self.revoke(&partitions);
+                    let _ = done.send(());
+                }
+                Some(ConsumerEvent::Stop { deadline, done }) => {
+                    self.flush(Some(deadline)).await;
+                    let _ = done.send(());
+                    return;
+                }
+                None => {
+                    self.flush(None).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, record: Decoded<K::Record>) {
+        let (partition, offset) = match &record {
+            Ok(record) => (record.partition(), record.offset()),
+            Err(rejected) => (rejected.partition, rejected.offset),
+        };
+        if !self.owned.contains(&partition) || self.halted.is_some() {
+            debug!(
+                partition,
+                offset, "dropping a record of a partition not owned (or the stage halted)"
+            );
+            return;
+        }
+        self.batch.note(partition, offset);
+        if !self.replays.admit(partition, offset) {
+            self.metrics.records_skipped.inc();
+            return;
+        }
+        match record {
+            Ok(record) => self.batch.records.push(record),
+            Err(rejected) => self.batch.rejects.push(*rejected),
+        }
+    }
+
+    /// Reads the new partitions' checkpoints, so records already applied are skipped.
+    async fn assign(&mut self, partitions: Vec<i32>) {
+        self.owned = partitions.iter().copied().collect();
+        self.replays = ReplayFilter::default();
+        // A new assignment checks every key again, once.
+        self.verified_keys.clear();
+        self.readiness.set_assigned(true);
+        if partitions.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = partitions
+            .iter()
+            .map(|p| self.checkpoints.key(*p))
+            .collect();
+        loop {
+            match self.sink.read_checkpoints(&keys).await {
+                Ok(checkpoints) => {
+                    self.readiness.set_redis_connected(true);
+                    self.backoff.reset();
+                    for (partition, checkpoint) in partitions.iter().zip(checkpoints) {
+                        if let Some(checkpoint) = checkpoint {
+                            self.replays.resume_after(*partition, checkpoint);
+                        }
+                        info!(
+                            partition,
+                            checkpoint, "resuming after the checkpoint (none: from Kafka's offset)"
+                        );
+                    }
+                    return;
+                }
+                Err(error) => {
+                    // Not fatal: the write path re-checks checkpoints under WATCH anyway.
+                    self.redis_failed(&error);
+                    let delay = self.backoff.next_delay();
+                    warn!(%error, retry_in = ?delay, "cannot read checkpoints");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    fn revoke(&mut self, partitions: &[i32]) {
+        for partition in partitions {
+            self.owned.remove(partition);
+            self.replays.forget(*partition);
+        }
+        if self.owned.is_empty() {
+            self.readiness.set_assigned(false);
+        }
+    }
+
+    /// Unready, with the reason in `/readyz`, the metrics and the log, until a batch commits.
+    fn block(&self, reason: &'static str, key: &str, message: String) {
+        error!(reason, key, "{message}");
+        self.readiness.set_blocked(Some(message));
+        self.metrics
+            .blocked
+            .get_or_create(&BlockedLabel {
+                reason: reason.to_owned(),
+                key: key.to_owned(),
+            })
+            .set(1);
+    }
+
+    fn redis_failed(&mut self, error: &SinkError) {
+        self.metrics.redis_error(error.operation());
+        self.readiness.set_redis_connected(false);
+    }
+
+    /// Commits the pending batch, retrying with backoff; past `deadline` it gives up and
+    /// forgets the batch (its offsets stay unstored, so the records are read again).
+    async fn flush(&mut self, deadline: Option<Instant>) {
+        if self.batch.is_empty() {
+            return;
+        }
+        loop {
+            match self.try_flush().await {
+                Ok(()) => {
+                    self.backoff.reset();
+                    self.readiness.set_redis_connected(true);
+                    if self.readiness.blocked().is_some() {
+                        info!("the blocking key is fixed; committing again");
+                        self.readiness.set_blocked(None);
+                        self.metrics.blocked.clear();
+                    }
+                    break;
+                }
+                Err(FlushError::Conflict) => {
+                    self.metrics.transaction_conflicts.inc();
+                    info!("checkpoint changed under the batch (partition moved?); re-filtering");
+                    continue;
+                }
+                Err(FlushError::FailedInExec(failed)) => {
+                    self.metrics.redis_error("transaction_command");
+                    let message = format!(
+                        "commands failed inside the batch transaction, which Redis applied \
+                         otherwise: {}; the stage halts with these offsets unstored",
+                        failed.join("; ")
+                    );
+                    self.block("command_failed", "", message.clone());
+                    self.halted = Some(message);
+                    self.forget_batch();
+                    return;
+                }
+                Err(error) => {
+                    match &error {
+                        FlushError::Redis(sink_error) => self.redis_failed(sink_error),
+                        FlushError::Kind(kind_error) => {
+                            self.metrics.redis_error(kind_error.operation());
+                        }
+                        FlushError::Produce { .. } => self.metrics.kafka_error("produce"),
+                        FlushError::WrongType(wrong) => self.block(
+                            "wrong_type",
+                            &wrong.key,
+                            format!(
+                                "batch blocked: {wrong}; remove or rename the key ({} expected)",
+                                wrong.expected
+                            ),
+                        ),
+                        FlushError::Conflict | FlushError::FailedInExec(_) => {}
+                    }
+                    let delay = self.backoff.next_delay();
+                    if deadline.is_some_and(|deadline| Instant::now() + delay > deadline) {
+                        warn!(%error, "giving up on the batch at the drain deadline");
+                        self.forget_batch();
+                        return;
+                    }
+                    warn!(
+                        %error,
+                        attempt = self.backoff.attempts(),
+                        retry_in = ?delay,
+                        "batch not committed; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        self.store_offsets();
+        self.batch.clear();
+    }
+
+    /// Drops the batch unapplied; its partitions are filtered again by their checkpoints.
+    fn forget_batch(&mut self) {
+        for partition in self.batch.last_offsets.keys() {
+            self.replays.forget(*partition);
+        }
+        self.batch.clear();
+    }
+
+    async fn try_flush(&mut self) -> Result<(), FlushError> {
+        let partitions: Vec<i32> = self.batch.last_offsets.keys().copied().collect();
+        let keys: Vec<String> = partitions
+            .iter()
+            .map(|p| self.checkpoints.key(*p))
+            .collect();
+        let mut data_keys = self.kind.written_keys(&self.batch.records);
+        data_keys.retain(|(key, _)| !self.verified_keys.contains(key));
+        let watched = self.sink.watch_and_check(&keys, &data_keys).await?;
+        if let Some(wrong) = watched.wrong_types.into_iter().next() {
+            self.sink.unwatch().await?;
+            return Err(FlushError::WrongType(wrong));
+        }
+        let checkpoints: HashMap<i32, i64> = partitions
+            .iter()
+            .copied()
+            .zip(watched.checkpoints)
+            .map(|(partition, checkpoint)| (partition, checkpoint.unwrap_or(-1)))
+            .collect();
+        let is_new = |partition: i32, offset: i64| {
+            offset > checkpoints.get(&partition).copied().unwrap_or(-1)
+        };
+        let records: Vec<&K::Record> = self
+            .batch
+            .records
+            .iter()
+            .filter(|r| is_new(r.partition(), r.offset()))
+            .collect();
+        let refused: Vec<&Rejected> = self
+            .batch
+            .rejects
+            .iter()
+            .filter(|r| is_new(r.partition, r.offset))
+            .collect();
+        let advanced: BTreeMap<i32, i64> = self
+            .batch
+            .last_offsets
+            .iter()
+            .filter(|(partition, last)| is_new(**partition, **last))
+            .map(|(partition, last)| (*partition, *last))
+            .collect();
+        let already_applied = self.batch.records.len() - records.len();
+        if advanced.is_empty() {
+            self.sink.unwatch().await?;
+            self.metrics.records_skipped.inc_by(already_applied as u64);
+            self.metrics.records_fenced.inc_by(already_applied as u64);
+            return Ok(());
+        }
+
+        let effects = match self
+            .kind
+            .effects(Fresh {
+                records: &records,
+                refused: &refused,
+            })
+            .await
+        {
+            Ok(effects) => effects,
+            Err(error) => {
+                self.sink.unwatch().await?;
+                return Err(error.into());
+            }
+        };
+        let Effects {
+            mut commands,
+            outputs,
+            dead_letters,
+            written,
+            keys_touched,
+        } = effects;
+        let dead_letters: Vec<&Rejected> =
+            refused.iter().copied().chain(dead_letters.iter()).collect();
+
+        // Produced records are acknowledged before their offsets are checkpointed: at least
+        // once on the topics, with their source in headers for readers to drop duplicates.
+        if let Err(error) = self.producer.send_all(&outputs, &dead_letters).await {
+            self.sink.unwatch().await?;
+            return Err(error);
+        }
+
+        for (partition, offset) in &advanced {
+            let mut set = redis::cmd("SET");
+            set.arg(self.checkpoints.key(*partition)).arg(*offset);
+            commands.push(set);
+        }
+        if let Some(channel) = &self.events_channel {
+            let event =
+                sink::batch_event(keys_touched, records.len(), dead_letters.len(), &advanced);
+            let mut publish = redis::cmd("PUBLISH");
+            publish.arg(channel).arg(event);
+            commands.push(publish);
+        }
+
+        match self.sink.transaction(commands).await? {
+            TransactionOutcome::Aborted => Err(FlushError::Conflict),
+            TransactionOutcome::Committed { failed_commands } if !failed_commands.is_empty() => {
+                Err(FlushError::FailedInExec(failed_commands))
+            }
+            TransactionOutcome::Committed { .. } => {
+                if self.verified_keys.len() + data_keys.len() > MAX_VERIFIED_KEYS {
+                    self.verified_keys.clear();
+                }
+                self.verified_keys
+                    .extend(data_keys.into_iter().map(|(key, _)| key));
+                self.metrics.batches.inc();
+                self.metrics.records_written.inc_by(written);
+                self.metrics.records_skipped.inc_by(already_applied as u64);
+                self.metrics.records_fenced.inc_by(already_applied as u64);
+                for rejected in &dead_letters {
+                    self.metrics
+                        .dead_lettered(&rejected.reason.metric_label())
+                        .inc();
+                }
+                if let Some(started) = self.batch.started {
+                    self.metrics.observe_batch(started.elapsed());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Stores each owned partition's next offset, for the next (auto or revoke) commit.
+    fn store_offsets(&self) {
+        let mut offsets = TopicPartitionList::new();
+        for (partition, last) in &self.batch.last_offsets {
+            if self.owned.contains(partition) {
+                let _ =
+                    offsets.add_partition_offset(&self.topic, *partition, Offset::Offset(last + 1));
+            }
+        }
+        if offsets.count() == 0 {
+            return;
+        }
+        if let Err(error) = self.consumer.store_offsets(&offsets) {
+            self.metrics.kafka_error("store_offsets");
+            warn!(%error, "cannot store offsets; the records stay applied and are skipped if read again");
+        }
+    }
+}
+
+/// The one place a stage produces: its output records and its dead letters, with one
+/// header set.
+struct Producer {
+    producer: Option<FutureProducer>,
+    topics: ProducedTopics,
+    source_topic: String,
+    reject_log: RateLimitedLog,
+}
+
+/// How long produced records may wait for delivery before the batch is retried.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Producer {
+    fn new(config: &WorkerConfig, topics: &ProducedTopics) -> Result<Self, ConsumeError> {
+        let producer = if topics.output.is_some() || topics.dead_letter.is_some() {
+            let mut client = kafka_client_config(&config.kafka)?;
+            client
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("linger.ms", "5")
+                .set(
+                    "message.timeout.ms",
+                    DELIVERY_TIMEOUT.as_millis().to_string(),
+                );
+            Some(
+                client
+                    .create()
+                    .map_err(|source| ConsumeError::CreateClient {
+                        role: "producer",
+                        source,
+                    })?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            producer,
+            topics: topics.clone(),
+            source_topic: config.kafka.topic.clone(),
+            reject_log: RateLimitedLog::new(Duration::from_secs(10)),
+        })
+    }
+
+    /// Produces `outputs` to the output topic and `dead_letters` to the dead-letter topic
+    /// (or logs them, rate-limited, without one), and waits for every acknowledgement.
+    async fn send_all(
+        &mut self,
+        outputs: &[Output],
+        dead_letters: &[&Rejected],
+    ) -> Result<(), FlushError> {
+        if self.topics.dead_letter.is_none() {
+            for rejected in dead_letters {
+                self.reject_log.warn(rejected);
+            }
+        }
+        let Some(producer) = &self.producer else {
+            return Ok(());
+        };
+        let mut sends = Vec::with_capacity(outputs.len() + dead_letters.len());
+        if let Some(topic) = &self.topics.output {
+            for output in outputs {
+                let position = Position::new(output.partition, output.offset);
+                let headers = position.headers(&self.source_topic);
+                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+                    .key(output.key.as_slice())
+                    .payload(output.payload.as_slice())
+                    .headers(headers);
+                if let Some(ts) = output.timestamp_ms {
+                    record = record.timestamp(ts);
+                }
+                sends.push((topic, producer.send(record, DELIVERY_TIMEOUT)));
+            }
+        }
+        if let Some(topic) = &self.topics.dead_letter {
+            for rejected in dead_letters {
+                let position = Position::new(rejected.partition, rejected.offset);
+                let headers = position
+                    .headers(&self.source_topic)
+                    .insert(Header {
+                        key: HEADER_REASON,
+                        value: Some(rejected.reason.header()),
+                    })
+                    .insert(Header {
+                        key: HEADER_DETAIL,
+                        value: Some(rejected.detail.as_str()),
+                    });
+                let mut record: FutureRecord<'_, [u8], [u8]> =
+                    FutureRecord::to(topic).headers(headers);
+                if let Some(key) = &rejected.key {
+                    record = record.key(key.as_slice());
+                }
+                if let Some(payload) = &rejected.payload {
+                    record = record.payload(payload.as_slice());
+                }
+                if let Some(ts) = rejected.timestamp_ms {
+                    record = record.timestamp(ts);
+                }
+                sends.push((topic, producer.send(record, DELIVERY_TIMEOUT)));
+            }
+        }
+        let (topics, deliveries): (Vec<&String>, Vec<_>) = sends.into_iter().unzip();
+        for (topic, delivery) in topics
+            .into_iter()
+            .zip(futures::future::join_all(deliveries).await)
+        {
+            delivery.map_err(|(source, _)| FlushError::Produce {
+                topic: topic.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A source position, formatted once for the headers.
+struct Position {
+    partition: String,
+    offset: String,
+}
+
+impl Position {
+    fn new(partition: i32, offset: i64) -> Self {
+        Self {
+            partition: partition.to_string(),
+            offset: offset.to_string(),
+        }
+    }
+
+    fn headers(&self, source_topic: &str) -> OwnedHeaders {
+        OwnedHeaders::new_with_capacity(5)
+            .insert(Header {
+                key: HEADER_SOURCE_TOPIC,
+                value: Some(source_topic),
+            })
+            .insert(Header {
+                key: HEADER_SOURCE_PARTITION,
+                value: Some(self.partition.as_str()),
+            })
+            .insert(Header {
+                key: HEADER_SOURCE_OFFSET,
+                value: Some(self.offset.as_str()),
+            })
+    }
+}
+
+/// Logs refused records when there is no dead-letter topic: the first of each reason at
+/// once, then at most one line per reason per interval with how many were not logged.
+struct RateLimitedLog {
+    interval: Duration,
+    last: HashMap<Refusal, (Instant, u64)>,
+}
+
+impl RateLimitedLog {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: HashMap::new(),
+        }
+    }
+
+    fn warn(&mut self, rejected: &Rejected) {
+        let now = Instant::now();
+        match self.last.get_mut(&rejected.reason) {
+            Some((logged_at, suppressed)) if now.duration_since(*logged_at) < self.interval => {
+                *suppressed += 1;
+            }
+            entry => {
+                let suppressed = entry.map_or(0, |(_, suppressed)| *suppressed);
+                warn!(
+                    reason = rejected.reason.header(),
+                    detail = %rejected.detail,
+                    partition = rejected.partition,
+                    offset = rejected.offset,
+                    not_logged_since_last = suppressed,
+                    "record refused and skipped (no dead-letter topic configured)"
+                );
+                self.last.insert(rejected.reason.clone(), (now, 0));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_track_the_highest_offset_per_partition() {
+        let mut batch = PendingBatch::<()>::default();
+        for (partition, offset) in [(0, 5), (1, 9), (0, 7), (0, 6)] {
+            batch.note(partition, offset);
+        }
+        assert_eq!(batch.taken, 4);
+        assert_eq!(batch.last_offsets, BTreeMap::from([(0, 7), (1, 9)]));
+        batch.clear();
+        assert!(batch.is_empty());
+        assert!(batch.last_offsets.is_empty());
+    }
+
+    #[test]
+    fn an_offset_read_twice_is_admitted_once() {
+        // Partition 1 resumes after its checkpoint 7; partition 0 is read from 5, then
+        // rewound to 5 (a revoke and re-assign the drain did not cover).
+        let mut replays = ReplayFilter::default();
+        replays.resume_after(1, 7);
+        let admitted: Vec<(i32, i64)> = [(0, 5), (0, 6), (1, 7), (0, 5), (0, 6), (0, 7), (1, 8)]
+            .into_iter()
+            .filter(|(partition, offset)| replays.admit(*partition, *offset))
+            .collect();
+        assert_eq!(admitted, [(0, 5), (0, 6), (0, 7), (1, 8)]);
+        // Forgotten (a batch given up), the partition is re-admitted from anywhere.
+        replays.forget(0);
+        assert!(replays.admit(0, 5));
+    }
+
+    #[test]
+    fn refusals_name_their_reason_and_metric_label() {
+        assert_eq!(Refusal::Rule("in-range".to_owned()).header(), "in-range");
+        assert_eq!(
+            Refusal::Rule("in-range".to_owned()).metric_label(),
+            "rule:in-range"
+        );
+        assert_eq!(Refusal::NoReference.header(), "no-reference");
+        assert_eq!(
+            Refusal::Record(RejectReason::MissingKey).metric_label(),
+            RejectReason::MissingKey.as_str()
+        );
+    }
+}
