@@ -15,6 +15,10 @@ Environment knobs (defaults in brackets):
   BENCH_QUIET_WAIT_S [600] how long to wait for load average < 1.5 before starting
   BENCH_OUT [bench/results]
   BENCH_PERF               a file: `perf record` the Ferry receiver's runs into it (profiling)
+  BENCH_BASELINE_BIN       a ferry-worker built from another commit: the contender
+                           `ferry-baseline` runs it, interleaved with `ferry` in every run, for
+                           before/after comparisons of one change, e.g.
+                           BENCH_CONTENDERS=ferry,ferry-baseline,bare-consume BENCH_LATENCY_S=0
 """
 
 from __future__ import annotations
@@ -55,8 +59,11 @@ STALL_S = 4.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
+BASELINE_BIN = os.environ.get("BENCH_BASELINE_BIN", "")
+
 ALL = [
     "ferry",
+    "ferry-baseline",
     "redpanda-connect",
     "redpanda-connect-notrim",
     "bare-consume",
@@ -66,6 +73,7 @@ ALL = [
 PIPELINES = ["ferry", "redpanda-connect"]  # same job: Kafka -> Redis lists, trimmed
 LABELS = {
     "ferry": "Ferry receiver",
+    "ferry-baseline": "Ferry receiver, baseline build (BENCH_BASELINE_BIN)",
     "redpanda-connect": "Redpanda Connect",
     "redpanda-connect-notrim": "Redpanda Connect, LPUSH only (no trim)",
     "kafka-connect": "Kafka Connect + Redis sink",
@@ -316,10 +324,15 @@ def rpc_config(path: Path, topic: str, group: str, trim: bool) -> None:
 
 
 def pipeline_cmd(name: str, topic: str, group: str, workdir: Path) -> list[str]:
-    if name == "ferry":
+    if name in ("ferry", "ferry-baseline"):
         cfg = workdir / f"ferry-{group}.yaml"
         ferry_config(cfg, topic, group)
-        return [str(TARGET / "ferry-worker"), "--log-format", "json", "receive", "--config", str(cfg)]
+        binary = TARGET / "ferry-worker"
+        if name == "ferry-baseline":
+            if not BASELINE_BIN or not Path(BASELINE_BIN).is_file():
+                raise SystemExit("the ferry-baseline contender needs BENCH_BASELINE_BIN: a ferry-worker binary")
+            binary = Path(BASELINE_BIN)
+        return [str(binary), "--log-format", "json", "receive", "--config", str(cfg)]
     cfg = workdir / f"connect-{group}.yaml"
     rpc_config(cfg, topic, group, trim=(name == "redpanda-connect"))
     return [str(RPC_BIN), "run", str(cfg)]
@@ -625,7 +638,7 @@ def write_report(summary, latency, results, notes, evidence, started_at, text_by
     for name, row in s.items():
         lat = latency.get(name)
         lat_text = f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f}" if lat else "–"
-        is_pipe = name in ("ferry", "redpanda-connect", "redpanda-connect-notrim")
+        is_pipe = name in ("ferry", "ferry-baseline", "redpanda-connect", "redpanda-connect-notrim")
         redis_cpu = f"{row['redis_cpu_per_m']:.1f}" if is_pipe else "–"
         heads = f"{row['heads_wrong']} / {row['lengths'].get('min')}–{row['lengths'].get('max')}" if is_pipe else "–"
         lines.append(
@@ -645,6 +658,14 @@ def write_report(summary, latency, results, notes, evidence, started_at, text_by
             if peer in ("redpanda-connect", "redpanda-connect-notrim"):
                 extra = (f"; CPU per record {f['cpu_per_m'] / p['cpu_per_m']:.2f}×; peak RSS {f['rss'] / p['rss']:.2f}×")
             lines.append(f"- Ferry ÷ {LABELS[peer]}: records/s **{f['rate'] / p['rate']:.2f}×**{extra}")
+        if "ferry-baseline" in s and "bare-consume" in s:
+            # Per run, each build against the bare consume measured beside it, then medians.
+            now = [a / b for a, b in zip(f["runs"], s["bare-consume"]["runs"])]
+            before = [a / b for a, b in zip(s["ferry-baseline"]["runs"], s["bare-consume"]["runs"])]
+            lines.append(f"- Ferry ÷ bare consume, per run: {', '.join(f'{r:.3f}' for r in now)} "
+                         f"(median **{median(now):.3f}×**); baseline build: "
+                         f"{', '.join(f'{r:.3f}' for r in before)} (median **{median(before):.3f}×**); "
+                         f"this build keeps **{median(now) / median(before):.3f}×** of the baseline's ratio")
         if "ferry" in latency and "redpanda-connect" in latency:
             fl, pl = latency["ferry"], latency["redpanda-connect"]
             lines.append(f"- Latency at {fmt_rate(fl['offered'])} records/s offered: p50 Ferry "
@@ -671,7 +692,7 @@ def write_report(summary, latency, results, notes, evidence, started_at, text_by
 
 
 def main() -> int:
-    default = [c for c in ALL if c != "redpanda-connect-notrim"]
+    default = [c for c in ALL if c not in ("redpanda-connect-notrim", "ferry-baseline")]
     wanted = [c.strip() for c in os.environ.get("BENCH_CONTENDERS", ",".join(default)).split(",") if c.strip()]
     for w in wanted:
         if w not in ALL:
@@ -692,7 +713,7 @@ def main() -> int:
     results: list[Result] = []
     for run in range(1, RUNS + 1):
         for name in wanted:
-            if name in ("ferry", "redpanda-connect", "redpanda-connect-notrim"):
+            if name in ("ferry", "ferry-baseline", "redpanda-connect", "redpanda-connect-notrim"):
                 results.append(run_pipeline(name, run, topic, expected, workdir))
             else:
                 results.append(run_tool(name, run, topic, text_bytes, workdir))
