@@ -89,18 +89,10 @@ _go_install_locked() {
 }
 
 # ---- pypi -----------------------------------------------------------------------------
-# A venv per base interpreter, so a cache shared by two machines (the fresh root and its
-# host) never runs a venv whose python is not there.
-venv_dir() {
-  local py
-  py="$(command -v python3 || true)"
-  [[ -n "$py" ]] || return 1
-  py="$(python3 -c 'import sys; print(sys.base_prefix)')"
-  printf '%s/venv-%s\n' "$FERRY_CACHE" "$(printf '%s' "$py" | sha256sum | cut -c1-12)"
-}
+# The venv is lib.sh's ferry_venv_dir, the one PATH already names.
 missing_pypi() {
   local name ver venv have
-  venv="$(venv_dir)" || { rows_of pypi "$@"; return 0; }
+  venv="$(ferry_venv_dir)" || { rows_of pypi "$@"; return 0; }
   have=""
   [[ -x "$venv/bin/python3" ]] && have="$("$venv/bin/python3" - <<'PY' 2>/dev/null || true
 import importlib.metadata as m
@@ -115,7 +107,7 @@ PY
 install_pypi() { # NAME VERSION...
   local venv
   command -v python3 >/dev/null || die "python3 is missing (it is in deps.txt: install the deb group first)"
-  venv="$(venv_dir)"
+  venv="$(ferry_venv_dir)"
   if [[ ! -x "$venv/bin/python3" ]]; then
     step "python venv $venv (for $(python3 -c 'import sys; print(sys.base_prefix)'))"
     python3 -m venv "$venv" || die "python3 -m venv failed"
@@ -209,7 +201,7 @@ tool_path() {
     go_tool_path "$name" "$spec"
     return 0
   fi
-  venv="$(venv_dir)" || die "no python3"
+  venv="$(ferry_venv_dir)" || die "no python3"
   [[ -x "$venv/bin/$name" ]] || die "$name is neither a go tool of deps.txt nor in $venv/bin"
   printf '%s\n' "$venv/bin/$name"
 }

@@ -36,14 +36,21 @@ FERRY_BUILD_LOCK="${FERRY_BUILD_LOCK:-/tmp/ferry-heavy-build.lock}"
 # The declared dependencies (e2e/deps/deps.sh installs them). Its go tools and its venv come
 # first on PATH, so `helm`, `python3` (with PyYAML) and `hadolint` are the pinned ones.
 FERRY_DEPS_FILE="$REPO_ROOT/e2e/deps/deps.txt"
+# The pypi rows' venv: one per base interpreter, so a cache shared by two machines (the
+# fresh root and its host) never runs a venv whose python is not there. Fails without python3.
+ferry_venv_dir() {
+  local base
+  command -v python3 >/dev/null 2>&1 || return 1
+  base="$(python3 -c 'import sys; print(sys.base_prefix)' 2>/dev/null)" || return 1
+  printf '%s/venv-%s\n' "$FERRY_CACHE" "$(printf '%s' "$base" | sha256sum | cut -c1-12)"
+}
 _ferry_deps_path() {
-  local name spec dirs="" base
+  local name spec dirs="" venv
   while read -r name spec; do
     dirs+="$FERRY_CACHE/tools/$name-${spec##*@}:"
   done < <(awk '$1 == "go" {print $2, $3}' "$FERRY_DEPS_FILE")
-  if command -v python3 >/dev/null 2>&1; then
-    base="$(python3 -c 'import sys; print(sys.base_prefix)' 2>/dev/null || true)"
-    [[ -n "$base" ]] && dirs+="$FERRY_CACHE/venv-$(printf '%s' "$base" | sha256sum | cut -c1-12)/bin:"
+  if venv="$(ferry_venv_dir)"; then
+    dirs+="$venv/bin:"
   fi
   printf '%s' "$dirs"
 }
