@@ -18,8 +18,12 @@ use tracing::{info, instrument, warn};
 use super::context::Context;
 use super::dereference::{self, Bootstrap};
 use super::error::{Error, Recovery};
+use super::validate::ValidatedPipeline;
 use super::{apply, build, status, validate};
+use crate::autoscale::StageTarget;
 use crate::crd::{Pipeline, PipelineStatus};
+use crate::lag::{ClusterConfig, LagQuery};
+use crate::scaling::ScalingPolicy;
 
 /// How long a Pipeline waiting on Strimzi waits before the next look, besides the watch.
 pub const WAITING_REQUEUE: Duration = Duration::from_secs(15);
@@ -57,15 +61,13 @@ async fn reconcile_stages(
 ) -> Result<Action, Error> {
     let dereferenced = dereference::dereference(&ctx.client, pipeline).await?;
     let Bootstrap::Resolved(bootstrap_servers) = &dereferenced.bootstrap;
-    let mut validated = validate::validate(pipeline, &dereferenced, &ctx.defaults)?;
-    ctx.autoscaler.sync(
-        &mut validated,
-        bootstrap_servers,
-        pipeline.spec.kafka.tls.is_some(),
-        pipeline.spec.kafka.sasl.is_some(),
-        pipeline.status.as_ref(),
+    let validated = validate::validate(pipeline, &dereferenced, &ctx.defaults)?;
+    let desired = ctx.autoscaler.register(
+        &validated.namespace,
+        &validated.name,
+        scale_targets(pipeline, &validated, bootstrap_servers),
     );
-    let children = build::build(&validated)?;
+    let children = build::build(&validated, &desired)?;
     let previous_replicas = pipeline
         .status
         .as_ref()
@@ -103,14 +105,17 @@ async fn reconcile_stages(
             .is_some_and(|topic| status::strimzi_ready(&topic.data));
     let mut status = status::healthy_status(
         &validated,
+        &desired,
         &applied.deployments,
         applied.kafka_topic.as_ref(),
         bootstrap_servers,
         pipeline.status.as_ref(),
         &now_rfc3339(),
     );
-    ctx.autoscaler
-        .fill_status(&mut status, &validated.namespace, &validated.name);
+    status::fill_lag(
+        &mut status,
+        &ctx.autoscaler.lags(&validated.namespace, &validated.name),
+    );
     let first_apply = pipeline
         .status
         .as_ref()
@@ -165,10 +170,11 @@ async fn reconcile_stages(
             .iter()
             .find(|s| s.name == stage.name)
             .map(|s| s.desired_replicas);
+        let now = stage.replicas_with(&desired);
         if let Some(before) = before
-            && before != stage.replicas
+            && before != now
         {
-            info!(stage = %stage.name, from = before, to = stage.replicas, "replicas changed");
+            info!(stage = %stage.name, from = before, to = now, "replicas changed");
         }
     }
     if topic_pending {
@@ -176,6 +182,53 @@ async fn reconcile_stages(
         return Ok(Action::requeue(WAITING_REQUEUE));
     }
     Ok(Action::requeue(RESYNC))
+}
+
+/// What the autoscaler should poll for each stage, and how it scales. The lag reader gets
+/// TLS from the spec; SASL credentials live in a Secret the operator does not read.
+fn scale_targets(
+    pipeline: &Pipeline,
+    validated: &ValidatedPipeline,
+    bootstrap_servers: &str,
+) -> Vec<StageTarget> {
+    let mut cluster = ClusterConfig::plaintext(bootstrap_servers);
+    if pipeline.spec.kafka.tls.is_some() {
+        cluster
+            .properties
+            .insert("security.protocol".into(), "ssl".into());
+    }
+    let unsupported = pipeline
+        .spec
+        .kafka
+        .sasl
+        .is_some()
+        .then_some("SASL credentials are not available to the operator");
+    let recorded = |stage: &str| {
+        pipeline
+            .status
+            .as_ref()
+            .and_then(|s| s.stages.iter().find(|s| s.name == stage))
+    };
+    validated
+        .stages
+        .iter()
+        .map(|stage| StageTarget {
+            stage: stage.name.clone(),
+            cluster: cluster.clone(),
+            query: LagQuery {
+                topic: stage.worker_config.kafka.topic.clone(),
+                group: stage.worker_config.kafka.consumer_group.clone(),
+                offset_reset: stage.worker_config.kafka.auto_offset_reset,
+            },
+            policy: ScalingPolicy::from_spec(&stage.scaling),
+            poll_interval: stage.scaling.poll_interval.as_duration(),
+            paused: validated.paused,
+            unsupported,
+            replicas: stage.replicas,
+            recorded_replicas: recorded(&stage.name).map(|s| s.desired_replicas),
+            recorded_lag: recorded(&stage.name).and_then(|s| s.lag),
+        })
+        .collect()
 }
 
 /// Writes why the round failed into the status, through the status stage, and a Warning

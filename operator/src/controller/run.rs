@@ -119,7 +119,11 @@ pub async fn run(
     // The autoscaler asks for a reconcile when a stage's desired replicas change.
     let (scale_trigger, scale_requests) = futures::channel::mpsc::unbounded();
     tokio::spawn(crate::autoscale::run(
-        ctx.clone(),
+        crate::autoscale::Peer {
+            autoscaler: ctx.autoscaler.clone(),
+            metrics: ctx.metrics.clone(),
+            recorder: ctx.recorder.clone(),
+        },
         controller.store(),
         scale_trigger,
         shutdown.clone(),

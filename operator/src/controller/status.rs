@@ -1,6 +1,8 @@
 //! Stage 5: the Pipeline's status, computed from what was applied, then written with
 //! server-side apply to the status subresource.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -8,6 +10,7 @@ use kube::{Client, ResourceExt};
 use super::apply::FIELD_MANAGER;
 use super::validate::{RECEIVER_STAGE, ValidatedPipeline};
 use crate::crd::{Condition, Pipeline, PipelineStatus, StageStatus};
+use crate::scaling::DesiredReplicas;
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
@@ -46,6 +49,7 @@ fn condition(type_: &str, status: bool, reason: &str, message: impl Into<String>
 /// Status after a successful apply, from the Deployments the API server returned.
 pub fn healthy_status(
     pipeline: &ValidatedPipeline,
+    desired: &DesiredReplicas,
     deployments: &[Deployment],
     kafka_topic: Option<&DynamicObject>,
     bootstrap_servers: &str,
@@ -62,11 +66,12 @@ pub fn healthy_status(
             let observed = deployment.and_then(|d| d.status.as_ref());
             let previous_stage =
                 previous.and_then(|p| p.stages.iter().find(|s| s.name == stage.name));
-            let scaled = previous_stage.is_some_and(|s| s.desired_replicas != stage.replicas);
+            let replicas = stage.replicas_with(desired);
+            let scaled = previous_stage.is_some_and(|s| s.desired_replicas != replicas);
             StageStatus {
                 name: stage.name.clone(),
                 deployment: stage.deployment_name.clone(),
-                desired_replicas: stage.replicas,
+                desired_replicas: replicas,
                 replicas: observed.and_then(|s| s.replicas).unwrap_or(0),
                 ready_replicas: observed.and_then(|s| s.ready_replicas).unwrap_or(0),
                 lag: previous_stage.and_then(|s| s.lag),
@@ -174,6 +179,21 @@ pub fn healthy_status(
         bootstrap_servers: Some(bootstrap_servers.to_owned()),
         stages,
     }
+}
+
+/// Puts the lag last read per stage (by stage name) into `status`; a stage without a
+/// reading keeps the lag it had. The Pipeline's own `lag` is the receiver's.
+pub fn fill_lag(status: &mut PipelineStatus, lags: &BTreeMap<String, i64>) {
+    for stage in &mut status.stages {
+        if let Some(lag) = lags.get(&stage.name) {
+            stage.lag = Some(*lag);
+        }
+    }
+    status.lag = status
+        .stages
+        .iter()
+        .find(|s| s.name == RECEIVER_STAGE)
+        .and_then(|s| s.lag);
 }
 
 /// Status when the Pipeline could not be applied: what was there stays, the conditions say why.
