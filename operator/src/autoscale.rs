@@ -24,7 +24,7 @@ use futures::channel::mpsc::UnboundedSender;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::crd::{Pipeline, ScalingMode};
@@ -291,12 +291,12 @@ impl std::fmt::Debug for Peer {
     }
 }
 
-/// Runs the autoscaler until `shutdown` turns true.
+/// Runs the autoscaler until `shutdown` is cancelled.
 pub async fn run(
     peer: Peer,
     store: Store<Pipeline>,
     trigger: UnboundedSender<ObjectRef<Pipeline>>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     // Stages register themselves from the reconcile, which only sees Pipelines already in
     // `store`; so pruning by `store` needs no wait for it to fill.
@@ -307,11 +307,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() {
-                    return;
-                }
-            }
+            () = shutdown.cancelled() => return,
         }
         let now = Instant::now();
         if now.duration_since(last_prune) > Duration::from_secs(5) {

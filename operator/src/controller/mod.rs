@@ -19,7 +19,7 @@ pub mod validate;
 
 pub use context::Context;
 pub use error::{Error, Recovery};
-pub use reconcile::{backoff, error_policy, reconcile};
+pub use reconcile::{error_policy, reconcile};
 pub use run::run;
 
 #[cfg(test)]

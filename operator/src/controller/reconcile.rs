@@ -29,8 +29,6 @@ use crate::scaling::ScalingPolicy;
 pub const WAITING_REQUEUE: Duration = Duration::from_secs(15);
 /// A healthy Pipeline is looked at again at least this often.
 pub const RESYNC: Duration = Duration::from_secs(300);
-const BACKOFF_BASE: Duration = Duration::from_secs(2);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 #[instrument(skip_all, fields(pipeline = %pipeline.name_any(), namespace = pipeline.namespace().unwrap_or_default()))]
 pub async fn reconcile(pipeline: Arc<Pipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -271,7 +269,7 @@ pub fn error_policy(pipeline: Arc<Pipeline>, error: &Error, ctx: Arc<Context>) -
         Recovery::WaitForStrimzi => Action::requeue(WAITING_REQUEUE),
         Recovery::Retry => {
             let failures = ctx.failures(&ObjectRef::from_obj(pipeline.as_ref()));
-            Action::requeue(backoff(failures))
+            Action::requeue(crate::retry::delay(failures))
         }
     }
 }
@@ -287,27 +285,8 @@ fn same_conditions(a: &PipelineStatus, b: &PipelineStatus) -> bool {
         })
 }
 
-/// Exponential requeue for transient errors: 2s, 4s, 8s, ... capped at 5 minutes.
-pub fn backoff(failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(16);
-    BACKOFF_BASE.saturating_mul(1 << exponent).min(BACKOFF_MAX)
-}
-
 fn now_rfc3339() -> String {
     Timestamp::now()
         .round(k8s_openapi::jiff::Unit::Second)
         .map_or_else(|_| Timestamp::now().to_string(), |t| t.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(backoff(1), Duration::from_secs(2));
-        assert_eq!(backoff(2), Duration::from_secs(4));
-        assert_eq!(backoff(5), Duration::from_secs(32));
-        assert_eq!(backoff(40), BACKOFF_MAX);
-    }
 }

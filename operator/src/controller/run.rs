@@ -13,7 +13,7 @@ use kube::runtime::reflector;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource, ResourceExt};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::context::Context;
@@ -24,12 +24,12 @@ use crate::crd::Pipeline;
 /// Reconciles in flight at once, across all Pipelines.
 const RECONCILE_CONCURRENCY: u16 = 16;
 
-/// Runs the controller until `shutdown` turns true. With `namespace`, it watches only that
+/// Runs the controller until `shutdown` is cancelled. With `namespace`, it watches only that
 /// namespace, which needs only namespaced RBAC.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<&str>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let client = ctx.client.clone();
     let pipelines: Api<Pipeline> = scoped_api(&client, namespace);
@@ -130,13 +130,7 @@ pub async fn run(
     ));
     controller
         .reconcile_on(scale_requests)
-        .graceful_shutdown_on(async move {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    break;
-                }
-            }
-        })
+        .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(err) = result {
