@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use ferry_operator::autoscale;
 use ferry_operator::controller::{self, Context, validate::OperatorDefaults};
 use ferry_operator::http::{self, HttpState};
 use ferry_operator::metrics::Metrics;
@@ -118,7 +119,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     if !args.leader_election {
         info!(worker_image = %args.worker_image, "starting the Pipeline controller");
-        return controller::run(ctx, args.watch_namespace.as_deref(), shutdown).await;
+        return run_peers(ctx, args.watch_namespace.as_deref(), shutdown).await;
     }
 
     let manager = LeaseManagerBuilder::new(client, &args.lease_name)
@@ -163,7 +164,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let result = controller::run(ctx, args.watch_namespace.as_deref(), stop).await;
+    let result = run_peers(ctx, args.watch_namespace.as_deref(), stop).await;
     drop(leader_rx);
     match lease_task.await {
         Ok(Ok(_)) => info!("released the Lease"),
@@ -176,6 +177,31 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("lost the leader Lease");
     }
     Ok(())
+}
+
+/// The controller and the autoscaler side by side until `stop`. The autoscaler publishes
+/// desired replicas in the state both share (`ctx.autoscaler`) and asks for a reconcile
+/// through the channel; it imports nothing of the controller.
+async fn run_peers(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    // Either ending ends both: the controller may stop on its own (no CRD, say).
+    let peers = stop.child_token();
+    let (scale_trigger, scale_requests) = futures::channel::mpsc::unbounded();
+    let autoscaler = tokio::spawn(autoscale::run(
+        ctx.autoscaler_peer(),
+        ctx.pipelines(),
+        scale_trigger,
+        peers.clone(),
+    ));
+    let result = controller::run(ctx, namespace, peers.clone(), scale_requests).await;
+    peers.cancel();
+    if let Err(err) = autoscaler.await {
+        warn!(error = %err, "the autoscaler task failed");
+    }
+    result
 }
 
 async fn wait_for_signal() {

@@ -8,13 +8,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource};
 use tracing::warn;
 
 use super::apply;
 use super::validate::OperatorDefaults;
-use crate::autoscale::Autoscaler;
+use crate::autoscale::{Autoscaler, Peer};
 use crate::crd::Pipeline;
 use crate::metrics::Metrics;
 
@@ -37,6 +37,9 @@ pub struct Context {
     /// The children's watch caches; `run` feeds them through the writers.
     pub(super) child_caches: apply::ChildCaches,
     pub(super) child_writers: Mutex<Option<ChildWriters>>,
+    /// The Pipelines' watch cache, which `run` feeds and the autoscaler reads too.
+    pipelines: Store<Pipeline>,
+    pub(super) pipeline_writer: Mutex<Option<reflector::store::Writer<Pipeline>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -60,6 +63,7 @@ impl Context {
         };
         let (deployments, deployment_writer) = reflector::store();
         let (config_maps, config_map_writer) = reflector::store();
+        let (pipelines, pipeline_writer) = reflector::store();
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -72,6 +76,23 @@ impl Context {
                 config_maps,
             },
             child_writers: Mutex::new(Some((deployment_writer, config_map_writer))),
+            pipelines,
+            pipeline_writer: Mutex::new(Some(pipeline_writer)),
+        }
+    }
+
+    /// The Pipelines as the controller's watch sees them.
+    pub fn pipelines(&self) -> Store<Pipeline> {
+        self.pipelines.clone()
+    }
+
+    /// What the autoscaler runs with, beside the controller: the state both share, the
+    /// metrics and the Event recorder.
+    pub fn autoscaler_peer(&self) -> Peer {
+        Peer {
+            autoscaler: self.autoscaler.clone(),
+            metrics: self.metrics.clone(),
+            recorder: self.recorder.clone(),
         }
     }
 

@@ -1,15 +1,15 @@
-//! Runs the controller: the Pipeline watch, the children's watches feeding their caches, the
-//! Strimzi `Kafka` watch when that API is served, and the autoscaler beside it.
+//! Runs the controller: the Pipeline watch, the children's watches feeding their caches and
+//! the Strimzi `Kafka` watch when that API is served. The autoscaler runs beside it, not
+//! inside: its reconcile requests come in as a stream.
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -25,11 +25,13 @@ use crate::crd::Pipeline;
 const RECONCILE_CONCURRENCY: u16 = 16;
 
 /// Runs the controller until `shutdown` is cancelled. With `namespace`, it watches only that
-/// namespace, which needs only namespaced RBAC.
+/// namespace, which needs only namespaced RBAC. `scale_requests` are Pipelines the
+/// autoscaler wants reconciled because a stage's desired replicas changed.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<&str>,
     shutdown: CancellationToken,
+    scale_requests: impl Stream<Item = ObjectRef<Pipeline>> + Send + 'static,
 ) -> anyhow::Result<()> {
     let client = ctx.client.clone();
     let pipelines: Api<Pipeline> = scoped_api(&client, namespace);
@@ -52,7 +54,15 @@ pub async fn run(
     else {
         anyhow::bail!("the controller of this context already ran");
     };
-    let (store, store_writer) = reflector::store();
+    let Some(store_writer) = ctx
+        .pipeline_writer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+    else {
+        anyhow::bail!("the controller of this context already ran");
+    };
+    let store = ctx.pipelines();
     let pipeline_stream = triggers::pipeline_changes(
         watcher(pipelines, watcher::Config::default())
             .default_backoff()
@@ -116,18 +126,6 @@ pub async fn run(
         );
     }
 
-    // The autoscaler asks for a reconcile when a stage's desired replicas change.
-    let (scale_trigger, scale_requests) = futures::channel::mpsc::unbounded();
-    tokio::spawn(crate::autoscale::run(
-        crate::autoscale::Peer {
-            autoscaler: ctx.autoscaler.clone(),
-            metrics: ctx.metrics.clone(),
-            recorder: ctx.recorder.clone(),
-        },
-        controller.store(),
-        scale_trigger,
-        shutdown.clone(),
-    ));
     controller
         .reconcile_on(scale_requests)
         .graceful_shutdown_on(shutdown.cancelled_owned())
