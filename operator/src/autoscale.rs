@@ -2,13 +2,19 @@
 //! `pollInterval`, runs the [`scaling`](crate::scaling) policy and, when the desired replicas
 //! change, has the controller reconcile that Pipeline.
 //!
+//! A peer of the controller, not part of it: it imports nothing from `controller`. The two
+//! meet in [`Autoscaler`]. The reconcile hands it each stage's [`StageTarget`] (what to read,
+//! how to scale) and gets back the [`DesiredReplicas`] it publishes, which `build` takes as
+//! an argument; the reconcile also reads the lag it publishes ([`Autoscaler::lags`]) for the
+//! status. The autoscaler's loop ([`run`]) polls and, when a stage's desired count changes,
+//! asks the controller for a reconcile of that Pipeline.
+//!
 //! Why through the reconcile rather than patching `spec.replicas` itself: both write the
 //! Deployment with server-side apply as `ferry-operator`, and an apply that carries only
 //! `spec.replicas` under that manager would drop every other field the manager owns. So the
-//! autoscaler owns the desired replicas in [`Autoscaler`], the reconcile reads them
-//! ([`Autoscaler::sync`]) and applies the whole Deployment, and one manager stays the single
-//! writer. The trigger goes through `Controller::reconcile_on`, which also keeps reconciles of
-//! one Pipeline from overlapping.
+//! reconcile applies the whole Deployment at the published count, and one manager stays the
+//! single writer. The trigger goes through `Controller::reconcile_on`, which also keeps
+//! reconciles of one Pipeline from overlapping.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,17 +22,15 @@ use std::time::{Duration, Instant};
 
 use futures::channel::mpsc::UnboundedSender;
 use kube::Resource;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::controller::Context;
-use crate::controller::validate::ValidatedPipeline;
-use crate::crd::{Pipeline, PipelineStatus};
+use crate::crd::{Pipeline, ScalingMode};
 use crate::lag::{ClusterConfig, GroupLag, LagError, LagQuery, LagReader};
-use crate::metrics::StageLabels;
-use crate::scaling::{self, ScaleInput, ScalingPolicy, StageHistory, Why};
+use crate::metrics::{Metrics, StageLabels};
+use crate::scaling::{self, DesiredReplicas, ScaleInput, ScalingPolicy, StageHistory, Why};
 
 /// How often the loop looks for stages whose poll is due.
 const TICK: Duration = Duration::from_millis(100);
@@ -59,15 +63,27 @@ impl StageKey {
 }
 
 /// What a stage reads and how it scales, as the last reconcile validated it.
-#[derive(Debug, Clone)]
-struct StageTarget {
-    cluster: ClusterConfig,
-    query: LagQuery,
-    policy: ScalingPolicy,
-    poll_interval: Duration,
-    paused: bool,
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageTarget {
+    pub stage: String,
+    pub cluster: ClusterConfig,
+    pub query: LagQuery,
+    pub policy: ScalingPolicy,
+    pub poll_interval: Duration,
+    pub paused: bool,
     /// Why lag can't be read for this stage, e.g. SASL credentials the operator doesn't hold.
-    unsupported: Option<&'static str>,
+    pub unsupported: Option<&'static str>,
+    /// The replicas without the autoscaler (0 paused, the manual count, minReplicas).
+    pub replicas: i32,
+    /// What the Pipeline's status last recorded, for a stage first seen after a restart.
+    pub recorded_replicas: Option<i32>,
+    pub recorded_lag: Option<i64>,
+}
+
+impl StageTarget {
+    fn autoscaled(&self) -> bool {
+        !self.paused && self.policy.mode == ScalingMode::Auto
+    }
 }
 
 #[derive(Debug)]
@@ -127,118 +143,79 @@ impl Autoscaler {
         Self::default()
     }
 
-    /// Called by the reconcile after `validate`: registers each stage for polling and sets
-    /// its replicas to what the autoscaler wants (auto mode, not paused). A stage seen for
-    /// the first time, e.g. after an operator restart, starts from the desired replicas its
-    /// status recorded, so a restart doesn't reset a scaled-up Deployment to minReplicas.
-    pub fn sync(
+    /// Registers the stages of one Pipeline for polling, forgets its stages not listed, and
+    /// returns the desired replicas it publishes for them. A stage seen for the first time,
+    /// e.g. after an operator restart, starts from the replicas its status recorded, so a
+    /// restart doesn't reset a scaled-up Deployment to minReplicas. A stage that is paused or
+    /// in manual mode publishes its `replicas`, and its history starts again afterwards.
+    pub fn register(
         &self,
-        pipeline: &mut ValidatedPipeline,
-        bootstrap_servers: &str,
-        tls: bool,
-        sasl: bool,
-        previous: Option<&PipelineStatus>,
-    ) {
+        namespace: &str,
+        pipeline: &str,
+        targets: Vec<StageTarget>,
+    ) -> DesiredReplicas {
         let mut stages = self.stages.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        let mut cluster = ClusterConfig::plaintext(bootstrap_servers);
-        if tls {
-            cluster
-                .properties
-                .insert("security.protocol".into(), "ssl".into());
-        }
-        let unsupported = sasl.then_some("SASL credentials are not available to the operator");
+        let mut desired = DesiredReplicas::default();
         let mut kept = BTreeSet::new();
-        for stage in &mut pipeline.stages {
+        for target in targets {
             let key = StageKey {
-                namespace: pipeline.namespace.clone(),
-                pipeline: pipeline.name.clone(),
-                stage: stage.name.clone(),
+                namespace: namespace.to_owned(),
+                pipeline: pipeline.to_owned(),
+                stage: target.stage.clone(),
             };
-            let target = StageTarget {
-                cluster: cluster.clone(),
-                query: LagQuery {
-                    topic: stage.worker_config.kafka.topic.clone(),
-                    group: stage.worker_config.kafka.consumer_group.clone(),
-                    offset_reset: stage.worker_config.kafka.auto_offset_reset,
-                },
-                policy: ScalingPolicy::from_spec(&stage.scaling),
-                poll_interval: stage.scaling.poll_interval.as_duration(),
-                paused: pipeline.paused,
-                unsupported,
-            };
-            let auto = !pipeline.paused && target.policy.mode == crate::crd::ScalingMode::Auto;
-            if let Some(reason) = unsupported
+            if let Some(reason) = target.unsupported
                 && !stages.contains_key(&key)
             {
                 warn!(stage = ?key, "not autoscaling: {reason}");
             }
-            let entry = stages.entry(key.clone()).or_insert_with(|| {
-                let recorded = previous
-                    .and_then(|s| s.stages.iter().find(|s| s.name == stage.name))
-                    .map(|s| s.desired_replicas);
-                StageEntry {
-                    target: target.clone(),
-                    desired: recorded.unwrap_or(stage.replicas),
-                    lag: previous
-                        .and_then(|s| s.stages.iter().find(|s| s.name == stage.name))
-                        .and_then(|s| s.lag),
-                    history: StageHistory::default(),
-                    next_poll: now,
-                    in_flight: false,
-                    persistent: Vec::new(),
-                    last_error: None,
-                }
+            let entry = stages.entry(key.clone()).or_insert_with(|| StageEntry {
+                target: target.clone(),
+                desired: target.recorded_replicas.unwrap_or(target.replicas),
+                lag: target.recorded_lag,
+                history: StageHistory::default(),
+                next_poll: now,
+                in_flight: false,
+                persistent: Vec::new(),
+                last_error: None,
             });
-            if auto {
+            if target.autoscaled() {
                 entry.desired = entry
                     .desired
                     .clamp(target.policy.min_replicas, target.policy.max_replicas);
-                stage.replicas = entry.desired;
             } else {
-                // Paused or manual: validate's number stands; history restarts afterwards.
-                entry.desired = stage.replicas;
+                entry.desired = target.replicas;
                 entry.history = StageHistory::default();
             }
             if entry.target.query != target.query || entry.target.cluster != target.cluster {
                 entry.history = StageHistory::default();
                 entry.next_poll = now;
             }
+            desired.0.insert(target.stage.clone(), entry.desired);
             entry.target = target;
             kept.insert(key);
         }
         stages.retain(|key, _| {
-            key.namespace != pipeline.namespace
-                || key.pipeline != pipeline.name
-                || kept.contains(key)
+            key.namespace != namespace || key.pipeline != pipeline || kept.contains(key)
         });
+        desired
     }
 
-    /// Called by the reconcile on the status it is about to write: the lag last read.
-    pub fn fill_status(&self, status: &mut PipelineStatus, namespace: &str, pipeline: &str) {
+    /// The lag last read per stage of one Pipeline, by stage name, for its status. Notes
+    /// the time: lag alone refreshes a status at most every [`STATUS_REFRESH`].
+    pub fn lags(&self, namespace: &str, pipeline: &str) -> BTreeMap<String, i64> {
         let stages = self.stages.lock().unwrap_or_else(PoisonError::into_inner);
-        for stage in &mut status.stages {
-            let key = StageKey {
-                namespace: namespace.to_owned(),
-                pipeline: pipeline.to_owned(),
-                stage: stage.name.clone(),
-            };
-            if let Some(entry) = stages.get(&key)
-                && entry.lag.is_some()
-            {
-                stage.lag = entry.lag;
-            }
-        }
-        status.lag = status
-            .stages
+        let lags = stages
             .iter()
-            .find(|s| s.name == crate::controller::validate::RECEIVER_STAGE)
-            .and_then(|s| s.lag);
+            .filter(|(key, _)| key.namespace == namespace && key.pipeline == pipeline)
+            .filter_map(|(key, entry)| Some((key.stage.clone(), entry.lag?)))
+            .collect();
         drop(stages);
         self.status_refreshed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert((namespace.to_owned(), pipeline.to_owned()), Instant::now());
+        lags
     }
 
     /// The desired replicas of one stage, if the autoscaler tracks it.
@@ -271,12 +248,12 @@ impl Autoscaler {
     }
 
     /// Forgets stages of Pipelines that no longer exist; closes clients nobody needs.
-    fn prune(&self, exists: impl Fn(&StageKey) -> bool, ctx: &Context) {
+    fn prune(&self, exists: impl Fn(&StageKey) -> bool, metrics: &Metrics) {
         let mut stages = self.stages.lock().unwrap_or_else(PoisonError::into_inner);
         stages.retain(|key, _| {
             let keep = exists(key);
             if !keep {
-                ctx.metrics.forget_stage(&key.labels());
+                metrics.forget_stage(&key.labels());
             }
             keep
         });
@@ -298,12 +275,28 @@ struct Outcome {
     refresh_status: bool,
 }
 
-/// Runs the autoscaler until `shutdown` turns true.
+/// What the autoscaler's loop works with: its state, the metrics, and the Event recorder.
+#[derive(Clone)]
+pub struct Peer {
+    pub autoscaler: Arc<Autoscaler>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("autoscaler", &self.autoscaler)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the autoscaler until `shutdown` is cancelled.
 pub async fn run(
-    ctx: Arc<Context>,
+    peer: Peer,
     store: Store<Pipeline>,
     trigger: UnboundedSender<ObjectRef<Pipeline>>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     // Stages register themselves from the reconcile, which only sees Pipelines already in
     // `store`; so pruning by `store` needs no wait for it to fill.
@@ -314,31 +307,29 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() {
-                    return;
-                }
-            }
+            () = shutdown.cancelled() => return,
         }
         let now = Instant::now();
         if now.duration_since(last_prune) > Duration::from_secs(5) {
             last_prune = now;
-            ctx.autoscaler
-                .prune(|key| store.get(&key.pipeline_ref()).is_some(), &ctx);
+            peer.autoscaler.prune(
+                |key| store.get(&key.pipeline_ref()).is_some(),
+                &peer.metrics,
+            );
         }
-        for (cluster, batch) in ctx.autoscaler.due(now) {
-            let ctx = ctx.clone();
+        for (cluster, batch) in peer.autoscaler.due(now) {
+            let peer = peer.clone();
             let store = store.clone();
             let trigger = trigger.clone();
             tokio::spawn(async move {
-                poll_cluster(&ctx, &store, &trigger, &cluster, batch).await;
+                poll_cluster(&peer, &store, &trigger, &cluster, batch).await;
             });
         }
     }
 }
 
 async fn poll_cluster(
-    ctx: &Context,
+    peer: &Peer,
     store: &Store<Pipeline>,
     trigger: &UnboundedSender<ObjectRef<Pipeline>>,
     cluster: &ClusterConfig,
@@ -346,12 +337,12 @@ async fn poll_cluster(
 ) {
     let (keys, queries): (Vec<StageKey>, Vec<LagQuery>) = batch.into_iter().unzip();
     let polled = queries.len();
-    let (results, kafka_calls) = ctx.autoscaler.reader.read_counted(cluster, queries).await;
-    ctx.metrics.count_lag_batch(polled, kafka_calls);
+    let (results, kafka_calls) = peer.autoscaler.reader.read_counted(cluster, queries).await;
+    peer.metrics.count_lag_batch(polled, kafka_calls);
     let outcomes: Vec<Outcome> = keys
         .into_iter()
         .zip(results)
-        .filter_map(|(key, result)| apply_poll(ctx, key, result))
+        .filter_map(|(key, result)| peer.autoscaler.record_poll(&peer.metrics, key, result))
         .collect();
 
     let mut triggered = BTreeSet::new();
@@ -365,10 +356,10 @@ async fn poll_cluster(
                 ("ScaledDown", "down")
             };
             info!(pipeline = %pipeline_ref, stage = %outcome.key.stage, from, to, lag = outcome.lag, "scaling {verb}");
-            ctx.metrics.count_scale(&outcome.key.labels(), to > from);
+            peer.metrics.count_scale(&outcome.key.labels(), to > from);
             if let Some(pipeline) = &pipeline {
                 publish(
-                    ctx,
+                    peer,
                     pipeline,
                     EventType::Normal,
                     reason,
@@ -382,7 +373,7 @@ async fn poll_cluster(
         }
         if let (Some(partitions), Some(pipeline)) = (&outcome.newly_persistent, &pipeline) {
             publish(
-                ctx,
+                peer,
                 pipeline,
                 EventType::Warning,
                 "PersistentLag",
@@ -403,75 +394,78 @@ async fn poll_cluster(
     }
 }
 
-/// Runs the policy on one poll's result and records it; `None` when the stage vanished.
-fn apply_poll(ctx: &Context, key: StageKey, result: Result<GroupLag, LagError>) -> Option<Outcome> {
-    let now = Instant::now();
-    let mut stages = ctx
-        .autoscaler
-        .stages
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let entry = stages.get_mut(&key)?;
-    entry.in_flight = false;
-    entry.next_poll = next_grid_point(ctx.autoscaler.grid_origin, now, entry.target.poll_interval);
-    let lag = match result {
-        Ok(lag) => lag,
-        Err(err) => {
-            ctx.metrics.count_lag_poll_failure(&key.labels());
-            let message = err.to_string();
-            if entry.last_error.as_ref() != Some(&message) {
-                warn!(stage = ?key, error = %message, "cannot read lag; holding replicas");
-                entry.last_error = Some(message);
+impl Autoscaler {
+    /// Runs the policy on one poll's result and records it; `None` when the stage vanished.
+    fn record_poll(
+        &self,
+        metrics: &Metrics,
+        key: StageKey,
+        result: Result<GroupLag, LagError>,
+    ) -> Option<Outcome> {
+        let now = Instant::now();
+        let mut stages = self.stages.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = stages.get_mut(&key)?;
+        entry.in_flight = false;
+        entry.next_poll = next_grid_point(self.grid_origin, now, entry.target.poll_interval);
+        let lag = match result {
+            Ok(lag) => lag,
+            Err(err) => {
+                metrics.count_lag_poll_failure(&key.labels());
+                let message = err.to_string();
+                if entry.last_error.as_ref() != Some(&message) {
+                    warn!(stage = ?key, error = %message, "cannot read lag; holding replicas");
+                    entry.last_error = Some(message);
+                }
+                return None;
             }
-            return None;
+        };
+        entry.last_error = None;
+        let input = ScaleInput {
+            paused: entry.target.paused,
+            current_replicas: entry.desired,
+            observation: Some(lag.observation()),
+            now,
+        };
+        let (decision, history) = scaling::decide(&entry.target.policy, &entry.history, &input);
+        entry.history = history;
+        let lag_changed = entry.lag != Some(decision.lag);
+        entry.lag = Some(decision.lag);
+        let from = entry.desired;
+        let scaled =
+            matches!(decision.why, Why::ScaleUp | Why::ScaleDown) && decision.desired != from;
+        if scaled {
+            entry.desired = decision.desired;
         }
-    };
-    entry.last_error = None;
-    let input = ScaleInput {
-        paused: entry.target.paused,
-        current_replicas: entry.desired,
-        observation: Some(lag.observation()),
-        now,
-    };
-    let (decision, history) = scaling::decide(&entry.target.policy, &entry.history, &input);
-    entry.history = history;
-    let lag_changed = entry.lag != Some(decision.lag);
-    entry.lag = Some(decision.lag);
-    let from = entry.desired;
-    let scaled = matches!(decision.why, Why::ScaleUp | Why::ScaleDown) && decision.desired != from;
-    if scaled {
-        entry.desired = decision.desired;
-    }
-    let newly_persistent = (!decision.persistent_partitions.is_empty()
-        && decision.persistent_partitions != entry.persistent)
-        .then(|| decision.persistent_partitions.clone());
-    entry.persistent = decision.persistent_partitions.clone();
-    ctx.metrics.observe_stage(
-        &key.labels(),
-        decision.lag,
-        entry.desired,
-        entry.persistent.len(),
-    );
-    drop(stages);
+        let newly_persistent = (!decision.persistent_partitions.is_empty()
+            && decision.persistent_partitions != entry.persistent)
+            .then(|| decision.persistent_partitions.clone());
+        entry.persistent = decision.persistent_partitions.clone();
+        metrics.observe_stage(
+            &key.labels(),
+            decision.lag,
+            entry.desired,
+            entry.persistent.len(),
+        );
+        drop(stages);
 
-    let refresh_status = lag_changed
-        && ctx
-            .autoscaler
-            .status_refreshed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key.pipeline_key())
-            .is_none_or(|at| now.duration_since(*at) >= STATUS_REFRESH);
-    Some(Outcome {
-        key,
-        scaled: scaled.then_some((from, decision.desired)),
-        lag: decision.lag,
-        newly_persistent,
-        refresh_status,
-    })
+        let refresh_status = lag_changed
+            && self
+                .status_refreshed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&key.pipeline_key())
+                .is_none_or(|at| now.duration_since(*at) >= STATUS_REFRESH);
+        Some(Outcome {
+            key,
+            scaled: scaled.then_some((from, decision.desired)),
+            lag: decision.lag,
+            newly_persistent,
+            refresh_status,
+        })
+    }
 }
 
-async fn publish(ctx: &Context, pipeline: &Pipeline, type_: EventType, reason: &str, note: String) {
+async fn publish(peer: &Peer, pipeline: &Pipeline, type_: EventType, reason: &str, note: String) {
     let event = Event {
         type_,
         reason: reason.to_owned(),
@@ -479,7 +473,7 @@ async fn publish(ctx: &Context, pipeline: &Pipeline, type_: EventType, reason: &
         action: "Scale".to_owned(),
         secondary: None,
     };
-    if let Err(err) = ctx
+    if let Err(err) = peer
         .recorder
         .publish(&event, &pipeline.object_ref(&()))
         .await
@@ -504,5 +498,195 @@ mod grid_tests {
         assert_eq!(next_grid_point(origin, at(5_000), interval), at(10_000));
         assert_eq!(next_grid_point(origin, at(12_345), interval), at(15_000));
         assert_eq!(next_grid_point(origin, at(7), Duration::ZERO), at(7));
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+    use crate::crd::ScalingSpec;
+    use crate::lag::{PartitionLagReport, PartitionOffsets};
+    use ferry_worker::config::OffsetReset;
+
+    fn spec(json: serde_json::Value) -> ScalingSpec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn target(stage: &str, scaling: &ScalingSpec) -> StageTarget {
+        StageTarget {
+            stage: stage.to_owned(),
+            cluster: ClusterConfig::plaintext("kafka:9092"),
+            query: LagQuery {
+                topic: "orders".to_owned(),
+                group: format!("group-{stage}"),
+                offset_reset: OffsetReset::Earliest,
+            },
+            policy: ScalingPolicy::from_spec(scaling),
+            poll_interval: Duration::from_secs(2),
+            paused: false,
+            unsupported: None,
+            replicas: scaling.min_replicas,
+            recorded_replicas: None,
+            recorded_lag: None,
+        }
+    }
+
+    fn auto() -> ScalingSpec {
+        spec(serde_json::json!({"minReplicas": 1, "maxReplicas": 6, "lagThreshold": 100}))
+    }
+
+    fn key(stage: &str) -> StageKey {
+        StageKey {
+            namespace: "default".to_owned(),
+            pipeline: "orders".to_owned(),
+            stage: stage.to_owned(),
+        }
+    }
+
+    fn lag_of(per_partition: i64, partitions: i32) -> GroupLag {
+        GroupLag {
+            query: target("receiver", &auto()).query,
+            partitions: (0..partitions)
+                .map(|partition| PartitionLagReport {
+                    offsets: PartitionOffsets {
+                        partition,
+                        log_start: 0,
+                        log_end: per_partition,
+                        committed: Some(0),
+                    },
+                    lag: per_partition,
+                    consumer_alive: false,
+                })
+                .collect(),
+            group_state: Some("Stable".to_owned()),
+        }
+    }
+
+    #[test]
+    fn a_first_seen_stage_starts_from_its_recorded_replicas_within_bounds() {
+        let autoscaler = Autoscaler::new();
+        let mut restarted = target("receiver", &auto());
+        restarted.recorded_replicas = Some(4);
+        restarted.recorded_lag = Some(1234);
+        let mut too_many = target("stats", &auto());
+        too_many.recorded_replicas = Some(50);
+        let fresh = target("validate", &auto());
+        let desired = autoscaler.register("default", "orders", vec![restarted, too_many, fresh]);
+        assert_eq!(
+            desired,
+            [("receiver", 4), ("stats", 6), ("validate", 1)]
+                .into_iter()
+                .collect()
+        );
+        assert_eq!(
+            autoscaler.lags("default", "orders"),
+            BTreeMap::from([("receiver".to_owned(), 1234)])
+        );
+    }
+
+    #[test]
+    fn manual_and_paused_stages_publish_validates_number() {
+        let autoscaler = Autoscaler::new();
+        let manual = spec(serde_json::json!({"mode": "manual", "replicas": 3}));
+        let mut manual_target = target("receiver", &manual);
+        manual_target.replicas = 3;
+        manual_target.recorded_replicas = Some(5);
+        let mut paused = target("stats", &auto());
+        paused.paused = true;
+        paused.replicas = 0;
+        let desired = autoscaler.register("default", "orders", vec![manual_target, paused]);
+        assert_eq!(
+            desired,
+            [("receiver", 3), ("stats", 0)].into_iter().collect()
+        );
+    }
+
+    #[test]
+    fn a_poll_with_lag_scales_up_and_a_failed_poll_holds() {
+        let autoscaler = Autoscaler::new();
+        let metrics = Metrics::default();
+        autoscaler.register("default", "orders", vec![target("receiver", &auto())]);
+
+        let outcome = autoscaler
+            .record_poll(&metrics, key("receiver"), Ok(lag_of(1000, 6)))
+            .unwrap();
+        assert_eq!(
+            outcome.scaled,
+            Some((1, 6)),
+            "6 partitions cap the 60 asked for"
+        );
+        assert_eq!(outcome.lag, 6000);
+        assert_eq!(autoscaler.desired(&key("receiver")), Some(6));
+        assert_eq!(autoscaler.lags("default", "orders")["receiver"], 6000);
+        // The next registration publishes what the autoscaler decided.
+        let desired = autoscaler.register("default", "orders", vec![target("receiver", &auto())]);
+        assert_eq!(desired.get("receiver"), Some(6));
+
+        let failed = Err(LagError::TopicNotFound {
+            bootstrap: "kafka:9092".to_owned(),
+            topic: "orders".to_owned(),
+        });
+        assert!(
+            autoscaler
+                .record_poll(&metrics, key("receiver"), failed)
+                .is_none()
+        );
+        assert_eq!(autoscaler.desired(&key("receiver")), Some(6), "held");
+        // A stage nobody registers any more has nothing to record.
+        assert!(
+            autoscaler
+                .record_poll(&metrics, key("gone"), Ok(lag_of(1, 1)))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn registering_forgets_the_pipelines_stages_not_listed() {
+        let autoscaler = Autoscaler::new();
+        autoscaler.register(
+            "default",
+            "orders",
+            vec![target("receiver", &auto()), target("stats", &auto())],
+        );
+        autoscaler.register("default", "other", vec![target("receiver", &auto())]);
+        autoscaler.register("default", "orders", vec![target("receiver", &auto())]);
+        assert_eq!(autoscaler.desired(&key("stats")), None);
+        assert_eq!(autoscaler.desired(&key("receiver")), Some(1));
+        let other = StageKey {
+            pipeline: "other".to_owned(),
+            ..key("receiver")
+        };
+        assert_eq!(
+            autoscaler.desired(&other),
+            Some(1),
+            "another Pipeline's stay"
+        );
+    }
+
+    #[test]
+    fn due_stages_are_marked_in_flight_and_paused_or_unreadable_ones_skipped() {
+        let autoscaler = Autoscaler::new();
+        let mut paused = target("stats", &auto());
+        paused.paused = true;
+        let mut sasl = target("validate", &auto());
+        sasl.unsupported = Some("no credentials");
+        autoscaler.register(
+            "default",
+            "orders",
+            vec![target("receiver", &auto()), paused, sasl],
+        );
+        let now = Instant::now() + Duration::from_millis(1);
+        let due = autoscaler.due(now);
+        let stages: Vec<&str> = due
+            .values()
+            .flatten()
+            .map(|(key, _)| key.stage.as_str())
+            .collect();
+        assert_eq!(stages, ["receiver"]);
+        assert!(autoscaler.due(now).is_empty(), "in flight until recorded");
+
+        autoscaler.record_poll(&Metrics::default(), key("receiver"), Ok(lag_of(0, 1)));
+        assert!(autoscaler.due(now).is_empty(), "next poll on the grid");
+        assert_eq!(autoscaler.due(now + Duration::from_secs(3)).len(), 1);
     }
 }

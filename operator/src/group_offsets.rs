@@ -446,3 +446,295 @@ impl GroupOffsetsClient {
             .map_err(|e| protocol(format!("cannot decode the {:?} response: {e}", R::KEY)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against a fake broker on a loopback socket that decodes each request with
+    //! kafka-protocol and answers from a script: what the client sends and how it reads
+    //! the answers, with no Kafka running.
+
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::describe_groups_response::{
+        DescribedGroup, DescribedGroupMember,
+    };
+    use kafka_protocol::messages::find_coordinator_response::Coordinator;
+    use kafka_protocol::messages::offset_fetch_response::{
+        OffsetFetchResponseGroup, OffsetFetchResponsePartitions, OffsetFetchResponseTopics,
+    };
+    use kafka_protocol::messages::{
+        ApiVersionsResponse, BrokerId, DescribeGroupsResponse, FindCoordinatorResponse,
+        OffsetFetchResponse, ResponseHeader,
+    };
+    use kafka_protocol::protocol::Encodable;
+
+    use super::*;
+
+    /// What the fake broker saw: (API, version, groups asked about).
+    type Seen = Arc<Mutex<Vec<(ApiKey, i16, Vec<String>)>>>;
+
+    struct FakeBroker {
+        address: String,
+        seen: Seen,
+    }
+
+    /// A broker that serves `offset_fetch_max` as OffsetFetch's newest version, names
+    /// itself the coordinator of every group but `lost`, and holds offset 42 on partition
+    /// 0 and no commit on partition 1.
+    fn fake_broker(offset_fetch_max: i16) -> FakeBroker {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let port = i32::from(listener.local_addr().unwrap().port());
+        let seen: Seen = Arc::default();
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                while let Some((key, version, header, request)) = read_request(&mut stream) {
+                    let (groups, body) = answer(key, version, request, port, offset_fetch_max);
+                    log.lock().unwrap().push((key, version, groups));
+                    let mut frame = BytesMut::new();
+                    frame.put_i32(0);
+                    let mut response_header = ResponseHeader::default();
+                    response_header.correlation_id = header.correlation_id;
+                    response_header
+                        .encode(&mut frame, key.response_header_version(version))
+                        .unwrap();
+                    frame.extend_from_slice(&body);
+                    let length = i32::try_from(frame.len() - 4).unwrap();
+                    frame[..4].copy_from_slice(&length.to_be_bytes());
+                    stream.write_all(&frame).unwrap();
+                }
+            }
+        });
+        FakeBroker { address, seen }
+    }
+
+    fn read_request(stream: &mut TcpStream) -> Option<(ApiKey, i16, RequestHeader, Bytes)> {
+        let mut length = [0_u8; 4];
+        stream.read_exact(&mut length).ok()?;
+        let mut body = vec![0_u8; usize::try_from(i32::from_be_bytes(length)).ok()?];
+        stream.read_exact(&mut body).ok()?;
+        let mut body = Bytes::from(body);
+        let key = ApiKey::try_from(i16::from_be_bytes([body[0], body[1]])).ok()?;
+        let version = i16::from_be_bytes([body[2], body[3]]);
+        let header = RequestHeader::decode(&mut body, key.request_header_version(version)).ok()?;
+        Some((key, version, header, body))
+    }
+
+    fn encode<M: Encodable>(message: &M, version: i16) -> BytesMut {
+        let mut body = BytesMut::new();
+        message.encode(&mut body, version).unwrap();
+        body
+    }
+
+    fn answer(
+        key: ApiKey,
+        version: i16,
+        mut request: Bytes,
+        port: i32,
+        offset_fetch_max: i16,
+    ) -> (Vec<String>, BytesMut) {
+        match key {
+            ApiKey::ApiVersions => {
+                let mut response = ApiVersionsResponse::default();
+                response.api_keys = [
+                    (ApiKey::FindCoordinator, 4),
+                    (ApiKey::OffsetFetch, offset_fetch_max),
+                    (ApiKey::DescribeGroups, 5),
+                ]
+                .into_iter()
+                .map(|(api, max)| {
+                    let mut range = ApiVersion::default();
+                    range.api_key = api as i16;
+                    range.max_version = max;
+                    range
+                })
+                .collect();
+                (Vec::new(), encode(&response, version))
+            }
+            ApiKey::FindCoordinator => {
+                let asked = FindCoordinatorRequest::decode(&mut request, version).unwrap();
+                let groups: Vec<String> = asked
+                    .coordinator_keys
+                    .iter()
+                    .map(|k| k.to_string())
+                    .collect();
+                let mut response = FindCoordinatorResponse::default();
+                response.coordinators = groups
+                    .iter()
+                    .map(|group| {
+                        let mut coordinator = Coordinator::default();
+                        coordinator.key = StrBytes::from_string(group.clone());
+                        if group == "lost" {
+                            coordinator.error_code = 15; // COORDINATOR_NOT_AVAILABLE
+                        } else {
+                            coordinator.node_id = BrokerId(1);
+                            coordinator.host = StrBytes::from_static_str("127.0.0.1");
+                            coordinator.port = port;
+                        }
+                        coordinator
+                    })
+                    .collect();
+                (groups, encode(&response, version))
+            }
+            ApiKey::OffsetFetch => {
+                let asked = OffsetFetchRequest::decode(&mut request, version).unwrap();
+                let mut response = OffsetFetchResponse::default();
+                let mut groups = Vec::new();
+                for group in asked.groups {
+                    groups.push(group.group_id.0.to_string());
+                    let mut answer = OffsetFetchResponseGroup::default();
+                    answer.group_id = group.group_id;
+                    answer.topics = group
+                        .topics
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|topic| {
+                            let mut answer = OffsetFetchResponseTopics::default();
+                            answer.name = topic.name;
+                            answer.partitions = topic
+                                .partition_indexes
+                                .into_iter()
+                                .map(|partition| {
+                                    let mut offsets = OffsetFetchResponsePartitions::default();
+                                    offsets.partition_index = partition;
+                                    offsets.committed_offset = if partition == 0 { 42 } else { -1 };
+                                    offsets
+                                })
+                                .collect();
+                            answer
+                        })
+                        .collect();
+                    response.groups.push(answer);
+                }
+                (groups, encode(&response, version))
+            }
+            ApiKey::DescribeGroups => {
+                let asked = DescribeGroupsRequest::decode(&mut request, version).unwrap();
+                let mut response = DescribeGroupsResponse::default();
+                let mut groups = Vec::new();
+                for group in asked.groups {
+                    groups.push(group.0.to_string());
+                    let mut described = DescribedGroup::default();
+                    described.group_id = group;
+                    described.group_state = StrBytes::from_static_str("Stable");
+                    let mut member = DescribedGroupMember::default();
+                    member.member_assignment = Bytes::from_static(b"assignment");
+                    described.members = vec![member];
+                    response.groups.push(described);
+                }
+                (groups, encode(&response, version))
+            }
+            other => panic!("the fake broker does not serve {other:?}"),
+        }
+    }
+
+    fn query<'a>(group: &'a str, partitions: &'a [i32]) -> GroupQuery<'a> {
+        GroupQuery {
+            group,
+            topic: "orders",
+            partitions,
+        }
+    }
+
+    #[test]
+    fn many_groups_cost_four_requests_over_one_connection() {
+        let broker = fake_broker(8);
+        let mut client = GroupOffsetsClient::new(&broker.address, Duration::from_secs(5));
+        let partitions = [0, 1];
+        let reports = client
+            .fetch(&[query("a", &partitions), query("b", &partitions)])
+            .unwrap();
+
+        for group in ["a", "b"] {
+            let report = reports[group].as_ref().unwrap();
+            assert_eq!(
+                report.committed["orders"],
+                BTreeMap::from([(0, Some(42)), (1, None)]),
+                "a negative committed offset means none"
+            );
+            assert_eq!(report.state.as_deref(), Some("Stable"));
+            assert_eq!(report.assignments, [Bytes::from_static(b"assignment")]);
+        }
+        let both = vec!["a".to_owned(), "b".to_owned()];
+        assert_eq!(
+            *broker.seen.lock().unwrap(),
+            [
+                (ApiKey::ApiVersions, 0, Vec::new()),
+                (
+                    ApiKey::FindCoordinator,
+                    FIND_COORDINATOR_VERSION,
+                    both.clone()
+                ),
+                (ApiKey::OffsetFetch, OFFSET_FETCH_VERSION, both.clone()),
+                (ApiKey::DescribeGroups, DESCRIBE_GROUPS_VERSION, both),
+            ]
+        );
+        assert_eq!(
+            client.connections_opened(),
+            1,
+            "the coordinator is the bootstrap"
+        );
+        assert_eq!(client.requests_sent(), 4);
+
+        // Versions are checked once per client.
+        client.fetch(&[query("a", &partitions)]).unwrap();
+        assert_eq!(client.requests_sent(), 7);
+        assert_eq!(client.connections_opened(), 1);
+    }
+
+    #[test]
+    fn a_group_without_a_coordinator_fails_alone() {
+        let broker = fake_broker(8);
+        let mut client = GroupOffsetsClient::new(&broker.address, Duration::from_secs(5));
+        let reports = client
+            .fetch(&[query("a", &[0]), query("lost", &[0])])
+            .unwrap();
+        assert!(reports["a"].is_ok());
+        let error = reports["lost"].as_ref().unwrap_err();
+        assert!(error.contains("no coordinator"), "{error}");
+        // Only `a` went on to its coordinator.
+        let seen = broker.seen.lock().unwrap();
+        assert_eq!(seen[2], (ApiKey::OffsetFetch, 8, vec!["a".to_owned()]));
+    }
+
+    #[test]
+    fn a_broker_without_batched_offset_fetch_is_unsupported() {
+        let broker = fake_broker(7);
+        let mut client = GroupOffsetsClient::new(&broker.address, Duration::from_secs(5));
+        let error = client.fetch(&[query("a", &[0])]).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                WireError::Unsupported {
+                    api: ApiKey::OffsetFetch,
+                    needed: 8,
+                    max: 7,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn no_bootstrap_broker_and_no_query() {
+        // A port nobody listens on any more.
+        let address = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let mut client = GroupOffsetsClient::new(&address, Duration::from_secs(1));
+        assert!(
+            client.fetch(&[]).unwrap().is_empty(),
+            "nothing asked, nothing sent"
+        );
+        assert_eq!(client.connections_opened(), 0);
+        let error = client.fetch(&[query("a", &[0])]).unwrap_err();
+        assert!(matches!(error, WireError::NoBroker { .. }), "{error}");
+    }
+}

@@ -8,5 +8,6 @@ pub mod group_offsets;
 pub mod http;
 pub mod lag;
 pub mod metrics;
+pub mod retry;
 pub mod scaling;
 pub mod telemetry;

@@ -5,13 +5,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use ferry_operator::autoscale;
 use ferry_operator::controller::{self, Context, validate::OperatorDefaults};
 use ferry_operator::http::{self, HttpState};
 use ferry_operator::metrics::Metrics;
 use ferry_operator::telemetry::{self, LogFormat};
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 /// Ferry's operator: reconciles Pipelines into receiver and processor Deployments.
@@ -94,11 +95,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         info!("shutdown signal received: finishing in-flight reconciles");
-        let _ = shutdown_tx.send(true);
+        on_signal.cancel();
     });
 
     let identity = args
@@ -117,7 +119,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     if !args.leader_election {
         info!(worker_image = %args.worker_image, "starting the Pipeline controller");
-        return controller::run(ctx, args.watch_namespace.as_deref(), shutdown_rx).await;
+        return run_peers(ctx, args.watch_namespace.as_deref(), shutdown).await;
     }
 
     let manager = LeaseManagerBuilder::new(client, &args.lease_name)
@@ -130,22 +132,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("cannot set up leader election")?;
     let (mut leader_rx, lease_task) = manager.watch().await;
     info!(lease = %args.lease_name, %identity, "waiting to become the leader");
-    let mut shutdown_wait = shutdown_rx.clone();
     loop {
         if *leader_rx.borrow_and_update() {
             break;
         }
         tokio::select! {
             changed = leader_rx.changed() => changed.context("leader election stopped")?,
-            _ = shutdown_wait.changed() => return Ok(()),
+            () = shutdown.cancelled() => return Ok(()),
         }
     }
     info!(%identity, worker_image = %args.worker_image, "became the leader: starting the Pipeline controller");
 
-    // Stop reconciling on shutdown or when the Lease is lost, whichever comes first.
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // Stop reconciling on shutdown or when the Lease is lost, whichever comes first: a
+    // child of `shutdown` is cancelled by either.
+    let stop = shutdown.child_token();
+    let on_loss = stop.clone();
     let mut lost = leader_rx.clone();
-    let mut shutdown_watch = shutdown_rx;
     let lost_leadership = Arc::new(AtomicBool::new(false));
     let lost_flag = lost_leadership.clone();
     tokio::spawn(async move {
@@ -154,15 +156,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 changed = lost.changed() => {
                     if changed.is_err() || !*lost.borrow() {
                         lost_flag.store(true, Ordering::Relaxed);
+                        on_loss.cancel();
                         break;
                     }
                 }
-                _ = shutdown_watch.changed() => break,
+                () = on_loss.cancelled() => break,
             }
         }
-        let _ = stop_tx.send(true);
     });
-    let result = controller::run(ctx, args.watch_namespace.as_deref(), stop_rx).await;
+    let result = run_peers(ctx, args.watch_namespace.as_deref(), stop).await;
     drop(leader_rx);
     match lease_task.await {
         Ok(Ok(_)) => info!("released the Lease"),
@@ -175,6 +177,31 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("lost the leader Lease");
     }
     Ok(())
+}
+
+/// The controller and the autoscaler side by side until `stop`. The autoscaler publishes
+/// desired replicas in the state both share (`ctx.autoscaler`) and asks for a reconcile
+/// through the channel; it imports nothing of the controller.
+async fn run_peers(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    // Either ending ends both: the controller may stop on its own (no CRD, say).
+    let peers = stop.child_token();
+    let (scale_trigger, scale_requests) = futures::channel::mpsc::unbounded();
+    let autoscaler = tokio::spawn(autoscale::run(
+        ctx.autoscaler_peer(),
+        ctx.pipelines(),
+        scale_trigger,
+        peers.clone(),
+    ));
+    let result = controller::run(ctx, namespace, peers.clone(), scale_requests).await;
+    peers.cancel();
+    if let Err(err) = autoscaler.await {
+        warn!(error = %err, "the autoscaler task failed");
+    }
+    result
 }
 
 async fn wait_for_signal() {

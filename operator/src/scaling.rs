@@ -53,6 +53,24 @@ impl ScalingPolicy {
     }
 }
 
+/// Desired replicas per stage of one Pipeline, by stage name, as the autoscaler publishes
+/// them and the reconcile applies them. Plain data, so `build` takes it as an argument and
+/// a test can pass any count without an autoscaler.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredReplicas(pub BTreeMap<String, i32>);
+
+impl DesiredReplicas {
+    pub fn get(&self, stage: &str) -> Option<i32> {
+        self.0.get(stage).copied()
+    }
+}
+
+impl<S: Into<String>> FromIterator<(S, i32)> for DesiredReplicas {
+    fn from_iter<I: IntoIterator<Item = (S, i32)>>(iter: I) -> Self {
+        Self(iter.into_iter().map(|(s, n)| (s.into(), n)).collect())
+    }
+}
+
 /// One partition as the lag reader saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionLag {

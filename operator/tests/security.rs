@@ -72,7 +72,7 @@ fn build_file(path: &Path) -> Vec<Children> {
             },
         )
         .unwrap_or_else(|err| panic!("{}: does not validate: {err}", path.display()));
-        built.push(build::build(&validated).unwrap());
+        built.push(build::build(&validated, &Default::default()).unwrap());
     }
     built
 }

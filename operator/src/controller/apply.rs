@@ -8,8 +8,6 @@
 //! Deployment's ready count, the lag) cost no writes; any edit by someone else is undone.
 
 use std::collections::BTreeSet;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -19,6 +17,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 
 use super::build::{Children, owned_children_selector};
 use super::dereference::kafka_topic_api_resource;
@@ -205,13 +204,12 @@ where
         })
 }
 
-/// The hash of an object as built (serde_json's output is stable: maps are ordered).
+/// The hash of an object as built: SHA-256 of its JSON (serde_json's output is stable: maps
+/// are ordered). It is persisted in an annotation and compared by the next operator, maybe
+/// built by another Rust release, so it can't be `DefaultHasher`, whose output may change.
 fn built_hash<K: Serialize>(object: &K) -> String {
-    let mut hasher = DefaultHasher::new();
-    serde_json::to_vec(object)
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+    let json = serde_json::to_vec(object).unwrap_or_default();
+    format!("{:x}", Sha256::digest(&json))
 }
 
 /// Whether `live` is what applying an object built with `hash` would leave: applied with
@@ -343,5 +341,20 @@ mod tests {
         assert_eq!(built_hash(&a), built_hash(&b));
         a.data = Some([("k".to_owned(), "v".to_owned())].into());
         assert_ne!(built_hash(&a), built_hash(&b));
+    }
+
+    /// Pinned: an operator upgrade must not see every child as changed.
+    #[test]
+    fn the_build_hash_is_sha256_of_the_json() {
+        let mut config_map = ConfigMap::default();
+        config_map.metadata.name = Some("x".into());
+        assert_eq!(
+            serde_json::to_string(&config_map).unwrap(),
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}"#
+        );
+        assert_eq!(
+            built_hash(&config_map),
+            "ee2607eb175b8b6e2a3f1b71a1c41b85e1e623229bc678d980017dd7389bff6a"
+        );
     }
 }

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use super::dereference::kafka_topic_api_resource;
 use super::validate::{SecretRefs, StageRole, ValidatedPipeline, ValidatedStage, ValidatedTopic};
 use crate::crd::SecretKeyRef;
+use crate::scaling::DesiredReplicas;
 
 pub const MANAGED_BY: &str = "ferry-operator";
 pub const LABEL_NAME: &str = "app.kubernetes.io/name";
@@ -53,7 +54,12 @@ pub struct Children {
     pub deployments: Vec<Deployment>,
 }
 
-pub fn build(pipeline: &ValidatedPipeline) -> Result<Children, BuildError> {
+/// Every child of `pipeline`, each stage's Deployment at the replicas `desired` gives it
+/// (see [`ValidatedStage::replicas_with`]).
+pub fn build(
+    pipeline: &ValidatedPipeline,
+    desired: &DesiredReplicas,
+) -> Result<Children, BuildError> {
     let rendered = render_configs(pipeline)?;
     let config_map = build_config_map(pipeline, &rendered);
     let deployments = pipeline
@@ -61,7 +67,7 @@ pub fn build(pipeline: &ValidatedPipeline) -> Result<Children, BuildError> {
         .iter()
         .map(|stage| {
             let config_yaml = rendered.get(&stage.config_key).map_or("", String::as_str);
-            build_deployment(pipeline, stage, config_yaml)
+            build_deployment(pipeline, stage, config_yaml, stage.replicas_with(desired))
         })
         .collect();
     Ok(Children {
@@ -175,6 +181,7 @@ pub fn build_deployment(
     pipeline: &ValidatedPipeline,
     stage: &ValidatedStage,
     config_yaml: &str,
+    replicas: i32,
 ) -> Deployment {
     let selector = selector_labels(pipeline, stage);
     let mut labels = common_labels(pipeline);
@@ -288,7 +295,7 @@ pub fn build_deployment(
     Deployment {
         metadata: object_meta(pipeline, &stage.deployment_name, labels.clone()),
         spec: Some(DeploymentSpec {
-            replicas: Some(stage.replicas),
+            replicas: Some(replicas),
             selector: LabelSelector {
                 match_labels: Some(selector),
                 ..LabelSelector::default()

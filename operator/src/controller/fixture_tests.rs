@@ -13,6 +13,7 @@ use super::build::{self, ANNOTATION_CONFIG_HASH, Children};
 use super::dereference::{Bootstrap, Dereferenced};
 use super::validate::{OperatorDefaults, ValidateError, ValidatedPipeline, validate};
 use crate::crd::Pipeline;
+use crate::scaling::DesiredReplicas;
 
 const SAMPLE: &str = include_str!("../../../examples/pipeline.yaml");
 const FULL: &str = include_str!("../../tests/fixtures/full.yaml");
@@ -49,7 +50,7 @@ fn validated(pipeline: &Pipeline) -> ValidatedPipeline {
 fn built(yaml: &str) -> (ValidatedPipeline, Children) {
     let pipeline = with_metadata(yaml);
     let validated = validated(&pipeline);
-    let children = build::build(&validated).unwrap();
+    let children = build::build(&validated, &DesiredReplicas::default()).unwrap();
     (validated, children)
 }
 
@@ -323,6 +324,46 @@ fn replicas_follow_min_replicas_manual_mode_and_pause() {
     }
     // Pausing keeps every object.
     assert_eq!(children.deployments.len(), 3);
+}
+
+/// The autoscaler's desired counts are an argument of `build`: no autoscaler runs here.
+#[test]
+fn a_deployment_is_built_at_the_desired_count_passed_in() {
+    let pipeline = with_metadata(SAMPLE);
+    let sample = validated(&pipeline);
+    let receiver = &sample.stages[0];
+    assert_eq!(receiver.name, "receiver");
+    let config = "kafka: {}";
+    let replicas_at = |desired: &DesiredReplicas| {
+        let replicas = receiver.replicas_with(desired);
+        build::build_deployment(&sample, receiver, config, replicas)
+            .spec
+            .unwrap()
+            .replicas
+    };
+    assert_eq!(
+        replicas_at(&[("receiver", 4)].into_iter().collect()),
+        Some(4)
+    );
+    // Nothing published yet: minReplicas. Beyond the bounds: clamped to them (1..=6).
+    assert_eq!(replicas_at(&DesiredReplicas::default()), Some(1));
+    assert_eq!(
+        replicas_at(&[("receiver", 99)].into_iter().collect()),
+        Some(6)
+    );
+
+    // Through `build`, each stage takes its own count.
+    let desired = [("receiver", 5), ("stats", 2)].into_iter().collect();
+    let children = build::build(&sample, &desired).unwrap();
+    let replicas = |name: &str| deployment(&children, name).spec.as_ref().unwrap().replicas;
+    assert_eq!(replicas("sensors-receiver"), Some(5));
+    assert_eq!(replicas("sensors-stats"), Some(2));
+    assert_eq!(replicas("sensors-validate"), Some(1));
+
+    // Paused or manual: validate's number, whatever is published.
+    let paused_spec = with_metadata(&SAMPLE.replace("spec:\n", "spec:\n  paused: true\n"));
+    let paused = validated(&paused_spec);
+    assert_eq!(paused.stages[0].replicas_with(&desired), 0);
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Stage 5: the Pipeline's status, computed from what was applied, then written with
 //! server-side apply to the status subresource.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -8,6 +10,7 @@ use kube::{Client, ResourceExt};
 use super::apply::FIELD_MANAGER;
 use super::validate::{RECEIVER_STAGE, ValidatedPipeline};
 use crate::crd::{Condition, Pipeline, PipelineStatus, StageStatus};
+use crate::scaling::DesiredReplicas;
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
@@ -46,6 +49,7 @@ fn condition(type_: &str, status: bool, reason: &str, message: impl Into<String>
 /// Status after a successful apply, from the Deployments the API server returned.
 pub fn healthy_status(
     pipeline: &ValidatedPipeline,
+    desired: &DesiredReplicas,
     deployments: &[Deployment],
     kafka_topic: Option<&DynamicObject>,
     bootstrap_servers: &str,
@@ -62,11 +66,12 @@ pub fn healthy_status(
             let observed = deployment.and_then(|d| d.status.as_ref());
             let previous_stage =
                 previous.and_then(|p| p.stages.iter().find(|s| s.name == stage.name));
-            let scaled = previous_stage.is_some_and(|s| s.desired_replicas != stage.replicas);
+            let replicas = stage.replicas_with(desired);
+            let scaled = previous_stage.is_some_and(|s| s.desired_replicas != replicas);
             StageStatus {
                 name: stage.name.clone(),
                 deployment: stage.deployment_name.clone(),
-                desired_replicas: stage.replicas,
+                desired_replicas: replicas,
                 replicas: observed.and_then(|s| s.replicas).unwrap_or(0),
                 ready_replicas: observed.and_then(|s| s.ready_replicas).unwrap_or(0),
                 lag: previous_stage.and_then(|s| s.lag),
@@ -174,6 +179,21 @@ pub fn healthy_status(
         bootstrap_servers: Some(bootstrap_servers.to_owned()),
         stages,
     }
+}
+
+/// Puts the lag last read per stage (by stage name) into `status`; a stage without a
+/// reading keeps the lag it had. The Pipeline's own `lag` is the receiver's.
+pub fn fill_lag(status: &mut PipelineStatus, lags: &BTreeMap<String, i64>) {
+    for stage in &mut status.stages {
+        if let Some(lag) = lags.get(&stage.name) {
+            stage.lag = Some(*lag);
+        }
+    }
+    status.lag = status
+        .stages
+        .iter()
+        .find(|s| s.name == RECEIVER_STAGE)
+        .and_then(|s| s.lag);
 }
 
 /// Status when the Pipeline could not be applied: what was there stays, the conditions say why.
@@ -287,4 +307,256 @@ pub async fn patch_status(
         name,
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    use serde_json::json;
+
+    use super::*;
+    use crate::controller::dereference::{Bootstrap, Dereferenced};
+    use crate::controller::validate::{OperatorDefaults, validate};
+
+    const SAMPLE: &str = include_str!("../../../examples/pipeline.yaml");
+    const NOW: &str = "2026-01-01T00:00:10Z";
+    const BEFORE: &str = "2026-01-01T00:00:00Z";
+
+    fn sample(edit: impl FnOnce(&mut Pipeline)) -> ValidatedPipeline {
+        let mut pipeline: Pipeline = serde_yaml::from_str(SAMPLE).unwrap();
+        pipeline.metadata.namespace = Some("default".to_owned());
+        pipeline.metadata.uid = Some("u".to_owned());
+        pipeline.metadata.generation = Some(3);
+        edit(&mut pipeline);
+        let dereferenced = Dereferenced {
+            bootstrap: Bootstrap::Resolved("kafka:9092".to_owned()),
+        };
+        let defaults = OperatorDefaults {
+            worker_image: "ferry/worker:test".to_owned(),
+        };
+        validate(&pipeline, &dereferenced, &defaults).unwrap()
+    }
+
+    /// A Deployment as the API server returns it: `ready` of `desired`, rolled out or not.
+    fn deployment(name: &str, desired: i32, ready: i32, rolled_out: bool) -> Deployment {
+        let mut deployment = Deployment::default();
+        deployment.metadata.name = Some(name.to_owned());
+        deployment.metadata.generation = Some(2);
+        deployment.spec = Some(DeploymentSpec {
+            replicas: Some(desired),
+            ..DeploymentSpec::default()
+        });
+        deployment.status = Some(DeploymentStatus {
+            observed_generation: Some(if rolled_out { 2 } else { 1 }),
+            replicas: Some(desired),
+            ready_replicas: Some(ready),
+            updated_replicas: Some(desired),
+            ..DeploymentStatus::default()
+        });
+        deployment
+    }
+
+    fn all_ready() -> Vec<Deployment> {
+        ["sensors-receiver", "sensors-stats", "sensors-validate"]
+            .into_iter()
+            .map(|name| deployment(name, 1, 1, true))
+            .collect()
+    }
+
+    fn find<'a>(status: &'a PipelineStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    fn healthy(pipeline: &ValidatedPipeline, deployments: &[Deployment]) -> PipelineStatus {
+        healthy_status(
+            pipeline,
+            &DesiredReplicas::default(),
+            deployments,
+            None,
+            "kafka:9092",
+            None,
+            NOW,
+        )
+    }
+
+    #[test]
+    fn every_stage_ready_and_rolled_out_is_ready_and_stable() {
+        let status = healthy(&sample(|_| {}), &all_ready());
+        assert_eq!(find(&status, READY).status, "True");
+        assert_eq!(find(&status, READY).reason, "AllStagesReady");
+        assert_eq!(find(&status, PROGRESSING).status, "False");
+        assert_eq!(find(&status, DEGRADED).status, "False");
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!(status.receivers.as_deref(), Some("1/1"));
+        assert_eq!(status.bootstrap_servers.as_deref(), Some("kafka:9092"));
+        assert_eq!(
+            status.selector.as_deref(),
+            Some(
+                "app.kubernetes.io/name=ferry,app.kubernetes.io/instance=sensors,ferry.dev/stage=receiver"
+            )
+        );
+        for condition in &status.conditions {
+            assert_eq!(condition.last_transition_time.as_deref(), Some(NOW));
+            assert_eq!(condition.observed_generation, Some(3));
+        }
+    }
+
+    #[test]
+    fn a_stage_short_of_ready_replicas_or_still_rolling_is_named() {
+        let mut deployments = all_ready();
+        deployments[1] = deployment("sensors-stats", 1, 0, false);
+        let status = healthy(&sample(|_| {}), &deployments);
+        assert_eq!(find(&status, READY).reason, "StagesNotReady");
+        assert!(find(&status, READY).message.ends_with(": stats"));
+        assert_eq!(find(&status, PROGRESSING).reason, "RollingOut");
+        assert_eq!(find(&status, PROGRESSING).message, "rolling out: stats");
+
+        // A Deployment the API server did not return counts as not rolled out, 0 ready.
+        let status = healthy(&sample(|_| {}), &deployments[..1]);
+        assert_eq!(status.stages[2].ready_replicas, 0);
+        assert!(find(&status, PROGRESSING).message.contains("validate"));
+    }
+
+    #[test]
+    fn a_paused_pipeline_says_so() {
+        let paused = sample(|p| p.spec.paused = true);
+        let status = healthy(&paused, &all_ready());
+        assert_eq!(find(&status, READY).reason, "Paused");
+        assert!(status.stages.iter().all(|s| s.desired_replicas == 0));
+    }
+
+    #[test]
+    fn desired_replicas_come_from_the_argument_and_a_change_stamps_the_scale_time() {
+        let pipeline = sample(|_| {});
+        let first = healthy(&pipeline, &all_ready());
+        let desired = [("receiver", 4)].into_iter().collect();
+        let scaled = healthy_status(
+            &pipeline,
+            &desired,
+            &all_ready(),
+            None,
+            "kafka:9092",
+            Some(&first),
+            "2026-01-01T00:01:00Z",
+        );
+        let receiver = &scaled.stages[0];
+        assert_eq!(receiver.desired_replicas, 4);
+        assert_eq!(
+            receiver.last_scale_time.as_deref(),
+            Some("2026-01-01T00:01:00Z")
+        );
+        assert_eq!(
+            scaled.stages[1].last_scale_time, None,
+            "stats did not scale"
+        );
+        assert_eq!(scaled.receivers.as_deref(), Some("1/4"));
+        assert_eq!(find(&scaled, READY).status, "False");
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_while_its_status_holds() {
+        let pipeline = sample(|_| {});
+        let mut before = healthy(&pipeline, &all_ready());
+        for condition in &mut before.conditions {
+            condition.last_transition_time = Some(BEFORE.to_owned());
+        }
+        let mut deployments = all_ready();
+        deployments[0] = deployment("sensors-receiver", 1, 0, true);
+        let after = healthy_status(
+            &pipeline,
+            &DesiredReplicas::default(),
+            &deployments,
+            None,
+            "kafka:9092",
+            Some(&before),
+            NOW,
+        );
+        assert_eq!(
+            find(&after, READY).last_transition_time.as_deref(),
+            Some(NOW)
+        );
+        assert_eq!(
+            find(&after, DEGRADED).last_transition_time.as_deref(),
+            Some(BEFORE)
+        );
+    }
+
+    #[test]
+    fn a_pending_kafka_topic_holds_ready() {
+        let pipeline = sample(|p| {
+            p.spec.kafka.create_topic = Some(serde_json::from_value(json!({})).unwrap());
+            p.spec.kafka.strimzi = Some(serde_json::from_value(json!({"cluster": "k"})).unwrap());
+        });
+        let status = healthy(&pipeline, &all_ready());
+        assert_eq!(find(&status, READY).reason, "KafkaTopicNotReady");
+
+        let mut topic = DynamicObject::new(
+            "sensors",
+            &crate::controller::dereference::kafka_topic_api_resource(),
+        );
+        topic.data = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+        let status = healthy_status(
+            &pipeline,
+            &DesiredReplicas::default(),
+            &all_ready(),
+            Some(&topic),
+            "kafka:9092",
+            None,
+            NOW,
+        );
+        assert_eq!(find(&status, READY).reason, "AllStagesReady");
+    }
+
+    #[test]
+    fn problem_status_says_who_must_act_and_keeps_what_was_there() {
+        let before = healthy(&sample(|_| {}), &all_ready());
+        let user = Problem {
+            reason: "InvalidSpec".to_owned(),
+            message: "bad".to_owned(),
+            user_error: true,
+        };
+        let status = problem_status(&user, Some(4), Some(&before), NOW);
+        assert_eq!(find(&status, READY).status, "False");
+        assert_eq!(find(&status, DEGRADED).status, "True");
+        assert_eq!(find(&status, DEGRADED).message, "bad");
+        assert_eq!(find(&status, PROGRESSING).status, "False");
+        assert_eq!(
+            find(&status, PROGRESSING).message,
+            "waiting for a change to the Pipeline"
+        );
+        assert_eq!(status.observed_generation, Some(4));
+        assert_eq!(status.stages, before.stages, "the stages stay as they were");
+
+        let transient = Problem {
+            user_error: false,
+            reason: "ApplyFailed".to_owned(),
+            ..user
+        };
+        let status = problem_status(&transient, Some(4), Some(&before), NOW);
+        assert_eq!(find(&status, DEGRADED).status, "False");
+        assert_eq!(find(&status, PROGRESSING).status, "True");
+        assert_eq!(find(&status, PROGRESSING).message, "retrying");
+    }
+
+    #[test]
+    fn fill_lag_sets_read_stages_and_the_receivers_lag() {
+        let mut status = healthy(&sample(|_| {}), &all_ready());
+        status.stages[1].lag = Some(7);
+        fill_lag(&mut status, &BTreeMap::from([("receiver".to_owned(), 120)]));
+        assert_eq!(status.stages[0].lag, Some(120));
+        assert_eq!(status.stages[1].lag, Some(7), "unread: kept");
+        assert_eq!(status.stages[2].lag, None);
+        assert_eq!(status.lag, Some(120));
+    }
+
+    #[test]
+    fn strimzi_ready_needs_a_true_ready_condition() {
+        assert!(strimzi_ready(
+            &json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+        ));
+        assert!(!strimzi_ready(
+            &json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})
+        ));
+        assert!(!strimzi_ready(&json!({"spec": {}})));
+    }
 }

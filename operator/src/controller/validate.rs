@@ -16,6 +16,7 @@ use super::dereference::{Bootstrap, Dereferenced};
 use crate::crd::{
     BatchSpec, Pipeline, ProcessorSpec, ScalingMode, ScalingSpec, SecretKeyRef, TlsSpec,
 };
+use crate::scaling::DesiredReplicas;
 
 pub const DEFAULT_REDIS_PORT: i32 = 6379;
 
@@ -111,13 +112,32 @@ pub struct ValidatedStage {
     pub config_key: String,
     pub worker_config: WorkerConfig,
     pub scaling: ScalingSpec,
-    /// Replicas to run now: 0 when paused, otherwise what the scaling mode asks.
+    /// Replicas without the autoscaler: 0 when paused, the manual count, or minReplicas.
     pub replicas: i32,
+    /// Auto mode and not paused: the autoscaler's desired count decides the replicas.
+    pub autoscaled: bool,
     pub image: String,
     pub resources: Option<ResourceRequirements>,
 }
 
 pub const RECEIVER_STAGE: &str = "receiver";
+
+impl ValidatedStage {
+    /// The replicas this round applies: for an autoscaled stage the desired count published
+    /// for it, within its bounds (minReplicas until the autoscaler has one); otherwise
+    /// validate's number.
+    pub fn replicas_with(&self, desired: &DesiredReplicas) -> i32 {
+        if !self.autoscaled {
+            return self.replicas;
+        }
+        let min = self.scaling.min_replicas.max(0);
+        let max = self.scaling.max_replicas.max(min);
+        desired
+            .get(&self.name)
+            .unwrap_or(self.replicas)
+            .clamp(min, max)
+    }
+}
 
 pub fn validate(
     pipeline: &Pipeline,
@@ -229,6 +249,7 @@ pub fn validate(
         ),
         scaling: receiver.scaling.clone(),
         replicas: initial_replicas(&receiver.scaling, spec.paused),
+        autoscaled: autoscaled(&receiver.scaling, spec.paused),
         image: image.clone(),
         resources: receiver.resources.clone(),
     }];
@@ -249,6 +270,7 @@ pub fn validate(
             ),
             scaling: processor.scaling.clone(),
             replicas: initial_replicas(&processor.scaling, spec.paused),
+            autoscaled: autoscaled(&processor.scaling, spec.paused),
             image: image.clone(),
             resources: processor.resources.clone(),
         });
@@ -297,6 +319,10 @@ pub fn validate(
 }
 
 /// Replicas before any lag is known: the floor of the range, or the user's number in manual mode.
+fn autoscaled(scaling: &ScalingSpec, paused: bool) -> bool {
+    !paused && scaling.mode == ScalingMode::Auto
+}
+
 fn initial_replicas(scaling: &ScalingSpec, paused: bool) -> i32 {
     if paused {
         return 0;
