@@ -74,11 +74,17 @@ pub async fn create_topic(stack: &Stack, topic: &str, partitions: i32) {
 }
 
 pub fn producer(stack: &Stack) -> FutureProducer {
+    producer_compressing(stack, "none")
+}
+
+/// A producer whose batches use `codec` (`none`, `gzip`, `snappy`, `lz4`, `zstd`).
+pub fn producer_compressing(stack: &Stack, codec: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", &stack.kafka)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000")
+        .set("compression.codec", codec)
         .create()
         .expect("producer")
 }
@@ -134,7 +140,17 @@ pub async fn produce_sequences(
     sequences: std::ops::Range<usize>,
     rate: f64,
 ) -> Produced {
-    let producer = producer(stack);
+    produce_with(&producer(stack), topic, keys, sequences, rate).await
+}
+
+/// [`produce_sequences`] through a given producer (say, one that compresses).
+pub async fn produce_with(
+    producer: &FutureProducer,
+    topic: &str,
+    keys: usize,
+    sequences: std::ops::Range<usize>,
+    rate: f64,
+) -> Produced {
     let mut oracle = Produced::default();
     let mut pending = Vec::with_capacity(sequences.len());
     // One base for every call of the process, so sequences of different calls never share a
@@ -365,6 +381,16 @@ impl Receiver {
 
     /// Waits until every partition's checkpoint reaches its last offset.
     pub fn wait_applied(&self, last_offsets: &BTreeMap<i32, i64>, timeout: Duration) {
+        assert!(
+            self.try_wait_applied(last_offsets, timeout),
+            "not applied in {timeout:?}: checkpoints {:?}, expected {last_offsets:?}; logs in {}",
+            self.checkpoints(&last_offsets.keys().copied().collect::<Vec<_>>()),
+            self.dir.display()
+        );
+    }
+
+    /// Whether every partition's checkpoint reached `last_offsets` within `timeout`.
+    pub fn try_wait_applied(&self, last_offsets: &BTreeMap<i32, i64>, timeout: Duration) -> bool {
         let partitions: Vec<i32> = last_offsets.keys().copied().collect();
         let deadline = Instant::now() + timeout;
         loop {
@@ -374,13 +400,11 @@ impl Receiver {
                 .zip(&checkpoints)
                 .all(|(p, c)| c.is_some_and(|c| c >= last_offsets[p]))
             {
-                return;
+                return true;
             }
-            assert!(
-                Instant::now() < deadline,
-                "not applied in {timeout:?}: checkpoints {checkpoints:?}, expected {last_offsets:?}; logs in {}",
-                self.dir.display()
-            );
+            if Instant::now() >= deadline {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
