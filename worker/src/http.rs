@@ -20,6 +20,8 @@ pub struct Readiness {
     redis_connected: Arc<AtomicBool>,
     /// Why the stage cannot commit its batch, while it cannot (e.g. a key of another type).
     blocked: Arc<Mutex<Option<String>>>,
+    /// Why the stage cannot read its topic, while it cannot (repeated consume errors).
+    consume_failing: Arc<Mutex<Option<String>>>,
 }
 
 impl Readiness {
@@ -35,6 +37,24 @@ impl Readiness {
             .clone()
     }
 
+    /// `Some(reason)`: consuming keeps failing; `None` clears it.
+    pub fn set_consume_failing(&self, reason: Option<String>) {
+        *self
+            .consume_failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = reason;
+    }
+
+    /// What `/readyz` says when the stage is unready for a reason it knows.
+    pub fn reason(&self) -> Option<String> {
+        self.blocked().or_else(|| {
+            self.consume_failing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        })
+    }
+
     pub fn set_assigned(&self, assigned: bool) {
         self.assigned.store(assigned, Ordering::Relaxed);
     }
@@ -46,7 +66,7 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.assigned.load(Ordering::Relaxed)
             && self.redis_connected.load(Ordering::Relaxed)
-            && self.blocked().is_none()
+            && self.reason().is_none()
     }
 }
 
@@ -86,7 +106,7 @@ pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
             "/readyz",
             get(move || {
                 let ready = readiness.is_ready();
-                let blocked = readiness.blocked();
+                let blocked = readiness.reason();
                 async move {
                     match (ready, blocked) {
                         (true, _) => (StatusCode::OK, "ready\n".to_owned()).into_response(),

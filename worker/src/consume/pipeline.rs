@@ -331,6 +331,7 @@ where
         owned: HashSet::default(),
         replays: ReplayFilter::default(),
         verified_keys: HashSet::default(),
+        blocked_series: Vec::new(),
         batch: PendingBatch::default(),
         backoff: Backoff::DEFAULT,
         halted: None,
@@ -338,6 +339,7 @@ where
     let mut writer_task = tokio::spawn(writer.run(events_rx));
 
     let mut backoff = Backoff::DEFAULT;
+    let mut consume_health = ConsumeHealth::default();
     loop {
         let received = tokio::select! {
             biased;
@@ -348,12 +350,22 @@ where
         match received {
             Ok(message) => {
                 backoff.reset();
+                if consume_health.on_record() {
+                    info!("consuming again");
+                    readiness.set_consume_failing(None);
+                    consume_failing_metric(&metrics).set(0);
+                }
                 consumer.context().stage(decoder.decode(&message, now_ms));
             }
             Err(error) => {
                 metrics.kafka_error("consume");
                 let delay = backoff.next_delay();
                 warn!(%error, retry_in = ?delay, "kafka consume error");
+                if let Some(reason) = consume_health.on_error(&error) {
+                    error!(%reason, "the stage is unready until consuming works again");
+                    readiness.set_consume_failing(Some(reason));
+                    consume_failing_metric(&metrics).set(1);
+                }
                 tokio::select! {
                     _ = shutdown.wait() => break,
                     _ = tokio::time::sleep(delay) => continue,
@@ -422,6 +434,41 @@ where
     http_task.abort();
     info!("{} stopped", spec.name);
     writer_outcome
+}
+
+/// How many consume errors in a row make the stage unready: a partition librdkafka cannot
+/// read (a batch it cannot decompress, say) returns the same error without advancing.
+const CONSUME_ERRORS_UNREADY: u32 = 5;
+
+/// Counts consume errors in a row.
+#[derive(Debug, Default)]
+struct ConsumeHealth {
+    errors_in_a_row: u32,
+}
+
+impl ConsumeHealth {
+    /// The reason to go unready, once, when errors in a row reach the limit.
+    fn on_error(&mut self, error: &KafkaError) -> Option<String> {
+        self.errors_in_a_row = self.errors_in_a_row.saturating_add(1);
+        (self.errors_in_a_row == CONSUME_ERRORS_UNREADY).then(|| {
+            format!("{CONSUME_ERRORS_UNREADY} Kafka consume errors in a row, the last: {error}")
+        })
+    }
+
+    /// True when a record ends a run of errors that made the stage unready.
+    fn on_record(&mut self) -> bool {
+        std::mem::take(&mut self.errors_in_a_row) >= CONSUME_ERRORS_UNREADY
+    }
+}
+
+fn consume_failing_metric(metrics: &Metrics) -> prometheus_client::metrics::gauge::Gauge {
+    metrics
+        .blocked
+        .get_or_create(&BlockedLabel {
+            reason: "consume_error".to_owned(),
+            key: String::new(),
+        })
+        .clone()
 }
 
 fn now_ms() -> i64 {
@@ -552,6 +599,8 @@ struct Writer<K: StageKind> {
     /// Data keys found holding the right type (or none) and written since: not checked
     /// again.
     verified_keys: HashSet<String, FastHash>,
+    /// The `ferry_stage_blocked` series this writer set, removed when a batch commits.
+    blocked_series: Vec<BlockedLabel>,
     batch: PendingBatch<K::Record>,
     backoff: Backoff,
     /// Set when a command failed inside `EXEC`: the stage takes no more records (their
@@ -689,16 +738,15 @@ impl<K: StageKind> Writer<K> {
     }
 
     /// Unready, with the reason in `/readyz`, the metrics and the log, until a batch commits.
-    fn block(&self, reason: &'static str, key: &str, message: String) {
+    fn block(&mut self, reason: &'static str, key: &str, message: String) {
         error!(reason, key, "{message}");
         self.readiness.set_blocked(Some(message));
-        self.metrics
-            .blocked
-            .get_or_create(&BlockedLabel {
-                reason: reason.to_owned(),
-                key: key.to_owned(),
-            })
-            .set(1);
+        let label = BlockedLabel {
+            reason: reason.to_owned(),
+            key: key.to_owned(),
+        };
+        self.metrics.blocked.get_or_create(&label).set(1);
+        self.blocked_series.push(label);
     }
 
     fn redis_failed(&mut self, error: &SinkError) {
@@ -720,7 +768,10 @@ impl<K: StageKind> Writer<K> {
                     if self.readiness.blocked().is_some() {
                         info!("the blocking key is fixed; committing again");
                         self.readiness.set_blocked(None);
-                        self.metrics.blocked.clear();
+                        // Only the writer's own series: the consumer's stay its own.
+                        for label in self.blocked_series.drain(..) {
+                            self.metrics.blocked.remove(&label);
+                        }
                     }
                     break;
                 }
@@ -1139,6 +1190,26 @@ mod tests {
         // Forgotten (a batch given up), the partition is re-admitted from anywhere.
         replays.forget(0);
         assert!(replays.admit(0, 5));
+    }
+
+    #[test]
+    fn repeated_consume_errors_make_the_stage_unready_once_until_a_record_comes() {
+        let error =
+            KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::NotImplemented);
+        let mut health = ConsumeHealth::default();
+        let reasons: Vec<Option<String>> = (0..CONSUME_ERRORS_UNREADY + 2)
+            .map(|_| health.on_error(&error))
+            .collect();
+        assert_eq!(reasons.iter().flatten().count(), 1);
+        assert!(
+            reasons[CONSUME_ERRORS_UNREADY as usize - 1]
+                .as_deref()
+                .is_some_and(|r| r.contains("in a row"))
+        );
+        assert!(health.on_record(), "a record after the limit clears it");
+        assert!(!health.on_record());
+        health.on_error(&error);
+        assert!(!health.on_record(), "one error is not a run");
     }
 
     #[test]
