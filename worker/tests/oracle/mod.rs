@@ -683,8 +683,18 @@ pub fn committed_offsets(
     for partition in 0..partitions {
         wanted.add_partition(topic, partition);
     }
-    let Ok(committed) = consumer.committed_offsets(wanted, Duration::from_secs(10)) else {
-        return BTreeMap::new();
+    // An error is not "nothing committed": a fault test would misjudge where its kill landed.
+    let mut attempt = 0;
+    let committed = loop {
+        attempt += 1;
+        match consumer.committed_offsets(wanted.clone(), Duration::from_secs(10)) {
+            Ok(committed) => break committed,
+            Err(error) if attempt < 5 => {
+                eprintln!("reading {group}'s committed offsets failed ({error}); again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(error) => panic!("cannot read {group}'s committed offsets: {error}"),
+        }
     };
     committed
         .elements()
