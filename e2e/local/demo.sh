@@ -49,6 +49,11 @@ phase_end build
 phase_start operator
 step "installing the Pipeline CRD"
 kubectl apply --server-side --force-conflicts -f crds/pipeline.yaml >/dev/null
+# kubectl wait fails at once while the new CRD has no status.conditions yet: retry that.
+for _ in $(seq 1 60); do
+  kubectl wait --for=condition=Established crd/pipelines.ferry.dev --timeout=60s >/dev/null 2>&1 && break
+  sleep 1
+done
 kubectl wait --for=condition=Established crd/pipelines.ferry.dev --timeout=60s >/dev/null
 step "starting the operator (log: $FERRY_LOG_DIR/operator.log)"
 stop_daemon ferry-operator >/dev/null 2>&1 || true

@@ -138,13 +138,32 @@ pub fn install_crds() {
             "-f",
             crd.to_str().unwrap_or_default(),
         ]);
-        kubectl_ok(&[
+        wait_established("pipelines.ferry.dev");
+    });
+}
+
+/// Waits until the CRD is served. `kubectl wait` fails at once, rather than waiting, while
+/// the API server has not yet written the new CRD's `status.conditions`, so that is retried.
+pub fn wait_established(crd: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let target = format!("crd/{crd}");
+    loop {
+        let out = kubectl(&[
             "wait",
             "--for=condition=Established",
-            "crd/pipelines.ferry.dev",
+            &target,
             "--timeout=60s",
         ]);
-    });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            stderr.contains(".status.conditions accessor error") && Instant::now() < deadline,
+            "kubectl wait for {target} failed: {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Which Strimzi CRDs the tests install: Strimzi 1.2.0's real ones where the shared folder
@@ -221,12 +240,7 @@ pub fn install_strimzi_crds() {
             "kafkatopics.kafka.strimzi.io",
             "kafkanodepools.kafka.strimzi.io",
         ] {
-            kubectl_ok(&[
-                "wait",
-                "--for=condition=Established",
-                &format!("crd/{crd}"),
-                "--timeout=60s",
-            ]);
+            wait_established(crd);
         }
     });
 }
