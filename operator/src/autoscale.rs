@@ -21,16 +21,19 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc::UnboundedSender;
-use kube::Resource;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::crd::{Pipeline, ScalingMode};
+use crate::events;
 use crate::lag::{ClusterConfig, GroupLag, LagError, LagQuery, LagReader};
 use crate::metrics::{Metrics, StageLabels};
 use crate::scaling::{self, DesiredReplicas, ScaleInput, ScalingPolicy, StageHistory, Why};
+
+/// The `action` of the autoscaler's Events.
+const SCALE_ACTION: &str = "Scale";
 
 /// How often the loop looks for stages whose poll is due.
 const TICK: Duration = Duration::from_millis(100);
@@ -358,11 +361,12 @@ async fn poll_cluster(
             info!(pipeline = %pipeline_ref, stage = %outcome.key.stage, from, to, lag = outcome.lag, "scaling {verb}");
             peer.metrics.count_scale(&outcome.key.labels(), to > from);
             if let Some(pipeline) = &pipeline {
-                publish(
-                    peer,
+                events::publish(
+                    &peer.recorder,
                     pipeline,
                     EventType::Normal,
                     reason,
+                    SCALE_ACTION,
                     format!(
                         "scaled stage {} {verb} from {from} to {to} replicas: lag {} records",
                         outcome.key.stage, outcome.lag
@@ -372,11 +376,12 @@ async fn poll_cluster(
             }
         }
         if let (Some(partitions), Some(pipeline)) = (&outcome.newly_persistent, &pipeline) {
-            publish(
-                peer,
+            events::publish(
+                &peer.recorder,
                 pipeline,
                 EventType::Warning,
                 "PersistentLag",
+                SCALE_ACTION,
                 format!(
                     "stage {}: the committed offset of partition(s) {partitions:?} has not moved \
                      while their consumer is alive; their lag adds at most one replica",
@@ -462,23 +467,6 @@ impl Autoscaler {
             newly_persistent,
             refresh_status,
         })
-    }
-}
-
-async fn publish(peer: &Peer, pipeline: &Pipeline, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "Scale".to_owned(),
-        secondary: None,
-    };
-    if let Err(err) = peer
-        .recorder
-        .publish(&event, &pipeline.object_ref(&()))
-        .await
-    {
-        warn!(error = %err, "cannot publish event");
     }
 }
 

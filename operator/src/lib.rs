@@ -4,6 +4,7 @@ pub mod autoscale;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod events;
 pub mod group_offsets;
 pub mod http;
 pub mod lag;

@@ -6,11 +6,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::Client;
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, Resource};
-use tracing::warn;
 
 use super::apply;
 use super::validate::OperatorDefaults;
@@ -130,19 +129,6 @@ impl Context {
         action: &str,
         note: String,
     ) {
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: action.to_owned(),
-            secondary: None,
-        };
-        if let Err(err) = self
-            .recorder
-            .publish(&event, &pipeline.object_ref(&()))
-            .await
-        {
-            warn!(error = %err, "cannot publish event");
-        }
+        crate::events::publish(&self.recorder, pipeline, type_, reason, action, note).await;
     }
 }
