@@ -46,22 +46,8 @@ pub async fn run(
         build::LABEL_MANAGED_BY,
         build::MANAGED_BY
     ));
-    let Some((deployment_writer, config_map_writer)) = ctx
-        .child_writers
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take()
-    else {
-        anyhow::bail!("the controller of this context already ran");
-    };
-    let Some(store_writer) = ctx
-        .pipeline_writer
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take()
-    else {
-        anyhow::bail!("the controller of this context already ran");
-    };
+    let (deployment_writer, config_map_writer) = take_once(&ctx.child_writers)?;
+    let store_writer = take_once(&ctx.pipeline_writer)?;
     let store = ctx.pipelines();
     let pipeline_stream = triggers::pipeline_changes(
         watcher(pipelines, watcher::Config::default())
@@ -153,4 +139,12 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
+}
+
+/// A writer the context hands out once: the controller owns it from then on.
+fn take_once<T>(slot: &std::sync::Mutex<Option<T>>) -> anyhow::Result<T> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("the controller of this context already ran"))
 }
