@@ -1038,8 +1038,7 @@ impl Producer {
         let mut sends = Vec::with_capacity(outputs.len() + dead_letters.len());
         if let Some(topic) = &self.topics.output {
             for output in outputs {
-                let position = Position::new(output.partition, output.offset);
-                let headers = position.headers(&self.source_topic);
+                let headers = source_headers(&self.source_topic, output.partition, output.offset);
                 let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
                     .key(output.key.as_slice())
                     .payload(output.payload.as_slice())
@@ -1052,17 +1051,16 @@ impl Producer {
         }
         if let Some(topic) = &self.topics.dead_letter {
             for rejected in dead_letters {
-                let position = Position::new(rejected.partition, rejected.offset);
-                let headers = position
-                    .headers(&self.source_topic)
-                    .insert(Header {
-                        key: HEADER_REASON,
-                        value: Some(rejected.reason.header()),
-                    })
-                    .insert(Header {
-                        key: HEADER_DETAIL,
-                        value: Some(rejected.detail.as_str()),
-                    });
+                let headers =
+                    source_headers(&self.source_topic, rejected.partition, rejected.offset)
+                        .insert(Header {
+                            key: HEADER_REASON,
+                            value: Some(rejected.reason.header()),
+                        })
+                        .insert(Header {
+                            key: HEADER_DETAIL,
+                            value: Some(rejected.detail.as_str()),
+                        });
                 let mut record: FutureRecord<'_, [u8], [u8]> =
                     FutureRecord::to(topic).headers(headers);
                 if let Some(key) = &rejected.key {
@@ -1091,35 +1089,22 @@ impl Producer {
     }
 }
 
-/// A source position, formatted once for the headers.
-struct Position {
-    partition: String,
-    offset: String,
-}
-
-impl Position {
-    fn new(partition: i32, offset: i64) -> Self {
-        Self {
-            partition: partition.to_string(),
-            offset: offset.to_string(),
-        }
-    }
-
-    fn headers(&self, source_topic: &str) -> OwnedHeaders {
-        OwnedHeaders::new_with_capacity(5)
-            .insert(Header {
-                key: HEADER_SOURCE_TOPIC,
-                value: Some(source_topic),
-            })
-            .insert(Header {
-                key: HEADER_SOURCE_PARTITION,
-                value: Some(self.partition.as_str()),
-            })
-            .insert(Header {
-                key: HEADER_SOURCE_OFFSET,
-                value: Some(self.offset.as_str()),
-            })
-    }
+/// The `ferry-source-*` headers every produced record carries (librdkafka copies the
+/// values, so they need not outlive the call).
+fn source_headers(source_topic: &str, partition: i32, offset: i64) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(5)
+        .insert(Header {
+            key: HEADER_SOURCE_TOPIC,
+            value: Some(source_topic),
+        })
+        .insert(Header {
+            key: HEADER_SOURCE_PARTITION,
+            value: Some(&partition.to_string()),
+        })
+        .insert(Header {
+            key: HEADER_SOURCE_OFFSET,
+            value: Some(&offset.to_string()),
+        })
 }
 
 /// Logs refused records when there is no dead-letter topic: the first of each reason at

@@ -52,9 +52,11 @@ pub async fn run(
         compute,
         key_prefix: config.redis.key_prefix.clone(),
         forwards: processor_config.output.is_some(),
-        reader: crate::sink::redis_client(&config.redis)?,
-        reads: None,
-        redis_timeout: options.redis_timeout,
+        reads: ReadConnection {
+            client: crate::sink::redis_client(&config.redis)?,
+            connection: None,
+            timeout: options.redis_timeout,
+        },
     };
     let spec = StageSpec {
         name: "processor",
@@ -213,10 +215,37 @@ struct Processor {
     forwards: bool,
     /// Lookups and reference data, on a connection of their own (the pipeline's holds
     /// `WATCH`).
-    reader: redis::Client,
+    reads: ReadConnection,
+}
+
+/// The processor's read connection, made on first use and after a failure.
+struct ReadConnection {
+    client: redis::Client,
     /// Dropped after any Redis error so the next attempt reconnects.
-    reads: Option<MultiplexedConnection>,
-    redis_timeout: std::time::Duration,
+    connection: Option<MultiplexedConnection>,
+    timeout: std::time::Duration,
+}
+
+impl ReadConnection {
+    async fn connection(&mut self) -> Result<MultiplexedConnection, KindError> {
+        if let Some(connection) = &self.connection {
+            return Ok(connection.clone());
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(KindError::redis("connect"))?;
+        self.connection = Some(connection.clone());
+        Ok(connection)
+    }
+
+    fn reset(&mut self) {
+        self.connection = None;
+    }
 }
 
 impl StageKind for Processor {
@@ -249,34 +278,32 @@ impl StageKind for Processor {
         fresh: Fresh<'a, SourceRecord>,
     ) -> Result<Effects, KindError> {
         let mut effects = Effects::default();
-        let mut redis = match self.compute {
-            Compute::Stats { .. } => None,
-            Compute::Validate { .. } | Compute::Enrich { .. } => {
-                Some(self.read_connection().await?)
-            }
-        };
-        let result = match (&self.compute, redis.as_mut()) {
-            (Compute::Stats { window }, _) => {
+        let result = match &self.compute {
+            Compute::Stats { window } => {
                 self.stats(*window, fresh.records, &mut effects);
                 Ok(())
             }
-            (Compute::Validate { rules }, Some(redis)) => {
-                self.validate(rules, &fresh, redis, &mut effects).await
+            Compute::Validate { rules } => {
+                let mut redis = self.reads.connection().await?;
+                self.validate(rules, &fresh, &mut redis, &mut effects).await
             }
-            (
-                Compute::Enrich {
+            Compute::Enrich {
+                reference_key,
+                fields,
+            } => {
+                let mut redis = self.reads.connection().await?;
+                self.enrich(
                     reference_key,
                     fields,
-                },
-                Some(redis),
-            ) => {
-                self.enrich(reference_key, fields, fresh.records, redis, &mut effects)
-                    .await
+                    fresh.records,
+                    &mut redis,
+                    &mut effects,
+                )
+                .await
             }
-            (Compute::Validate { .. } | Compute::Enrich { .. }, None) => Ok(()),
         };
         if result.is_err() {
-            self.reads = None;
+            self.reads.reset();
         }
         result.map(|()| effects)
     }
@@ -291,22 +318,6 @@ fn stats_window_key(prefix: &str, key: &str) -> String {
 }
 
 impl Processor {
-    async fn read_connection(&mut self) -> Result<MultiplexedConnection, KindError> {
-        if let Some(connection) = &self.reads {
-            return Ok(connection.clone());
-        }
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.redis_timeout))
-            .set_response_timeout(Some(self.redis_timeout));
-        let connection = self
-            .reader
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(KindError::redis("connect"))?;
-        self.reads = Some(connection.clone());
-        Ok(connection)
-    }
-
     fn forward(&self, effects: &mut Effects, record: &SourceRecord, payload: Vec<u8>) {
         if self.forwards {
             effects.outputs.push(record.output(payload));
