@@ -50,11 +50,16 @@ phase_start operator
 step "installing the Pipeline CRD"
 kubectl apply --server-side --force-conflicts -f crds/pipeline.yaml >/dev/null
 # kubectl wait fails at once while the new CRD has no status.conditions yet: retry that.
+established=0
 for _ in $(seq 1 60); do
-  kubectl wait --for=condition=Established crd/pipelines.ferry.dev --timeout=60s >/dev/null 2>&1 && break
+  if kubectl wait --for=condition=Established crd/pipelines.ferry.dev --timeout=60s >/dev/null 2>&1; then
+    established=1
+    break
+  fi
   sleep 1
 done
-kubectl wait --for=condition=Established crd/pipelines.ferry.dev --timeout=60s >/dev/null
+# Once more with its output, to say why.
+((established)) || kubectl wait --for=condition=Established crd/pipelines.ferry.dev --timeout=5s >/dev/null
 step "starting the operator (log: $FERRY_LOG_DIR/operator.log)"
 stop_daemon ferry-operator >/dev/null 2>&1 || true
 start_daemon ferry-operator "$FERRY_LOG_DIR/operator.log" \
