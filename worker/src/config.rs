@@ -85,6 +85,11 @@ pub struct KafkaConfig {
     pub consumer_group: String,
     #[serde(default)]
     pub auto_offset_reset: OffsetReset,
+    /// With `latest`, a new data set starts at the first record at or after this time (ms
+    /// since the epoch; the operator writes the Pipeline's creation time), not at the log
+    /// end when the stage first runs: records produced while its pods start are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_from_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsFiles>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -570,3 +570,19 @@ fn a_rule_that_does_not_parse_is_an_invalid_spec() {
          the end of the rule: values[0] IN RANGE 11"
     );
 }
+
+#[test]
+fn latest_starts_from_the_pipelines_creation() {
+    let mut pipeline = with_metadata(SAMPLE);
+    pipeline.metadata.creation_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-12-01T16:00:00Z".parse().unwrap(),
+        ));
+    let validated = validated(&pipeline);
+    for stage in &validated.stages {
+        assert_eq!(
+            stage.worker_config.kafka.latest_from_ms,
+            Some(1_796_140_800_000)
+        );
+    }
+}

@@ -216,11 +216,18 @@ pub fn validate(
         tls: redis_tls,
         key_prefix: spec.redis.key_prefix.clone(),
     };
+    // `latest` keeps what was produced from the Pipeline's creation on, while pods start.
+    let created_ms = pipeline
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|created| created.0.as_millisecond());
     let kafka_for_group = |group: String| KafkaConfig {
         bootstrap_servers: bootstrap_servers.clone(),
         topic: spec.kafka.topic.clone(),
         consumer_group: group,
         auto_offset_reset: spec.kafka.auto_offset_reset,
+        latest_from_ms: created_ms,
         tls: kafka_tls.clone(),
         sasl: sasl.clone(),
     };
