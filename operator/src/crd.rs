@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use ferry_worker::config::{OffsetReset, RecordFormat, SaslMechanism, StorageKind};
-use ferry_worker::duration::HumanDuration;
+use ferry_config::config::{OffsetReset, RecordFormat, SaslMechanism, StorageKind};
+use ferry_config::duration::HumanDuration;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_worker::config::{
+use ferry_config::config::{
     KAFKA_SASL_PASSWORD_ENV, OffsetReset, ProcessorKind, REDIS_PASSWORD_ENV, RecordFormat,
     StageConfig, StorageKind, WorkerConfig,
 };
@@ -539,8 +539,8 @@ fn create_topic_builds_an_owned_strimzi_kafka_topic() {
     assert!(children.kafka_topic.is_none());
 }
 
-/// Holds in an operator built alone (`cargo test -p ferry-operator --lib`), where the worker
-/// crate has no `runtime` feature: the rule parser must still run at reconcile.
+/// The operator refuses a broken rule at reconcile with the contract crate's parser, the
+/// one the worker uses at start.
 #[test]
 fn a_rule_that_does_not_parse_is_an_invalid_spec() {
     let yaml = SAMPLE.replace(

@@ -432,11 +432,11 @@ impl WorkerConfig {
                             "must hold at least one rule",
                         );
                     }
-                    // The parser builds without the runtime feature, so an operator built
-                    // alone refuses a broken rule at reconcile, as the worker would at start.
+                    // The operator refuses a broken rule at reconcile, as the worker would at
+                    // start: both use this crate's parser.
                     ProcessorKind::Validate(validate) => {
                         for (index, rule) in validate.rules.iter().enumerate() {
-                            if let Err(err) = crate::process::rules::parse(&rule.expression) {
+                            if let Err(err) = crate::rules::parse(&rule.expression) {
                                 return Err(ConfigError::Invalid {
                                     key: format!(
                                         "stage.processor.kind.validate.rules[{index}].expression"
