@@ -9,13 +9,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
-use std::time::Duration;
 
 use ferry_config::config::OffsetReset;
 use ferry_operator::lag::{ClusterConfig, GroupLag, LagQuery, LagReader};
-use rand::Rng;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -27,53 +23,16 @@ struct Stack {
 }
 
 fn stack() -> Stack {
-    let dir = std::env::var("FERRY_STACK_DIR").unwrap_or_else(|_| "/tmp/ferry-stack".to_owned());
-    let file = std::fs::read_to_string(format!("{dir}/env")).unwrap_or_default();
-    let from_file: BTreeMap<String, String> = file
-        .lines()
-        .filter_map(|line| line.strip_prefix("export ").unwrap_or(line).split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
-        .collect();
-    let get = |key: &str| {
-        std::env::var(key)
-            .ok()
-            .or_else(|| from_file.get(key).cloned())
-            .unwrap_or_else(|| {
-                panic!(
-                    "{key} is not set and {dir}/env does not define it: start the local stack \
-                     with `FERRY_STACK_K8S=0 bash e2e/local/stack.sh up redis kafka`"
-                )
-            })
-    };
     Stack {
-        bootstrap: get("KAFKA_BOOTSTRAP"),
-        bin: get("FERRY_BIN"),
+        bootstrap: ferry_test_support::require_stack_var("KAFKA_BOOTSTRAP"),
+        bin: ferry_test_support::require_stack_var("FERRY_BIN"),
     }
 }
 
-fn random_name(prefix: &str) -> String {
-    format!("{prefix}-{:08x}", rand::rng().random::<u32>())
-}
+use ferry_test_support::unique as random_name;
 
 async fn create_topic(stack: &Stack, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &stack.bootstrap)
-        .create()
-        .unwrap();
-    let results = admin
-        .create_topics(
-            [&NewTopic::new(
-                topic,
-                partitions,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .unwrap();
-    for result in results {
-        result.unwrap();
-    }
+    ferry_test_support::create_topics(&stack.bootstrap, &[(topic, partitions)]).await;
 }
 
 /// Produces `counts[p]` records to partition `p`, and waits for each delivery.

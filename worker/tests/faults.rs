@@ -52,26 +52,6 @@ fn produce_in_background(
     )
 }
 
-async fn create_topic_retrying(stack: &Stack, topic: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let attempt = tokio::spawn({
-            let stack = Stack {
-                kafka: stack.kafka.clone(),
-                redis: String::new(),
-            };
-            let topic = topic.to_owned();
-            async move { create_topic(&stack, &topic, PARTITIONS).await }
-        })
-        .await;
-        if attempt.is_ok() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "cannot create {topic}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_receivers_sigkilled_every_5s() {
     let shared = stack();
@@ -210,7 +190,7 @@ async fn fault_kafka_outage_mid_run() {
     let count = records(60_000);
     let (keys, depth) = keys_and_depth(count);
     let topic = unique("fault-kafka");
-    create_topic_retrying(&stack, &topic).await;
+    create_topic(&stack, &topic, PARTITIONS).await;
     let producing = produce_in_background(&stack.kafka, &topic, keys, count, 20.0);
     let mut receiver = Receiver::new(&stack, spec(&topic, &redis.url, depth));
     let worker = receiver.start();

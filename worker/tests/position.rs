@@ -73,8 +73,8 @@ async fn settle(receiver: &Receiver, source: &[SourceRecord], timeout: Duration)
     }
 }
 
-/// Deletes `topic` and creates it again with `partitions`, retrying while the broker still
-/// finishes the deletion.
+/// Deletes `topic` and creates it again with `partitions` (retried while the broker still
+/// finishes the deletion).
 async fn recreate_topic(stack: &Stack, topic: &str, partitions: i32) {
     let admin = admin(stack);
     for result in admin
@@ -84,23 +84,7 @@ async fn recreate_topic(stack: &Stack, topic: &str, partitions: i32) {
     {
         result.expect("topic deleted");
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let attempt = tokio::spawn({
-            let stack = Stack {
-                kafka: stack.kafka.clone(),
-                redis: String::new(),
-            };
-            let topic = topic.to_owned();
-            async move { create_topic(&stack, &topic, partitions).await }
-        })
-        .await;
-        if attempt.is_ok() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "cannot create {topic} again");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    create_topic(stack, topic, partitions).await;
 }
 
 fn finish(fault: &str, receiver: &Receiver, verdict: &Verdict, worker: Worker, note: &str) {
@@ -301,7 +285,7 @@ async fn a_promoted_asynchronous_replica_has_its_lost_range_replayed() {
             .unwrap();
         values
             .iter()
-            .map(|v| v.as_deref().and_then(|v| v.split('@').next()?.parse().ok()))
+            .map(|v| v.as_deref().and_then(checkpoint_offset))
             .collect()
     };
     eprintln!(

@@ -241,7 +241,7 @@ fn checkpoints(
         .map(|value| {
             value
                 .as_deref()
-                .and_then(|v| v.split('@').next()?.parse().ok())
+                .and_then(ferry_test_support::checkpoint_offset)
         })
         .collect()
 }

@@ -23,26 +23,20 @@ impl StackEnv {
     pub fn load() -> Self {
         static ENV: OnceLock<StackEnv> = OnceLock::new();
         ENV.get_or_init(|| {
-            let dir = std::env::var("FERRY_STACK_DIR").unwrap_or_else(|_| "/tmp/ferry-stack".to_owned());
-            let file = Path::new(&dir).join("env");
-            let mut vars = BTreeMap::new();
-            if let Ok(text) = std::fs::read_to_string(&file) {
-                for line in text.lines() {
-                    let line = line.trim().trim_start_matches("export ");
-                    if let Some((key, value)) = line.split_once('=') {
-                        vars.insert(key.to_owned(), value.trim_matches('"').trim_matches('\'').to_owned());
-                    }
-                }
-            }
-            for key in ["KUBECONFIG", "KAFKA_BOOTSTRAP", "REDIS_URL", "FERRY_BIN", "FERRY_ADVERTISE_HOST"] {
-                if let Ok(value) = std::env::var(key) {
-                    vars.insert(key.to_owned(), value);
-                }
-            }
+            let vars: BTreeMap<String, String> = [
+                "KUBECONFIG",
+                "KAFKA_BOOTSTRAP",
+                "REDIS_URL",
+                "FERRY_BIN",
+                "FERRY_ADVERTISE_HOST",
+            ]
+            .into_iter()
+            .filter_map(|key| Some((key.to_owned(), ferry_test_support::stack_var(key)?)))
+            .collect();
             assert!(
                 vars.contains_key("KUBECONFIG"),
                 "no KUBECONFIG in the environment or in {}: start the stack first with `make stack-up`",
-                file.display()
+                ferry_test_support::stack_env_file().display()
             );
             StackEnv { vars }
         })
@@ -390,23 +384,7 @@ where
 
 /// Creates `topic` with `partitions` partitions on the local stack's Kafka.
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        rdkafka::config::ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .create()
-            .unwrap();
-    let new_topic = rdkafka::admin::NewTopic::new(
-        topic,
-        partitions,
-        rdkafka::admin::TopicReplication::Fixed(1),
-    );
-    for result in admin
-        .create_topics([&new_topic], &rdkafka::admin::AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        result.unwrap();
-    }
+    ferry_test_support::create_topics(bootstrap, &[(topic, partitions)]).await;
 }
 
 /// The lag of `consumer`'s group on `topic`, read as a test oracle (independent of the

@@ -26,13 +26,7 @@ pub fn keys_and_depth(records: usize) -> (usize, u32) {
     (keys, u32::try_from(records.div_ceil(keys)).unwrap())
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use ferry_test_support::free_port;
 
 fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -8,12 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -23,63 +20,23 @@ pub struct Stack {
     pub redis_url: String,
 }
 
-/// Reads the stack's addresses from the environment or the stack's env file, and fails
-/// loudly when neither has them: these tests never skip silently.
+/// The local stack's addresses; fails (never skips) without them.
 pub fn stack() -> Stack {
-    let dir = std::env::var("FERRY_STACK_DIR").unwrap_or_else(|_| "/tmp/ferry-stack".to_owned());
-    let file: HashMap<String, String> = std::fs::read_to_string(format!("{dir}/env"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| line.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
-        .collect();
-    let get = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .or_else(|| file.get(name).cloned())
-            .unwrap_or_else(|| {
-                panic!(
-                    "{name} is not set and not in {dir}/env: start the local stack with \
-                     `bash e2e/local/stack.sh up kafka redis` first"
-                )
-            })
-    };
     Stack {
-        kafka: get("KAFKA_BOOTSTRAP"),
-        redis_url: get("REDIS_URL"),
+        kafka: ferry_test_support::require_stack_var("KAFKA_BOOTSTRAP"),
+        redis_url: ferry_test_support::require_stack_var("REDIS_URL"),
     }
 }
+
+pub use ferry_test_support::{checkpoint_offset, free_port};
 
 /// A name no other test run uses.
 pub fn unique(label: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "t-{label}-{}-{nanos}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    ferry_test_support::unique(&format!("t-{label}"))
 }
 
 pub async fn create_topics(stack: &Stack, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &stack.kafka)
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
-        .collect();
-    for result in admin
-        .create_topics(&new, &AdminOptions::new())
-        .await
-        .expect("create topics")
-    {
-        result.expect("topic created");
-    }
+    ferry_test_support::create_topics(&stack.kafka, topics).await;
 }
 
 pub fn producer(stack: &Stack) -> FutureProducer {
@@ -119,11 +76,6 @@ pub async fn produce(
 /// `{prefix}:ckpt:{stage}:{topic}:{partition}`, as the worker names it.
 pub fn checkpoint_key(prefix: &str, stage: &str, topic: &str, partition: i32) -> String {
     format!("{prefix}:ckpt:{stage}:{topic}:{partition}")
-}
-
-/// The offset of a checkpoint value (`{offset}@{timestamp}` or `{offset}`).
-pub fn checkpoint_offset(value: &str) -> Option<i64> {
-    value.split('@').next()?.parse().ok()
 }
 
 /// Each partition's checkpoint (`None` before the first batch).
@@ -349,15 +301,6 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A free local port for the worker's HTTP endpoints.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A processor config; `stage` is the YAML of `stage.processor` indented by four spaces.

@@ -4,15 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_worker::config::{RecordFormat, StorageKind};
 use ferry_worker::record::{DataRecord, dsdata};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 pub struct Stack {
@@ -20,36 +18,15 @@ pub struct Stack {
     pub redis: String,
 }
 
-/// `KAFKA_BOOTSTRAP` and `REDIS_URL` from the environment or the stack's env file; fails
-/// (never skips) without them.
+/// `KAFKA_BOOTSTRAP` and `REDIS_URL` of the local stack; fails (never skips) without them.
 pub fn stack() -> Stack {
-    let dir = std::env::var("FERRY_STACK_DIR").unwrap_or_else(|_| "/tmp/ferry-stack".to_owned());
-    let file = std::fs::read_to_string(Path::new(&dir).join("env")).unwrap_or_default();
-    let lookup = |name: &str| {
-        std::env::var(name).ok().or_else(|| {
-            file.lines().find_map(|line| {
-                let line = line.trim().trim_start_matches("export ");
-                let (key, value) = line.split_once('=')?;
-                (key == name).then(|| value.trim_matches('"').to_owned())
-            })
-        })
-    };
-    match (lookup("KAFKA_BOOTSTRAP"), lookup("REDIS_URL")) {
-        (Some(kafka), Some(redis)) => Stack { kafka, redis },
-        _ => panic!(
-            "KAFKA_BOOTSTRAP/REDIS_URL not set and not in {dir}/env: start the stack: make stack-up \
-             (bash e2e/local/stack.sh up kafka redis)"
-        ),
+    Stack {
+        kafka: ferry_test_support::require_stack_var("KAFKA_BOOTSTRAP"),
+        redis: ferry_test_support::require_stack_var("REDIS_URL"),
     }
 }
 
-pub fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{:x}-{:x}", nanos, rand::random::<u32>())
-}
+pub use ferry_test_support::{checkpoint_offset, unique};
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -58,19 +35,9 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// Creates `topic`, retrying while a deletion of the same name finishes.
 pub async fn create_topic(stack: &Stack, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &stack.kafka)
-        .create()
-        .expect("admin client");
-    let new = [NewTopic::new(topic, partitions, TopicReplication::Fixed(1))];
-    for result in admin
-        .create_topics(&new, &AdminOptions::new())
-        .await
-        .expect("create topics")
-    {
-        result.expect("topic created");
-    }
+    ferry_test_support::create_topics(&stack.kafka, &[(topic, partitions)]).await;
 }
 
 pub fn producer(stack: &Stack) -> FutureProducer {
@@ -382,11 +349,7 @@ impl Receiver {
         {
             Ok(values) => values
                 .iter()
-                .map(|value| {
-                    value
-                        .as_deref()
-                        .and_then(|v| v.split('@').next()?.parse().ok())
-                })
+                .map(|value| value.as_deref().and_then(checkpoint_offset))
                 .collect(),
             Err(_) => vec![None; partitions.len()],
         }

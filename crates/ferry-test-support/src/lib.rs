@@ -1,0 +1,119 @@
+//! What the operator's and the worker's integration tests share: the local stack's addresses
+//! (`e2e/local/stack.sh` writes them to `$FERRY_STACK_DIR/env`), names no other run uses,
+//! free ports and topic creation. The tests run against the real stack and never skip: a
+//! missing address fails the test, saying how to start the stack.
+#![allow(clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+
+/// The stack's env file.
+pub fn stack_env_file() -> PathBuf {
+    let dir = std::env::var("FERRY_STACK_DIR").unwrap_or_else(|_| "/tmp/ferry-stack".to_owned());
+    PathBuf::from(dir).join("env")
+}
+
+fn stack_file() -> &'static BTreeMap<String, String> {
+    static FILE: OnceLock<BTreeMap<String, String>> = OnceLock::new();
+    FILE.get_or_init(|| {
+        std::fs::read_to_string(stack_env_file())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let line = line.trim();
+                line.strip_prefix("export ").unwrap_or(line).split_once('=')
+            })
+            .map(|(key, value)| {
+                let value = value.trim().trim_matches('"').trim_matches('\'');
+                (key.trim().to_owned(), value.to_owned())
+            })
+            .collect()
+    })
+}
+
+/// A stack variable (`KAFKA_BOOTSTRAP`, `REDIS_URL`, `KUBECONFIG`, …): the environment's,
+/// else the stack's env file's.
+pub fn stack_var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .or_else(|| stack_file().get(name).cloned())
+}
+
+/// [`stack_var`], failing the test (never skipping it) when the stack does not define it.
+pub fn require_stack_var(name: &str) -> String {
+    stack_var(name).unwrap_or_else(|| {
+        panic!(
+            "{name} is not set and not in {}: start the local stack first \
+             (make stack-up, or bash e2e/local/stack.sh up kafka redis)",
+            stack_env_file().display()
+        )
+    })
+}
+
+/// A name no other test or run uses: `{prefix}-{time}-{random}`, lowercase hex, so it is
+/// a valid topic, group, key and Kubernetes name part.
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    format!("{prefix}-{nanos:x}-{:x}", rand::random::<u32>())
+}
+
+/// A loopback port free at the time of the call.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
+
+/// Creates `topics` (name, partitions) with one replica, retrying for up to a minute while
+/// the broker is not ready or still finishes deleting a topic of the same name.
+pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pending: Vec<(&str, i32)> = topics.to_vec();
+    while !pending.is_empty() {
+        let new: Vec<NewTopic<'_>> = pending
+            .iter()
+            .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let failed: Vec<(String, RDKafkaErrorCode)> =
+            match admin.create_topics(&new, &options).await {
+                Ok(results) => results.into_iter().filter_map(Result::err).collect(),
+                Err(error) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "cannot create {pending:?}: {error}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+        pending.retain(|(name, _)| failed.iter().any(|(failed, _)| failed == name));
+        if pending.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cannot create {pending:?}: {failed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The offset of a checkpoint value (`{offset}@{timestamp}`, or a bare `{offset}`).
+pub fn checkpoint_offset(value: &str) -> Option<i64> {
+    value.split('@').next()?.parse().ok()
+}
