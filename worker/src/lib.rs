@@ -20,3 +20,4 @@ pub mod process;
 pub mod simulate;
 #[cfg(feature = "runtime")]
 pub mod sink;
+pub mod status;

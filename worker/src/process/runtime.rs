@@ -273,6 +273,41 @@ impl StageKind for Processor {
         }
     }
 
+    /// What a batch writes, on the keys of source `ferry-probe`: the stats script with its
+    /// two keys, or the counters' `HINCRBY`; enrich writes nothing but the checkpoint.
+    fn probe_commands(&self) -> Vec<redis::Cmd> {
+        let source = crate::consume::receiver::PROBE_SOURCE;
+        let prefix = &self.key_prefix;
+        let mut commands = Vec::new();
+        for key in self.written_keys_of(source) {
+            let mut type_ = redis::cmd("TYPE");
+            type_.arg(key);
+            commands.push(type_);
+        }
+        match &self.compute {
+            Compute::Stats { window } => {
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(stats::UPDATE_SCRIPT)
+                    .arg(2)
+                    .arg(stats_window_key(prefix, source))
+                    .arg(stats_key(prefix, source))
+                    .arg(*window)
+                    .arg(0)
+                    .arg(stats::script_values(&[0.0]).collect::<Vec<_>>());
+                commands.push(eval);
+            }
+            Compute::Validate { .. } => {
+                let mut incr = redis::cmd("HINCRBY");
+                incr.arg(validate::counters_key(prefix, source))
+                    .arg("valid")
+                    .arg(1);
+                commands.push(incr);
+            }
+            Compute::Enrich { .. } => {}
+        }
+        commands
+    }
+
     async fn effects<'a>(
         &'a mut self,
         fresh: Fresh<'a, SourceRecord>,
@@ -306,6 +341,20 @@ impl StageKind for Processor {
             self.reads.reset();
         }
         result.map(|()| effects)
+    }
+}
+
+impl Processor {
+    /// The keys a batch with records of `source` writes.
+    fn written_keys_of(&self, source: &str) -> Vec<String> {
+        let prefix = &self.key_prefix;
+        match &self.compute {
+            Compute::Stats { .. } => {
+                vec![stats_window_key(prefix, source), stats_key(prefix, source)]
+            }
+            Compute::Validate { .. } => vec![validate::counters_key(prefix, source)],
+            Compute::Enrich { .. } => Vec::new(),
+        }
     }
 }
 
