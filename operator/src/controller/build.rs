@@ -34,7 +34,7 @@ pub const ANNOTATION_CONFIG_HASH: &str = "ferry.dev/config-hash";
 /// Non-root user of the worker image.
 pub const WORKER_UID: i64 = 65532;
 const CONFIG_DIR: &str = "/etc/ferry/config";
-const HTTP_PORT_NAME: &str = "http";
+pub const HTTP_PORT_NAME: &str = "http";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
