@@ -113,6 +113,8 @@ const PROBE_RETRY: Duration = Duration::from_secs(5);
 pub trait Positioned {
     fn partition(&self) -> i32;
     fn offset(&self) -> i64;
+    /// The bytes the record holds (key and value), for `batch.max_bytes`.
+    fn bytes(&self) -> usize;
 }
 
 /// Why a record goes to the dead-letter topic (its `ferry-reason` header).
@@ -163,6 +165,9 @@ impl Positioned for Rejected {
     }
     fn offset(&self) -> i64 {
         self.offset
+    }
+    fn bytes(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
     }
 }
 
@@ -401,6 +406,9 @@ where
     let max_records = spec.batch.max_records.max(1) as usize;
     let chunk_limit = max_records.clamp(1, MAX_CHUNK);
     let capacity = max_records.saturating_mul(2).div_ceil(chunk_limit).max(4);
+    // And in bytes: the channel holds about one batch's `max_bytes`, a chunk its share.
+    let max_bytes = spec.batch.max_bytes.max(1) as usize;
+    let chunk_max_bytes = max_bytes.div_ceil(capacity);
     let (events, events_rx) = mpsc::channel(capacity);
     let context = StageContext::new(
         events.clone(),
@@ -442,6 +450,7 @@ where
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         max_records,
+        max_bytes,
         max_wait: spec.batch.max_wait.as_duration(),
         owned: HashSet::default(),
         replays: ReplayFilter::default(),
@@ -463,8 +472,10 @@ where
             received = consumer.recv() => received,
         };
         let now_ms = if decoder.needs_clock() { now_ms() } else { 0 };
+        let mut chunk_bytes;
         match received {
             Ok(message) => {
+                chunk_bytes = message_bytes(&message);
                 backoff.reset();
                 if consume_health.on_record() {
                     info!("consuming again");
@@ -490,9 +501,10 @@ where
         }
         // Whatever librdkafka already has joins the chunk.
         let mut chunk_len = 1;
-        while chunk_len < chunk_limit {
+        while chunk_len < chunk_limit && chunk_bytes < chunk_max_bytes {
             match consumer.recv().now_or_never() {
                 Some(Ok(message)) => {
+                    chunk_bytes += message_bytes(&message);
                     consumer.context().stage(decoder.decode(&message, now_ms));
                     chunk_len += 1;
                 }
@@ -590,6 +602,12 @@ fn consume_failing_metric(metrics: &Metrics) -> prometheus_client::metrics::gaug
         .clone()
 }
 
+/// What a consumed record weighs: its key and value.
+fn message_bytes(message: &BorrowedMessage<'_>) -> usize {
+    use rdkafka::Message as _;
+    message.payload_len() + message.key().map_or(0, <[u8]>::len)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -616,6 +634,8 @@ struct PendingBatch<R> {
     /// The highest offset taken per partition, including records skipped as already applied.
     last_offsets: BTreeMap<i32, i64>,
     taken: usize,
+    /// What the records and rejects hold, keys and values ([`Positioned::bytes`]).
+    bytes: usize,
 }
 
 impl<R> Default for PendingBatch<R> {
@@ -626,6 +646,7 @@ impl<R> Default for PendingBatch<R> {
             rejects: Vec::new(),
             last_offsets: BTreeMap::new(),
             taken: 0,
+            bytes: 0,
         }
     }
 }
@@ -649,6 +670,7 @@ impl<R> PendingBatch<R> {
         self.rejects.clear();
         self.last_offsets.clear();
         self.taken = 0;
+        self.bytes = 0;
     }
 }
 
@@ -730,6 +752,8 @@ struct Writer<K: StageKind> {
     metrics: Metrics,
     readiness: Readiness,
     max_records: usize,
+    /// A batch is committed once its records hold this many bytes.
+    max_bytes: usize,
     max_wait: Duration,
     owned: HashSet<i32, FastHash>,
     replays: ReplayFilter,
@@ -767,7 +791,9 @@ impl<K: StageKind> Writer<K> {
                 Some(ConsumerEvent::Items(records)) => {
                     for record in records {
                         self.take(record);
-                        if self.batch.taken >= self.max_records {
+                        if self.batch.taken >= self.max_records
+                            || self.batch.bytes >= self.max_bytes
+                        {
                             self.flush(None).await;
                         }
                     }
@@ -820,8 +846,14 @@ impl<K: StageKind> Writer<K> {
             return;
         }
         match record {
-            Ok(record) => self.batch.records.push(record),
-            Err(rejected) => self.batch.rejects.push(*rejected),
+            Ok(record) => {
+                self.batch.bytes += record.bytes();
+                self.batch.records.push(record);
+            }
+            Err(rejected) => {
+                self.batch.bytes += rejected.bytes();
+                self.batch.rejects.push(*rejected);
+            }
         }
     }
 

@@ -121,6 +121,9 @@ impl Positioned for StoredRecord {
     fn offset(&self) -> i64 {
         self.offset
     }
+    fn bytes(&self) -> usize {
+        self.source().len() + self.value().len()
+    }
 }
 
 /// What a receiver batch writes: each source's records under its key, in the storage type

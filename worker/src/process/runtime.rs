@@ -95,6 +95,10 @@ impl Positioned for SourceRecord {
     fn offset(&self) -> i64 {
         self.offset
     }
+    fn bytes(&self) -> usize {
+        // The decoded floats and text are about the payload's size again.
+        self.key.len() + 2 * self.payload.len()
+    }
 }
 
 impl RecordView for SourceRecord {
