@@ -62,7 +62,8 @@ struct StageArgs {
     /// How long a rebalance waits for revoked partitions' records to reach Redis.
     #[arg(long, default_value = "10s", env = "FERRY_DRAIN_TIMEOUT")]
     drain_timeout: HumanDuration,
-    /// How long SIGTERM waits for in-flight records; keep it under the pod's grace period.
+    /// How long the stage has from SIGTERM to drain, commit and leave the group, whatever
+    /// it was doing then; the operator sets it from the pod's grace period.
     #[arg(long, default_value = "25s", env = "FERRY_SHUTDOWN_TIMEOUT")]
     shutdown_timeout: HumanDuration,
     /// Kafka group session timeout: how soon a crashed worker's partitions move.

@@ -76,7 +76,8 @@ pub const HEADER_DETAIL: &str = "ferry-detail";
 pub struct StageOptions {
     /// How long a revoke waits for the revoked partitions' records to reach Redis.
     pub drain_timeout: Duration,
-    /// How long SIGTERM waits for in-flight records before leaving the group.
+    /// How long the stage has from SIGTERM (not from when it got round to it) to drain
+    /// in-flight records, commit and leave the group.
     pub shutdown_timeout: Duration,
     /// Kafka group session timeout: how soon a crashed worker's partitions move.
     pub session_timeout: Duration,
@@ -533,7 +534,7 @@ where
     }
 
     info!("stopping: draining in-flight records");
-    let deadline = Instant::now() + options.shutdown_timeout;
+    let deadline = shutdown.deadline(options.shutdown_timeout);
     let (done, drained) = oneshot::channel();
     let stop = async {
         events
