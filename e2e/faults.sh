@@ -26,7 +26,7 @@ RECORDS="${FERRY_FAULT_RECORDS:-200000}"
 
 echo "==> building the worker (simulator) and the test binaries"
 "$CARGO" build -q -p ferry-worker --bin ferry-worker
-"$CARGO" test -q -p ferry-worker --test faults --no-run
+"$CARGO" test -q -p ferry-worker --test faults --test position --no-run
 "$CARGO" test -q -p ferry-operator --test faults_e2e --test no_flapping --no-run
 
 failed=()
@@ -44,6 +44,7 @@ run() { # name, env assignments..., -- cargo test args...
 
 run kills "FERRY_FAULT_RECORDS=$KILL_RECORDS" -- -p ferry-worker --test faults fault_receivers_sigkilled -- --nocapture
 run worker-faults "FERRY_FAULT_RECORDS=$RECORDS" -- -p ferry-worker --test faults -- --skip fault_receivers_sigkilled --include-ignored --test-threads=2 --nocapture
+run position "FERRY_FAULT_RECORDS=$RECORDS" -- -p ferry-worker --test position -- --test-threads=1 --nocapture
 run operator-faults "FERRY_FAULT_RECORDS=$RECORDS" -- -p ferry-operator --test faults_e2e -- --test-threads=1 --nocapture
 run no-flapping "FERRY_NO_FLAP_SECS=${FERRY_NO_FLAP_SECS:-300}" -- -p ferry-operator --test no_flapping -- --ignored --nocapture
 

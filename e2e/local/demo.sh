@@ -110,8 +110,8 @@ step "what landed in Redis"
 printf '  keys: %s\n' "$(redis-cli -p "$REDIS_PORT" DBSIZE)"
 printf '  ferry:list:src-0042 holds %s values (history depth 100), newest first\n' \
   "$(redis-cli -p "$REDIS_PORT" LLEN ferry:list:src-0042)"
-printf '  stats of src-0042: %s\n' "$(redis-cli -p "$REDIS_PORT" HGETALL ferry:stats:src-0042 | paste -sd' ')"
-printf '  validation counters: %s\n' "$(redis-cli -p "$REDIS_PORT" HGETALL ferry:counters:_total | paste -sd' ')"
+printf '  stats of src-0042: %s\n' "$(redis-cli -p "$REDIS_PORT" HGETALL ferry:stats:stats:src-0042 | paste -sd' ')"
+printf '  validation counters: %s\n' "$(redis-cli -p "$REDIS_PORT" HGETALL ferry:counters:validate:_total | paste -sd' ')"
 kubectl get pl,deploy -n "$DEMO_NS"
 phase_summary
 ok "demo done. The chart is $DEMO_DIR/scaling.svg. The stack is still up: 'make stack-down' removes it."

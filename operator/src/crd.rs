@@ -66,6 +66,9 @@ pub const VERSION: &str = "v1alpha1";
     validation = Rule::new("self.processors.all(p, !has(p.output) || p.output.topic != self.kafka.topic)")
         .message("spec.processors[].output.topic must differ from spec.kafka.topic, or the processor would consume its own output")
         .field_path(".processors"),
+    validation = Rule::new("!has(self.kafka.autoOffsetReset) || self.kafka.autoOffsetReset != 'latest' || ((!has(self.receiver.scaling) || !has(self.receiver.scaling.minReplicas) || self.receiver.scaling.minReplicas > 0 || (has(self.receiver.scaling.mode) && self.receiver.scaling.mode == 'manual')) && self.processors.all(p, !has(p.scaling) || !has(p.scaling.minReplicas) || p.scaling.minReplicas > 0 || (has(p.scaling.mode) && p.scaling.mode == 'manual')))")
+        .message("spec.kafka.autoOffsetReset latest needs minReplicas of at least 1 in auto scaling: a group that never committed shows no lag, so a stage at zero replicas would never wake, and records produced meanwhile would be skipped")
+        .field_path(".kafka.autoOffsetReset"),
 )]
 pub struct PipelineSpec {
     pub kafka: KafkaSpec,
@@ -106,12 +109,16 @@ pub struct KafkaSpec {
     pub strimzi: Option<StrimziKafkaRef>,
     #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     pub topic: String,
-    /// The receiver's consumer group; processors use `<group>-<processor name>`.
-    /// Defaults to `ferry-<namespace>-<pipeline name>`.
+    /// The receiver's consumer group; processors use `<group>:<processor name>`.
+    /// Defaults to `ferry:<namespace>:<pipeline name>`: the colon is in no Kubernetes name
+    /// and in no group set here, so no two stages share a group unless two Pipelines set the
+    /// same one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 200), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     pub consumer_group: Option<String>,
-    /// Where a group with no committed offset starts.
+    /// Where a new data set starts: `earliest` (the log start) or `latest` (the log end
+    /// when the stage first runs). Only a data set Redis has no checkpoint of, and whose
+    /// group has no offset Ferry committed, uses it; `latest` needs minReplicas of at least 1.
     #[serde(default)]
     pub auto_offset_reset: OffsetReset,
     /// TLS to the brokers. Present (even empty) means TLS is on.

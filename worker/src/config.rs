@@ -21,12 +21,21 @@ pub const REDIS_PASSWORD_ENV: &str = "FERRY_REDIS_PASSWORD";
 pub const KAFKA_SASL_PASSWORD_ENV: &str = "FERRY_KAFKA_SASL_PASSWORD";
 /// Where the operator mounts Secret-provided TLS material inside worker pods.
 pub const TLS_MOUNT_DIR: &str = "/etc/ferry/tls";
+/// The receiver's stage name, in checkpoint keys; no processor may take it.
+pub const RECEIVER_STAGE: &str = "receiver";
 
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
     /// The Pipeline this worker belongs to, for logs and metrics labels.
     pub pipeline: String,
+    /// The data set's epoch: the Pipeline's UID when the operator writes the config. Stored
+    /// offsets carry it in their commit metadata, so a group whose commits name this epoch
+    /// while Redis holds no checkpoint means Redis lost data (the partition is replayed), and
+    /// commits of another epoch mean a new data set reusing the group (docs/exactly-once.md).
+    /// Absent: the data set's identity (key prefix, stage, topic) stands in for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
     pub kafka: KafkaConfig,
     pub redis: RedisConfig,
     pub format: RecordFormat,
@@ -416,6 +425,17 @@ impl WorkerConfig {
                 }
             }
             StageConfig::Processor(processor) => {
+                // The name is a part of the stage's keys (`{prefix}:counters:{name}:{key}`):
+                // a colon or the receiver's name would let two stages share keys.
+                if processor.name.is_empty()
+                    || processor.name == RECEIVER_STAGE
+                    || processor.name.contains(':')
+                {
+                    return invalid(
+                        "stage.processor.name",
+                        "must be non-empty, without a colon, and not `receiver`",
+                    );
+                }
                 if processor.batch.max_records == 0 {
                     return invalid("stage.processor.batch.max_records", "must be at least 1");
                 }
@@ -459,12 +479,48 @@ impl WorkerConfig {
         Ok(())
     }
 
-    /// The checkpoint key of one partition: written in the same transaction as the data.
+    /// The stage's name: `receiver`, or the processor's name (which may not be `receiver`).
+    pub fn stage_name(&self) -> &str {
+        match &self.stage {
+            StageConfig::Receiver(_) => RECEIVER_STAGE,
+            StageConfig::Processor(processor) => &processor.name,
+        }
+    }
+
+    /// The checkpoint key of one partition, written in the same transaction as the data:
+    /// `{prefix}:ckpt:{stage}:{topic}:{partition}`. Keyed by the data set (the keys a stage
+    /// writes from a topic), not by consumer group: renaming a group, or two groups writing
+    /// one data set, cannot apply a record twice. Neither a stage name nor a topic name can
+    /// hold a colon, so no two data sets share a key.
     pub fn checkpoint_key(&self, partition: i32) -> String {
+        format!("{}:{partition}", self.checkpoint_key_base())
+    }
+
+    /// Marks that the data set exists in Redis (holds the epoch that started it): a
+    /// partition without a checkpoint in an existing data set starts at its beginning.
+    pub fn data_set_key(&self) -> String {
+        format!("{}:data-set", self.checkpoint_key_base())
+    }
+
+    fn checkpoint_key_base(&self) -> String {
         format!(
-            "{}:ckpt:{}:{}:{}",
-            self.redis.key_prefix, self.kafka.consumer_group, self.kafka.topic, partition
+            "{}:ckpt:{}:{}",
+            self.redis.key_prefix,
+            self.stage_name(),
+            self.kafka.topic
         )
+    }
+
+    /// The epoch stored offsets carry (see [`WorkerConfig::epoch`]).
+    pub fn data_set_epoch(&self) -> String {
+        self.epoch.clone().unwrap_or_else(|| {
+            format!(
+                "{}/{}/{}",
+                self.redis.key_prefix,
+                self.stage_name(),
+                self.kafka.topic
+            )
+        })
     }
 }
 
@@ -575,10 +631,12 @@ stage:
         let config = WorkerConfig::from_yaml(RECEIVER).unwrap();
         assert_eq!(config.kafka.auto_offset_reset, OffsetReset::Earliest);
         assert_eq!(config.http.listen.port(), DEFAULT_HTTP_PORT);
+        assert_eq!(config.checkpoint_key(3), "ferry:ckpt:receiver:sensors:3");
         assert_eq!(
-            config.checkpoint_key(3),
-            "ferry:ckpt:demo-receiver:sensors:3"
+            config.data_set_key(),
+            "ferry:ckpt:receiver:sensors:data-set"
         );
+        assert_eq!(config.data_set_epoch(), "ferry/receiver/sensors");
         let StageConfig::Receiver(receiver) = &config.stage else {
             panic!("expected a receiver stage");
         };

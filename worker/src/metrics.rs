@@ -65,6 +65,12 @@ pub struct Metrics {
     pub redis_errors: Family<OperationLabel, Counter>,
     /// Kafka errors: consume, commit and dead-letter produce failures.
     pub kafka_errors: Family<OperationLabel, Counter>,
+    /// Position events by reason (`consume::position::PositionEvent`): a re-created topic,
+    /// Redis that lost or rewound checkpoints, a retention gap, negative lag.
+    pub position_events: Family<ReasonLabel, Counter>,
+    /// Records between a checkpoint and the log start that retention removed from Kafka
+    /// before this stage read them.
+    pub retention_gap_records: Counter,
     registry: std::sync::Arc<Mutex<Registry>>,
 }
 
@@ -87,6 +93,8 @@ impl Metrics {
             consumer_lag: Family::default(),
             redis_errors: Family::default(),
             kafka_errors: Family::default(),
+            position_events: Family::default(),
+            retention_gap_records: Counter::default(),
             registry: std::sync::Arc::new(Mutex::new(registry)),
         };
         let mut registry = metrics
@@ -127,6 +135,16 @@ impl Metrics {
             "records_dead_lettered",
             "Records refused, by reason",
             metrics.records_dead_lettered.clone(),
+        );
+        registry.register(
+            "position_events",
+            "Partition position events, by reason: topic_recreated, redis_lost_checkpoint, redis_rewound, retention_gap, committed_above_log_end, offsets_went_back",
+            metrics.position_events.clone(),
+        );
+        registry.register(
+            "retention_gap_records",
+            "Records retention removed from Kafka between a checkpoint and the log start",
+            metrics.retention_gap_records.clone(),
         );
         registry.register(
             "batches",

@@ -14,7 +14,7 @@
 //!
 //! # Exactly once
 //! Each partition has a checkpoint key ([`WorkerConfig::checkpoint_key`]) holding the last
-//! offset applied. A batch is applied by [`RedisSink`] in two round trips on a connection no
+//! offset applied and the Kafka timestamp of the record there ([`Checkpoint`]). A batch is applied by [`RedisSink`] in two round trips on a connection no
 //! one else uses: `WATCH` + `GET` the checkpoints, drop records at or below them, then one
 //! `MULTI … EXEC` with the data, the new checkpoints and the `PUBLISH` of the batch event.
 //! If any checkpoint changed in between (another worker took the partition), `EXEC` aborts
@@ -387,7 +387,7 @@ pub struct WrongType {
 /// The checkpoints read under `WATCH`, and the keys found holding another type.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Watched {
-    pub checkpoints: Vec<Option<i64>>,
+    pub checkpoints: Vec<Option<Checkpoint>>,
     pub wrong_types: Vec<WrongType>,
 }
 
@@ -475,28 +475,47 @@ impl RedisSink {
         self.query::<Vec<Value>>("ping", &pipeline).await.map(drop)
     }
 
-    /// The checkpoints of `keys` (`None` where none was written yet), without watching.
+    /// The checkpoints of `keys` (`None` where none was written yet) and the data set's
+    /// marker (`data_set_key`), without watching.
     pub async fn read_checkpoints(
         &mut self,
         keys: &[String],
-    ) -> Result<Vec<Option<i64>>, SinkError> {
+        data_set_key: &str,
+    ) -> Result<(Vec<Option<Checkpoint>>, bool), SinkError> {
         let mut pipeline = redis::pipe();
         pipeline.cmd("MGET").arg(keys);
-        let (values,): (Vec<Option<String>>,) = self.query("read_checkpoints", &pipeline).await?;
-        parse_checkpoints(keys, values)
+        pipeline.cmd("EXISTS").arg(data_set_key);
+        let (values, exists): (Vec<Option<String>>, i64) =
+            self.query("read_checkpoints", &pipeline).await?;
+        Ok((parse_checkpoints(keys, values)?, exists > 0))
     }
 
-    /// `WATCH`es `keys` and reads them in one round trip; the next [`Self::transaction`]
-    /// aborts if any of them changes meanwhile.
-    pub async fn watch_checkpoints(
+    /// Writes what a new data set starts from, unless someone else did first: the marker
+    /// with the epoch, and the given partitions' checkpoints (`SET NX`).
+    pub async fn start_data_set(
         &mut self,
-        keys: &[String],
-    ) -> Result<Vec<Option<i64>>, SinkError> {
+        data_set_key: &str,
+        epoch: &str,
+        checkpoints: &[(String, Checkpoint)],
+    ) -> Result<(), SinkError> {
         let mut pipeline = redis::pipe();
-        pipeline.cmd("WATCH").arg(keys).ignore();
-        pipeline.cmd("MGET").arg(keys);
-        let (values,): (Vec<Option<String>>,) = self.query("watch_checkpoints", &pipeline).await?;
-        parse_checkpoints(keys, values)
+        pipeline
+            .cmd("SET")
+            .arg(data_set_key)
+            .arg(epoch)
+            .arg("NX")
+            .ignore();
+        for (key, checkpoint) in checkpoints {
+            pipeline
+                .cmd("SET")
+                .arg(key)
+                .arg(checkpoint.encode())
+                .arg("NX")
+                .ignore();
+        }
+        self.query::<Vec<Value>>("start_data_set", &pipeline)
+            .await
+            .map(drop)
     }
 
     /// `WATCH`es the checkpoints and the keys the batch will write, reads the checkpoints
@@ -645,21 +664,55 @@ fn first_argument(command: &Cmd) -> String {
     }
 }
 
+/// What a checkpoint key holds: the last offset of its partition that a transaction
+/// applied, and the Kafka timestamp of the record at that offset. The timestamp tells the
+/// topic's incarnations apart: after a topic is deleted and created again, the record at the
+/// same offset (if there is one) has another timestamp (docs/exactly-once.md).
+///
+/// Written `{offset}@{timestamp}`; a bare `{offset}` (an earlier layout, or a start position
+/// no record is known at) carries no timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Checkpoint {
+    pub fn encode(&self) -> String {
+        match self.timestamp_ms {
+            Some(timestamp) => format!("{}@{timestamp}", self.offset),
+            None => self.offset.to_string(),
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let (offset, timestamp_ms) = match text.split_once('@') {
+            Some((offset, timestamp)) => (offset, Some(timestamp.parse().ok()?)),
+            None => (text, None),
+        };
+        Some(Self {
+            offset: offset.parse().ok()?,
+            timestamp_ms,
+        })
+    }
+}
+
 fn parse_checkpoints(
     keys: &[String],
     values: Vec<Option<String>>,
-) -> Result<Vec<Option<i64>>, SinkError> {
+) -> Result<Vec<Option<Checkpoint>>, SinkError> {
     keys.iter()
         .zip(values)
         .map(|(key, value)| match value {
             None => Ok(None),
-            Some(text) => text
-                .parse()
-                .map(Some)
-                .map_err(|_| SinkError::CorruptCheckpoint {
-                    key: key.clone(),
-                    value: text,
-                }),
+            Some(text) => {
+                Checkpoint::parse(&text)
+                    .map(Some)
+                    .ok_or_else(|| SinkError::CorruptCheckpoint {
+                        key: key.clone(),
+                        value: text,
+                    })
+            }
         })
         .collect()
 }
@@ -668,6 +721,29 @@ fn parse_checkpoints(
 mod tests {
     use super::*;
     use crate::duration::HumanDuration;
+
+    #[test]
+    fn checkpoints_round_trip_with_and_without_a_timestamp() {
+        for checkpoint in [
+            Checkpoint {
+                offset: 41,
+                timestamp_ms: Some(1_700_000_000_123),
+            },
+            Checkpoint {
+                offset: 7,
+                timestamp_ms: None,
+            },
+            Checkpoint {
+                offset: -1,
+                timestamp_ms: Some(-1),
+            },
+        ] {
+            assert_eq!(Checkpoint::parse(&checkpoint.encode()), Some(checkpoint));
+        }
+        assert_eq!(Checkpoint::parse("12").map(|c| c.offset), Some(12));
+        assert_eq!(Checkpoint::parse("12@x"), None);
+        assert_eq!(Checkpoint::parse("x"), None);
+    }
 
     fn layout(kind: StorageKind, depth: u32, ttl: Option<u64>) -> StorageLayout {
         StorageLayout::new(

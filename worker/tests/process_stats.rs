@@ -61,7 +61,7 @@ async fn rolling_stats_per_key_survive_a_restart() {
     let mut worker = Worker::start(&config);
     eventually(&mut worker, Duration::from_secs(60), || {
         let mut redis = redis.clone();
-        let key = format!("{prefix}:stats:a");
+        let key = format!("{prefix}:stats:rolling:a");
         async move {
             let count: Option<i64> = redis.hget(&key, "count").await.ok().flatten();
             (count == Some(3)).then_some(())
@@ -75,7 +75,7 @@ async fn rolling_stats_per_key_survive_a_restart() {
     let mut worker = Worker::start(&config);
     eventually(&mut worker, Duration::from_secs(60), || {
         let mut redis = redis.clone();
-        let key = format!("{prefix}:stats:a");
+        let key = format!("{prefix}:stats:rolling:a");
         async move {
             let updated: Option<i64> = redis.hget(&key, "updated_ts").await.ok().flatten();
             (updated == Some(7)).then_some(())
@@ -84,7 +84,7 @@ async fn rolling_stats_per_key_survive_a_restart() {
     .await;
     eventually(&mut worker, Duration::from_secs(60), || {
         let mut redis = redis.clone();
-        let key = format!("{prefix}:stats:b");
+        let key = format!("{prefix}:stats:rolling:b");
         async move {
             let updated: Option<i64> = redis.hget(&key, "updated_ts").await.ok().flatten();
             (updated == Some(21)).then_some(())
@@ -96,7 +96,7 @@ async fn rolling_stats_per_key_survive_a_restart() {
         let (window, updated_ts) = &windows[key];
         let expected = window.summary().unwrap();
         let hash: HashMap<String, String> = redis
-            .hgetall(format!("{prefix}:stats:{key}"))
+            .hgetall(format!("{prefix}:stats:rolling:{key}"))
             .await
             .unwrap();
         let number = |field: &str| -> f64 { hash[field].parse().unwrap() };
@@ -107,13 +107,16 @@ async fn rolling_stats_per_key_survive_a_restart() {
         assert_eq!(number("last"), expected.last, "{key}: {hash:?}");
         assert_eq!(hash["updated_ts"], updated_ts.to_string(), "{key}");
         let stored: Vec<f64> = redis
-            .lrange(format!("{prefix}:stats-window:{key}"), 0, -1)
+            .lrange(format!("{prefix}:stats-window:rolling:{key}"), 0, -1)
             .await
             .unwrap();
         assert_eq!(stored, window.values().collect::<Vec<_>>(), "{key}");
     }
     // a: [1,2] [3] [10,0.25] [7] → newest four: 7, 0.25, 10, 3.
-    let a: HashMap<String, String> = redis.hgetall(format!("{prefix}:stats:a")).await.unwrap();
+    let a: HashMap<String, String> = redis
+        .hgetall(format!("{prefix}:stats:rolling:a"))
+        .await
+        .unwrap();
     assert_eq!(
         (
             a["count"].as_str(),
@@ -137,6 +140,7 @@ async fn rolling_stats_per_key_survive_a_restart() {
     let verdict = oracle::check_stats(
         &stack.redis_url,
         &prefix,
+        "rolling",
         4,
         ferry_worker::config::RecordFormat::Json,
         &oracle::read_source(&stack.kafka, &input),

@@ -35,7 +35,7 @@ async fn counters(
     key: &str,
 ) -> HashMap<String, i64> {
     redis
-        .hgetall(format!("{prefix}:counters:{key}"))
+        .hgetall(format!("{prefix}:counters:check:{key}"))
         .await
         .expect("read counters")
 }
@@ -130,6 +130,7 @@ async fn validates_counts_forwards_and_dead_letters() {
     let verdict = oracle::check_counters(
         &stack.redis_url,
         &prefix,
+        "check",
         RecordFormat::Json,
         &oracle::read_source(&stack.kafka, &input),
         &is_valid(&["s1", "s2"]),
@@ -249,7 +250,7 @@ async fn a_processor_sigkilled_holding_uncommitted_records_loses_and_doubles_not
             stack.kafka.clone(),
         );
         async move {
-            let applied = checkpoints(&mut redis, &prefix, &group, &input, 4).await;
+            let applied = checkpoints(&mut redis, &prefix, "check", &input, 4).await;
             let committed = oracle::committed_offsets(&kafka, &group, &input, 4);
             let ahead: i64 = applied
                 .iter()
@@ -277,7 +278,7 @@ async fn a_processor_sigkilled_holding_uncommitted_records_loses_and_doubles_not
         &mut successor,
         &stack,
         &prefix,
-        &group,
+        "check",
         &input,
         &last_offsets,
     )
@@ -289,6 +290,7 @@ async fn a_processor_sigkilled_holding_uncommitted_records_loses_and_doubles_not
     let verdict = oracle::check_counters(
         &stack.redis_url,
         &prefix,
+        "check",
         RecordFormat::Json,
         &source,
         &is_valid(&["a", "b", "c"]),
@@ -332,21 +334,21 @@ async fn wait_all_applied(
     worker: &mut Worker,
     stack: &Stack,
     prefix: &str,
-    group: &str,
+    stage: &str,
     input: &str,
     last: &BTreeMap<i32, i64>,
 ) {
     let redis = redis(stack).await;
     eventually(worker, Duration::from_secs(120), || {
         let mut redis = redis.clone();
-        let (prefix, group, input, last) = (
+        let (prefix, stage, input, last) = (
             prefix.to_owned(),
-            group.to_owned(),
+            stage.to_owned(),
             input.to_owned(),
             last.clone(),
         );
         async move {
-            all_applied(&mut redis, &prefix, &group, &input, &last)
+            all_applied(&mut redis, &prefix, &stage, &input, &last)
                 .await
                 .then_some(())
         }
@@ -418,25 +420,25 @@ async fn counters_and_windows_stay_exact_when_a_processor_joins_and_leaves_mid_s
         }
     }
     let last = producing.await.unwrap();
-    wait_all_applied(
-        &mut first[0],
-        &stack,
-        &prefix,
-        &validate_group,
-        &input,
-        &last,
-    )
-    .await;
-    wait_all_applied(&mut first[1], &stack, &prefix, &stats_group, &input, &last).await;
+    wait_all_applied(&mut first[0], &stack, &prefix, "check", &input, &last).await;
+    wait_all_applied(&mut first[1], &stack, &prefix, "rolling", &input, &last).await;
     let source = oracle::read_source(&stack.kafka, &input);
     let counters = oracle::check_counters(
         &stack.redis_url,
         &prefix,
+        "check",
         RecordFormat::Json,
         &source,
         &is_valid(&["k0", "k1", "k2", "k3"]),
     );
-    let windows = oracle::check_stats(&stack.redis_url, &prefix, 50, RecordFormat::Json, &source);
+    let windows = oracle::check_stats(
+        &stack.redis_url,
+        &prefix,
+        "rolling",
+        50,
+        RecordFormat::Json,
+        &source,
+    );
     eprintln!("{counters}\n{windows}");
     counters.assert_exact(&first[0].log);
     windows.assert_exact(&first[1].log);
@@ -515,13 +517,13 @@ async fn a_counters_key_of_another_type_blocks_the_processor_until_removed() {
     let stack = stack();
     let ValidateSetup {
         input,
-        group,
+        group: _,
         prefix,
         config,
         mut redis,
     } = validate_setup(&stack, 2, &["a", "b"]).await;
     // A list where the processor keeps a hash of counters.
-    let squatted = format!("{prefix}:counters:a");
+    let squatted = format!("{prefix}:counters:check:a");
     let _: () = redis.rpush(&squatted, "not a hash").await.unwrap();
     let keys = ["a", "b", "c"];
     let last = produce_paced(&stack, &input, &keys, 300, 10_000.0).await;
@@ -530,10 +532,11 @@ async fn a_counters_key_of_another_type_blocks_the_processor_until_removed() {
         wait_blocked(&mut worker, &squatted, &squatted, Duration::from_secs(20)).await;
     let logged = worker.log_text().lines().any(|l| l.contains(&squatted));
     let _: () = redis.del(&squatted).await.unwrap();
-    wait_all_applied(&mut worker, &stack, &prefix, &group, &input, &last).await;
+    wait_all_applied(&mut worker, &stack, &prefix, "check", &input, &last).await;
     let verdict = oracle::check_counters(
         &stack.redis_url,
         &prefix,
+        "check",
         RecordFormat::Json,
         &oracle::read_source(&stack.kafka, &input),
         &is_valid(&["a", "b"]),
@@ -589,9 +592,9 @@ async fn sigstop_round() -> bool {
     let mut frozen = Worker::start(&config);
     eventually(&mut frozen, Duration::from_secs(60), || {
         let mut redis = redis.clone();
-        let (prefix, group, input) = (prefix.clone(), group.clone(), input.clone());
+        let (prefix, input) = (prefix.clone(), input.clone());
         async move {
-            let applied: i64 = checkpoints(&mut redis, &prefix, &group, &input, 2)
+            let applied: i64 = checkpoints(&mut redis, &prefix, "check", &input, 2)
                 .await
                 .values()
                 .map(|c| c.map_or(0, |c| c + 1))
@@ -601,19 +604,20 @@ async fn sigstop_round() -> bool {
     })
     .await;
     frozen.sigstop();
-    let at_stop = checkpoints(&mut redis, &prefix, &group, &input, 2).await;
+    let at_stop = checkpoints(&mut redis, &prefix, "check", &input, 2).await;
     // Past the 10 s session the group gives the partitions to the second processor.
     let mut takeover = Worker::start(&config);
-    wait_all_applied(&mut takeover, &stack, &prefix, &group, &input, &backlog).await;
+    wait_all_applied(&mut takeover, &stack, &prefix, "check", &input, &backlog).await;
     frozen.sigcont();
     let (fenced, conflicts) =
         oracle::wait_fence_fired(|name| frozen.metric(name), Duration::from_secs(30)).await;
     // Both share the group again for the rest.
     let more = produce_paced_from(&stack, &input, &keys, 20_000..24_000).await;
-    wait_all_applied(&mut takeover, &stack, &prefix, &group, &input, &more).await;
+    wait_all_applied(&mut takeover, &stack, &prefix, "check", &input, &more).await;
     let verdict = oracle::check_counters(
         &stack.redis_url,
         &prefix,
+        "check",
         RecordFormat::Json,
         &oracle::read_source(&stack.kafka, &input),
         &is_valid(&["a", "b", "c"]),
@@ -663,7 +667,7 @@ async fn a_command_failing_inside_exec_halts_the_stage_with_its_offsets_unstored
         config,
         mut redis,
     } = validate_setup(&stack, 1, &["a", "b"]).await;
-    let poisoned = format!("{prefix}:counters:a");
+    let poisoned = format!("{prefix}:counters:check:a");
     let _: () = redis
         .hset(&poisoned, "valid", "not a number")
         .await
@@ -697,4 +701,42 @@ async fn a_command_failing_inside_exec_halts_the_stage_with_its_offsets_unstored
         "offsets were committed to the end ({committed:?}): the failed batch counted as done"
     );
     worker.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_validate_processors_in_one_pipeline_each_count_exactly_once() {
+    // The same rules twice, as two processors of one Pipeline would run them: each writes
+    // its own counters (its name is in their keys) and its own checkpoints.
+    let stack = stack();
+    let ValidateSetup {
+        input,
+        group,
+        prefix,
+        config,
+        ..
+    } = validate_setup(&stack, 2, &["a", "b"]).await;
+    let again = config
+        .replace("    name: check\n", "    name: check-again\n")
+        .replace(&group, &format!("{group}-again"));
+    assert_ne!(again, config);
+    let last = produce_paced(&stack, &input, &["a", "b", "c"], 600, 2000.0).await;
+    let mut first = Worker::start(&config);
+    let mut second = Worker::start(&again);
+    wait_all_applied(&mut first, &stack, &prefix, "check", &input, &last).await;
+    wait_all_applied(&mut second, &stack, &prefix, "check-again", &input, &last).await;
+    let source = oracle::read_source(&stack.kafka, &input);
+    for (processor, worker) in [("check", &first), ("check-again", &second)] {
+        let verdict = oracle::check_counters(
+            &stack.redis_url,
+            &prefix,
+            processor,
+            RecordFormat::Json,
+            &source,
+            &is_valid(&["a", "b"]),
+        );
+        eprintln!("{processor}: {verdict}");
+        verdict.assert_exact(&worker.log);
+    }
+    first.stop();
+    second.stop();
 }

@@ -136,7 +136,6 @@ struct Run {
     child: Child,
     log: PathBuf,
     prefix: String,
-    group: String,
 }
 
 impl Run {
@@ -220,7 +219,6 @@ fn start_worker(servers: &SecureServers, topic: &str, connection: &Connection<'_
         child,
         log,
         prefix,
-        group,
     }
 }
 
@@ -232,12 +230,20 @@ fn checkpoints(
 ) -> Vec<Option<i64>> {
     let keys: Vec<String> = partitions
         .iter()
-        .map(|p| format!("{}:ckpt:{}:{topic}:{p}", run.prefix, run.group))
+        .map(|p| format!("{}:ckpt:receiver:{topic}:{p}", run.prefix))
         .collect();
-    redis::cmd("MGET")
+    let values: Vec<Option<String>> = redis::cmd("MGET")
         .arg(&keys)
         .query(&mut servers.redis())
-        .unwrap()
+        .unwrap();
+    values
+        .iter()
+        .map(|value| {
+            value
+                .as_deref()
+                .and_then(|v| v.split('@').next()?.parse().ok())
+        })
+        .collect()
 }
 
 fn wait_applied(servers: &SecureServers, run: &Run, topic: &str, last: &BTreeMap<i32, i64>) {

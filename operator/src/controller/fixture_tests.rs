@@ -301,7 +301,7 @@ fn receiver_config_round_trips_through_the_workers_parser() {
 fn processors_get_their_own_group_kind_and_output() {
     let (_, children) = built(FULL);
     let enrich = parsed_config(&children, "processor-enrich.yaml");
-    assert_eq!(enrich.kafka.consumer_group, "orders-ingest-enrich");
+    assert_eq!(enrich.kafka.consumer_group, "orders-ingest:enrich");
     let StageConfig::Processor(processor) = enrich.stage else {
         panic!("expected a processor");
     };
@@ -324,10 +324,52 @@ fn processors_get_their_own_group_kind_and_output() {
 fn default_consumer_group_comes_from_namespace_and_name() {
     let (_, children) = built(SAMPLE);
     let receiver = parsed_config(&children, "receiver.yaml");
-    assert_eq!(receiver.kafka.consumer_group, "ferry-default-sensors");
+    assert_eq!(receiver.kafka.consumer_group, "ferry:default:sensors");
     let stats = parsed_config(&children, "processor-stats.yaml");
-    assert_eq!(stats.kafka.consumer_group, "ferry-default-sensors-stats");
+    assert_eq!(stats.kafka.consumer_group, "ferry:default:sensors:stats");
     assert_eq!(stats.redis.url, "redis://10.244.0.1:16379/0");
+    // The data set's epoch is the Pipeline's UID.
+    assert_eq!(
+        receiver.epoch.as_deref(),
+        Some("11111111-2222-4333-8444-555555555555")
+    );
+}
+
+/// Every consumer group of a Pipeline `name` in `namespace`, with `processors`.
+fn groups_of(namespace: &str, name: &str, processors: &[&str]) -> Vec<String> {
+    let mut pipeline = with_metadata(SAMPLE);
+    pipeline.metadata.namespace = Some(namespace.to_owned());
+    pipeline.metadata.name = Some(name.to_owned());
+    let template = pipeline.spec.processors[0].clone();
+    pipeline.spec.processors = processors
+        .iter()
+        .map(|processor| {
+            let mut spec = template.clone();
+            spec.name = (*processor).to_owned();
+            spec
+        })
+        .collect();
+    validated(&pipeline)
+        .stages
+        .iter()
+        .map(|stage| stage.worker_config.kafka.consumer_group.clone())
+        .collect()
+}
+
+#[test]
+fn default_consumer_groups_of_different_stages_never_collide() {
+    // Joined with `-`, Pipeline `a` with processor `b` and Pipeline `a-b` shared a group, as
+    // did namespace `x-y` with Pipeline `z` and namespace `x` with Pipeline `y-z`.
+    let a_with_b = groups_of("default", "a", &["b"]);
+    let a_b = groups_of("default", "a-b", &[]);
+    assert!(
+        a_b.iter().all(|group| !a_with_b.contains(group)),
+        "{a_with_b:?} and {a_b:?} share a group"
+    );
+    let x_y = groups_of("x-y", "z", &[]);
+    let x = groups_of("x", "y-z", &[]);
+    assert_ne!(x_y, x);
+    assert_eq!(a_with_b, ["ferry:default:a", "ferry:default:a:b"]);
 }
 
 #[test]

@@ -120,7 +120,7 @@ pub struct ValidatedStage {
     pub resources: Option<ResourceRequirements>,
 }
 
-pub const RECEIVER_STAGE: &str = "receiver";
+pub use ferry_worker::config::RECEIVER_STAGE;
 
 impl ValidatedStage {
     /// The replicas this round applies: for an autoscaled stage the desired count published
@@ -137,6 +137,18 @@ impl ValidatedStage {
             .unwrap_or(self.replicas)
             .clamp(min, max)
     }
+}
+
+/// The receiver's default group, `ferry:<namespace>:<name>`: a colon is in no namespace,
+/// Pipeline or processor name, and in no `spec.kafka.consumerGroup` (its pattern), so two
+/// stages get one group only if two Pipelines set the same `consumerGroup`.
+pub fn default_group(namespace: &str, name: &str) -> String {
+    format!("ferry:{namespace}:{name}")
+}
+
+/// A processor's group: its receiver's, a colon, its name.
+pub fn processor_group(receiver_group: &str, processor: &str) -> String {
+    format!("{receiver_group}:{processor}")
 }
 
 pub fn validate(
@@ -171,7 +183,7 @@ pub fn validate(
         .kafka
         .consumer_group
         .clone()
-        .unwrap_or_else(|| format!("ferry-{namespace}-{name}"));
+        .unwrap_or_else(|| default_group(&namespace, &name));
 
     let mut secrets = SecretRefs::default();
     let kafka_tls = spec
@@ -212,8 +224,11 @@ pub fn validate(
         tls: kafka_tls.clone(),
         sasl: sasl.clone(),
     };
+    // The data set's epoch: a Pipeline created again under the same name is a new one.
+    let epoch = pipeline.metadata.uid.clone();
     let worker_config = |group: String, stage: StageConfig| WorkerConfig {
         pipeline: name.clone(),
+        epoch: epoch.clone(),
         kafka: kafka_for_group(group),
         redis: redis.clone(),
         format: spec.format,
@@ -265,7 +280,7 @@ pub fn validate(
             deployment_name: format!("{name}-{}", processor.name),
             config_key: format!("processor-{}.yaml", processor.name),
             worker_config: worker_config(
-                format!("{receiver_group}-{}", processor.name),
+                processor_group(&receiver_group, &processor.name),
                 StageConfig::Processor(processor_config(processor)),
             ),
             scaling: processor.scaling.clone(),

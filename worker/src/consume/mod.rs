@@ -15,6 +15,7 @@
 //! processors (`crate::process`) are stage kinds on that pipeline.
 
 pub mod pipeline;
+pub mod position;
 pub mod receiver;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,16 +24,19 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
-use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::KafkaConfig;
 use crate::metrics::{Metrics, PartitionLabel};
+use position::{KafkaFacts, epoch_of};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
@@ -97,7 +101,12 @@ pub fn consumer_config(
     let mut config = kafka_client_config(kafka)?;
     config
         .set("group.id", &kafka.consumer_group)
-        .set("auto.offset.reset", kafka.auto_offset_reset.as_str())
+        // Every partition is placed at an explicit offset when assigned (`position::plan`
+        // applies `autoOffsetReset`); librdkafka's own reset only runs when a position falls
+        // out of the log, and then only the start loses nothing.
+        .set("auto.offset.reset", "earliest")
+        // How soon a deleted, re-created or grown topic is noticed (300 s by default).
+        .set("topic.metadata.refresh.interval.ms", "10000")
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         // Offsets are stored by the stage once their records are durable, never on receipt.
@@ -133,8 +142,16 @@ pub enum ConsumerEvent<T> {
     /// Records in consumption order: one per `recv`, sent as a chunk to spare the channel
     /// and the writer's wakeups a round per record.
     Items(Vec<T>),
-    /// These partitions are now this worker's (the whole assignment: eager rebalancing).
-    Assigned { partitions: Vec<i32> },
+    /// These partitions are now this worker's (the whole assignment: eager rebalancing),
+    /// with what Kafka says about them. The writer answers where each starts; the
+    /// consumer is placed there before it fetches anything.
+    Assigned {
+        facts: Vec<KafkaFacts>,
+        starts: oneshot::Sender<Vec<(i32, i64)>>,
+    },
+    /// The seek the writer asked for is done (or failed): records of the partition sent
+    /// after this are read from the new position.
+    Sought { partition: i32, done: bool },
     /// These partitions go away: finish their records and store their offsets by
     /// `deadline`, then answer on `done`.
     Revoked {
@@ -160,6 +177,7 @@ pub struct StageContext<T> {
     metrics: Metrics,
     topic: String,
     closing: AtomicBool,
+    shutdown: Shutdown,
 }
 
 impl<T> std::fmt::Debug for StageContext<T> {
@@ -179,6 +197,7 @@ impl<T: Send + 'static> StageContext<T> {
         drain_timeout: Duration,
         metrics: Metrics,
         topic: &str,
+        shutdown: Shutdown,
     ) -> Self {
         Self {
             events,
@@ -188,6 +207,7 @@ impl<T: Send + 'static> StageContext<T> {
             metrics,
             topic: topic.to_owned(),
             closing: AtomicBool::new(false),
+            shutdown,
         }
     }
 
@@ -268,64 +288,171 @@ impl<T: Send + 'static> ClientContext for StageContext<T> {
     }
 }
 
-impl<T: Send + 'static> ConsumerContext for StageContext<T> {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Revoke(tpl) => {
-                let partitions = self.partitions_of(tpl);
-                info!(?partitions, "partitions revoked; draining");
-                if !self.closing.load(Ordering::SeqCst) {
-                    let deadline = Instant::now() + self.drain_timeout;
-                    let (done, drained) = oneshot::channel();
-                    let event = ConsumerEvent::Revoked {
-                        partitions,
-                        deadline,
-                        done,
-                    };
-                    let events = self.events.clone();
-                    let staged = self.take_staged();
-                    let finished = self.block_on(async move {
-                        tokio::time::timeout_at(deadline, async move {
-                            Self::send_with_staged(events, staged, event).await
-                                && drained.await.is_ok()
-                        })
-                        .await
-                    });
-                    if !matches!(finished, Ok(true)) {
-                        warn!(
-                            timeout = ?self.drain_timeout,
-                            "revoked partitions not drained in time; their uncommitted records \
-                             will be read again by the next owner and skipped if already applied"
-                        );
-                    }
-                }
-                commit_stored(consumer, &self.metrics);
-                self.metrics.consumer_lag.clear();
+impl<T: Send + 'static> StageContext<T> {
+    /// Revoke: the writer finishes the revoked partitions' records and stores their offsets
+    /// (up to the drain timeout), then they are committed.
+    fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let partitions = self.partitions_of(tpl);
+        info!(?partitions, "partitions revoked; draining");
+        if !self.closing.load(Ordering::SeqCst) {
+            let deadline = Instant::now() + self.drain_timeout;
+            let (done, drained) = oneshot::channel();
+            let event = ConsumerEvent::Revoked {
+                partitions,
+                deadline,
+                done,
+            };
+            let events = self.events.clone();
+            let staged = self.take_staged();
+            let finished = self.block_on(async move {
+                tokio::time::timeout_at(deadline, async move {
+                    Self::send_with_staged(events, staged, event).await && drained.await.is_ok()
+                })
+                .await
+            });
+            if !matches!(finished, Ok(true)) {
+                warn!(
+                    timeout = ?self.drain_timeout,
+                    "revoked partitions not drained in time; their uncommitted records \
+                     will be read again by the next owner and skipped if already applied"
+                );
             }
-            Rebalance::Assign(_) => {}
-            Rebalance::Error(error) => {
-                self.metrics.kafka_error("rebalance");
-                warn!(%error, "rebalance error");
+        }
+        commit_stored(consumer, &self.metrics);
+        self.metrics.consumer_lag.clear();
+    }
+
+    /// Assign: reads what Kafka says about the partitions, lets the writer decide where
+    /// each starts (from its checkpoint in Redis), and sets those offsets in `tpl`.
+    fn place(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let partitions = self.partitions_of(tpl);
+        info!(?partitions, "partitions assigned");
+        if self.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        let facts = if partitions.is_empty() {
+            Vec::new()
+        } else {
+            match self.kafka_facts(consumer, tpl, &partitions) {
+                Some(facts) => facts,
+                None => return,
+            }
+        };
+        let (starts, placed) = oneshot::channel();
+        let event = ConsumerEvent::Assigned { facts, starts };
+        let events = self.events.clone();
+        let staged = self.take_staged();
+        let mut shutdown = self.shutdown.clone();
+        // The writer must see this before any record of the new assignment; the channel
+        // keeps that order. It answers once Redis does: without the checkpoints no start is
+        // safe, and the stage is unready (Redis unreachable) meanwhile.
+        let placed = self.block_on(async move {
+            if !Self::send_with_staged(events, staged, event).await {
+                return None;
+            }
+            tokio::select! {
+                placed = placed => placed.ok(),
+                _ = shutdown.wait() => None,
+            }
+        });
+        let Some(starts) = placed else {
+            return;
+        };
+        for (partition, offset) in starts {
+            if let Err(error) =
+                tpl.set_partition_offset(&self.topic, partition, Offset::Offset(offset))
+            {
+                warn!(%error, partition, offset, "cannot set the start offset");
             }
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let partitions = self.partitions_of(tpl);
-            info!(?partitions, "partitions assigned");
-            if self.closing.load(Ordering::SeqCst) {
-                return;
+    /// Log start and end, and the group's committed offset with its epoch, per partition;
+    /// retried until they come or the stage stops.
+    fn kafka_facts(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+        partitions: &[i32],
+    ) -> Option<Vec<KafkaFacts>> {
+        let mut backoff = Backoff::DEFAULT;
+        loop {
+            match self.try_kafka_facts(consumer, tpl, partitions) {
+                Ok(facts) => return Some(facts),
+                Err(error) => {
+                    self.metrics.kafka_error("assign");
+                    let delay = backoff.next_delay();
+                    warn!(%error, retry_in = ?delay, "cannot read the assigned partitions' offsets");
+                    if self.shutdown.is_triggered() {
+                        return None;
+                    }
+                    std::thread::sleep(delay);
+                }
             }
-            let events = self.events.clone();
-            let staged = self.take_staged();
-            // The writer must see this before any record of the new assignment; the channel
-            // keeps that order. A closed channel means the stage is stopping.
-            let _ = self.block_on(Self::send_with_staged(
-                events,
-                staged,
-                ConsumerEvent::Assigned { partitions },
-            ));
+        }
+    }
+
+    fn try_kafka_facts(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+        partitions: &[i32],
+    ) -> KafkaResult<Vec<KafkaFacts>> {
+        let committed = consumer.committed_offsets(tpl.clone(), KAFKA_FACTS_TIMEOUT)?;
+        partitions
+            .iter()
+            .map(|&partition| {
+                let (low, high) =
+                    consumer.fetch_watermarks(&self.topic, partition, KAFKA_FACTS_TIMEOUT)?;
+                let element = committed.find_partition(&self.topic, partition);
+                let offset = element.as_ref().and_then(|e| e.offset().to_raw());
+                let epoch = element
+                    .as_ref()
+                    .and_then(|e| epoch_of(e.metadata()).map(str::to_owned));
+                Ok(KafkaFacts {
+                    partition,
+                    low,
+                    high,
+                    committed: offset.filter(|offset| *offset >= 0),
+                    committed_epoch: epoch,
+                })
+            })
+            .collect()
+    }
+}
+
+/// How long one read of committed offsets or watermarks may take at assignment.
+const KAFKA_FACTS_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl<T: Send + 'static> ConsumerContext for StageContext<T> {
+    /// Eager rebalancing (librdkafka's default assignors), with every assigned partition
+    /// placed at the offset the writer decided, never at librdkafka's choice.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.place(consumer, tpl);
+                if let Err(error) = consumer.assign(tpl) {
+                    self.metrics.kafka_error("rebalance");
+                    warn!(%error, "cannot take the assignment");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.on_revoke(consumer, tpl);
+                if let Err(error) = consumer.unassign() {
+                    self.metrics.kafka_error("rebalance");
+                    warn!(%error, "cannot drop the assignment");
+                }
+            }
+            other => {
+                self.metrics.kafka_error("rebalance");
+                warn!(error = ?RDKafkaErrorCode::from(other), "rebalance error");
+                let _ = consumer.unassign();
+            }
         }
     }
 

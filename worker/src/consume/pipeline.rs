@@ -4,14 +4,18 @@
 //! - **consume and decode** run on the consumer task: each Kafka message becomes the
 //!   kind's record ([`Decode`]) or a [`Rejected`] one, and travels through the bounded
 //!   channel of [`StageContext`] in consumption order, rebalance events in band.
+//! - **place**: when partitions are assigned, the writer reads their checkpoints and the
+//!   consumer is placed at the offsets [`position::plan`] decides: Redis is the source of
+//!   truth for position, Kafka's committed offset only counts for a data set Redis has never
+//!   seen, and a checkpoint of another incarnation of the topic counts as none.
 //! - **batch**: one writer task gathers records (`batch.maxRecords` / `batch.maxWait`) and
-//!   drops replays: a record at or below its partition's checkpoint (read when the
-//!   partition is assigned) or below one already in the batch. A batch is cut at every
-//!   rebalance (the writer commits it before it handles the event), so it never spans two
-//!   assignments, and a revoke waits until the revoked partitions' records are committed.
+//!   drops replays ([`Partition::admit`]). A batch is cut at every rebalance (the writer
+//!   commits it before it handles the event), so it never spans two assignments, and a
+//!   revoke waits until the revoked partitions' records are committed.
 //! - **transact**: `WATCH` the batch's checkpoints and every key it writes, read the
-//!   checkpoints and the keys' types; drop what is at or below a checkpoint now (another
-//!   worker got there first); the kind computes its commands and what it produces
+//!   checkpoints and the keys' types; a checkpoint below what this writer knows Redis held
+//!   (Redis lost acknowledged writes) seeks its partition back to it; drop what is at or
+//!   below a checkpoint now (another worker got there first); the kind computes its commands and what it produces
 //!   ([`StageKind::effects`]); the produced and dead-lettered records are sent and
 //!   acknowledged; then one `MULTI`: the kind's commands, the checkpoints, the batch event;
 //!   `EXEC`. A moved checkpoint aborts `EXEC` ([`Metrics::transaction_conflicts`]) and the
@@ -43,23 +47,24 @@ use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use super::position::{self, Admit, KafkaFacts, Partition, PlanInput, PositionEvent};
 use super::{
     ConsumeError, ConsumerEvent, Shutdown, StageContext, commit_stored, consumer_config,
     kafka_client_config,
 };
 use crate::backoff::Backoff;
-use crate::config::{BatchConfig, WorkerConfig};
+use crate::config::{BatchConfig, OffsetReset, WorkerConfig};
 use crate::http::{self, Problem, Readiness};
-use crate::metrics::{BlockedLabel, Metrics};
+use crate::metrics::{BlockedLabel, Metrics, ReasonLabel};
 use crate::record::RejectReason;
-use crate::sink::{self, FastHash, RedisSink, SinkError, TransactionOutcome};
+use crate::sink::{self, Checkpoint, FastHash, RedisSink, SinkError, TransactionOutcome};
 use crate::status::Reason;
 
 /// Headers of every record a stage produces (output and dead-letter topics alike): where
@@ -358,7 +363,36 @@ pub struct StageSpec {
     pub topics: ProducedTopics,
 }
 
-type StageConsumer<R> = StreamConsumer<StageContext<Decoded<R>>>;
+/// A consumed record as the writer gets it: decoded (or refused), with its Kafka timestamp,
+/// which checkpoints keep to tell a topic's incarnations apart.
+#[derive(Debug)]
+struct Consumed<R> {
+    timestamp_ms: Option<i64>,
+    decoded: Decoded<R>,
+}
+
+fn consume<D: Decode>(
+    decoder: &D,
+    message: &BorrowedMessage<'_>,
+    now_ms: i64,
+) -> Consumed<D::Record> {
+    Consumed {
+        timestamp_ms: message.timestamp().to_millis(),
+        decoded: decoder.decode(message, now_ms),
+    }
+}
+
+type StageConsumer<R> = StreamConsumer<StageContext<Consumed<R>>>;
+
+/// A partition to place elsewhere: at `offset`, or at its beginning.
+#[derive(Debug, Clone, Copy)]
+struct SeekRequest {
+    partition: i32,
+    offset: Option<i64>,
+}
+
+/// How long a seek may take to reach librdkafka's fetcher.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many verified data keys a writer remembers before it starts checking all again.
 const MAX_VERIFIED_KEYS: usize = 100_000;
@@ -411,11 +445,13 @@ where
     let max_bytes = spec.batch.max_bytes.max(1) as usize;
     let chunk_max_bytes = max_bytes.div_ceil(capacity);
     let (events, events_rx) = mpsc::channel(capacity);
+    let (seeks, mut seek_requests) = mpsc::unbounded_channel();
     let context = StageContext::new(
         events.clone(),
         options.drain_timeout,
         metrics.clone(),
         &config.kafka.topic,
+        shutdown.clone(),
     );
     let consumer: Arc<StageConsumer<D::Record>> = Arc::new(
         consumer_config(&config.kafka, options.session_timeout)?
@@ -453,8 +489,16 @@ where
         max_records,
         max_bytes,
         max_wait: spec.batch.max_wait.as_duration(),
-        owned: HashSet::default(),
-        replays: ReplayFilter::default(),
+        positions: HashMap::default(),
+        seeks,
+        pending_seeks: HashMap::default(),
+        rules: PositionRules {
+            data_set_key: config.data_set_key(),
+            epoch: config.data_set_epoch(),
+            reset: config.kafka.auto_offset_reset,
+            commit_metadata: position::commit_metadata(&config.data_set_epoch()),
+        },
+        shutdown: shutdown.clone(),
         verified_keys: HashSet::default(),
         blocked_series: Vec::new(),
         batch: PendingBatch::default(),
@@ -470,6 +514,12 @@ where
         let received = tokio::select! {
             biased;
             _ = shutdown.wait() => break,
+            Some(request) = seek_requests.recv() => {
+                if !seek(&consumer, &config.kafka.topic, request, &events).await {
+                    break;
+                }
+                continue;
+            }
             received = consumer.recv() => received,
         };
         let now_ms = if decoder.needs_clock() { now_ms() } else { 0 };
@@ -483,7 +533,9 @@ where
                     readiness.set_consume_failing(None);
                     consume_failing_metric(&metrics).set(0);
                 }
-                consumer.context().stage(decoder.decode(&message, now_ms));
+                consumer
+                    .context()
+                    .stage(consume(&decoder, &message, now_ms));
             }
             Err(error) => {
                 metrics.kafka_error("consume");
@@ -506,7 +558,9 @@ where
             match consumer.recv().now_or_never() {
                 Some(Ok(message)) => {
                     chunk_bytes += message_bytes(&message);
-                    consumer.context().stage(decoder.decode(&message, now_ms));
+                    consumer
+                        .context()
+                        .stage(consume(&decoder, &message, now_ms));
                     chunk_len += 1;
                 }
                 Some(Err(error)) => {
@@ -566,6 +620,36 @@ where
     http_task.abort();
     info!("{} stopped", spec.name);
     writer_outcome
+}
+
+/// Seeks one partition between chunks: every record consumed before the seek reaches the
+/// writer ahead of the `Sought` event, every record after it comes from the new position
+/// (librdkafka drops what it fetched for the old one before `seek` returns).
+async fn seek<R: Send + Sync + 'static>(
+    consumer: &StageConsumer<R>,
+    topic: &str,
+    request: SeekRequest,
+    events: &mpsc::Sender<ConsumerEvent<Consumed<R>>>,
+) -> bool {
+    let SeekRequest { partition, offset } = request;
+    let target = offset.map_or(Offset::Beginning, Offset::Offset);
+    let result =
+        tokio::task::block_in_place(|| consumer.seek(topic, partition, target, SEEK_TIMEOUT));
+    match &result {
+        Ok(()) => info!(partition, ?target, "partition sought"),
+        Err(error) => warn!(%error, partition, ?target, "seek failed"),
+    }
+    let staged = consumer.context().take_staged();
+    if !staged.is_empty() && events.send(ConsumerEvent::Items(staged)).await.is_err() {
+        return false;
+    }
+    events
+        .send(ConsumerEvent::Sought {
+            partition,
+            done: result.is_ok(),
+        })
+        .await
+        .is_ok()
 }
 
 /// How many consume errors in a row make the stage unready: a partition librdkafka cannot
@@ -632,8 +716,9 @@ struct PendingBatch<R> {
     started: Option<Instant>,
     records: Vec<R>,
     rejects: Vec<Rejected>,
-    /// The highest offset taken per partition, including records skipped as already applied.
-    last_offsets: BTreeMap<i32, i64>,
+    /// The highest offset taken per partition (including records skipped as already
+    /// applied), with its record's Kafka timestamp.
+    last_offsets: BTreeMap<i32, (i64, Option<i64>)>,
     taken: usize,
     /// What the records and rejects hold, keys and values ([`Positioned::bytes`]).
     bytes: usize,
@@ -652,16 +737,35 @@ impl<R> Default for PendingBatch<R> {
     }
 }
 
+impl<R: Positioned> PendingBatch<R> {
+    /// Drops a partition's records: they are read again from where it is sought to.
+    fn drop_partition(&mut self, partition: i32) {
+        self.records
+            .retain(|record| record.partition() != partition);
+        self.rejects
+            .retain(|rejected| rejected.partition != partition);
+        self.last_offsets.remove(&partition);
+        if self.last_offsets.is_empty() {
+            self.clear();
+        }
+    }
+}
+
 impl<R> PendingBatch<R> {
     fn is_empty(&self) -> bool {
-        self.taken == 0
+        self.last_offsets.is_empty()
     }
 
-    fn note(&mut self, partition: i32, offset: i64) {
+    fn note(&mut self, partition: i32, offset: i64, timestamp_ms: Option<i64>) {
         self.started.get_or_insert_with(Instant::now);
         self.taken += 1;
-        let last = self.last_offsets.entry(partition).or_insert(offset);
-        *last = (*last).max(offset);
+        let last = self
+            .last_offsets
+            .entry(partition)
+            .or_insert((offset, timestamp_ms));
+        if offset >= last.0 {
+            *last = (offset, timestamp_ms);
+        }
     }
 
     /// Empties the batch, keeping its buffers for the next one.
@@ -675,33 +779,14 @@ impl<R> PendingBatch<R> {
     }
 }
 
-/// Per owned partition, the highest offset known applied or already taken into the batch:
-/// a record at or below it is a replay (read again after a rewind, a rebalance or a retry).
-#[derive(Debug, Default)]
-struct ReplayFilter {
-    highest: HashMap<i32, i64, FastHash>,
-}
-
-impl ReplayFilter {
-    /// True if the record is new, and notes it; false for a replay.
-    fn admit(&mut self, partition: i32, offset: i64) -> bool {
-        let highest = self.highest.entry(partition).or_insert(-1);
-        if offset <= *highest {
-            return false;
-        }
-        *highest = offset;
-        true
-    }
-
-    /// The partition's records up to `checkpoint` are in Redis already.
-    fn resume_after(&mut self, partition: i32, checkpoint: i64) {
-        self.highest.insert(partition, checkpoint);
-    }
-
-    /// Knows nothing of the partition any more: the next batch's `WATCH` decides.
-    fn forget(&mut self, partition: i32) {
-        self.highest.remove(&partition);
-    }
+/// How the writer places partitions and marks what it commits.
+#[derive(Debug)]
+struct PositionRules {
+    data_set_key: String,
+    epoch: String,
+    reset: OffsetReset,
+    /// Stored offsets carry it: the data set's epoch.
+    commit_metadata: String,
 }
 
 /// Why one attempt to commit a batch failed.
@@ -733,6 +818,9 @@ enum FlushError {
     },
     #[error("a checkpoint changed during the transaction")]
     Conflict,
+    /// Redis holds less than this writer committed: those partitions are sought back.
+    #[error("Redis lost checkpoints this writer committed; re-reading those partitions")]
+    Rewound,
     /// Writing would fail inside `EXEC` and the checkpoint would land regardless: the
     /// batch stops here, unapplied, until the key is fixed.
     #[error("batch blocked: {0}")]
@@ -756,8 +844,13 @@ struct Writer<K: StageKind> {
     /// A batch is committed once its records hold this many bytes.
     max_bytes: usize,
     max_wait: Duration,
-    owned: HashSet<i32, FastHash>,
-    replays: ReplayFilter,
+    /// The owned partitions.
+    positions: HashMap<i32, Partition, FastHash>,
+    seeks: mpsc::UnboundedSender<SeekRequest>,
+    /// Seeks asked for and not yet done, by partition.
+    pending_seeks: HashMap<i32, Option<i64>, FastHash>,
+    rules: PositionRules,
+    shutdown: Shutdown,
     /// Data keys found holding the right type (or none) and written since: not checked
     /// again.
     verified_keys: HashSet<String, FastHash>,
@@ -773,7 +866,7 @@ struct Writer<K: StageKind> {
 }
 
 impl<K: StageKind> Writer<K> {
-    async fn run(mut self, mut events: mpsc::Receiver<ConsumerEvent<Decoded<K::Record>>>) {
+    async fn run(mut self, mut events: mpsc::Receiver<ConsumerEvent<Consumed<K::Record>>>) {
         loop {
             let flush_at = self.batch.started.map(|started| started + self.max_wait);
             if flush_at.is_some_and(|at| at <= Instant::now()) {
@@ -799,13 +892,18 @@ impl<K: StageKind> Writer<K> {
                         }
                     }
                 }
-                Some(ConsumerEvent::Assigned { partitions }) => {
+                Some(ConsumerEvent::Assigned { facts, starts }) => {
                     // Only left over if a revoke timed out; the fencing keeps it safe.
                     self.flush(Some(
                         Instant::now() + self.max_wait.max(Duration::from_secs(5)),
                     ))
                     .await;
-                    self.assign(partitions).await;
+                    if let Some(placed) = self.assign(facts).await {
+                        let _ = starts.send(placed);
+                    }
+                }
+                Some(ConsumerEvent::Sought { partition, done }) => {
+                    self.sought(partition, done).await;
                 }
                 Some(ConsumerEvent::Revoked {
                     partitions,
@@ -829,24 +927,45 @@ impl<K: StageKind> Writer<K> {
         }
     }
 
-    fn take(&mut self, record: Decoded<K::Record>) {
-        let (partition, offset) = match &record {
+    fn take(&mut self, consumed: Consumed<K::Record>) {
+        let Consumed {
+            timestamp_ms,
+            decoded,
+        } = consumed;
+        let (partition, offset) = match &decoded {
             Ok(record) => (record.partition(), record.offset()),
             Err(rejected) => (rejected.partition, rejected.offset),
         };
-        if !self.owned.contains(&partition) || self.halted.is_some() {
-            debug!(
-                partition,
-                offset, "dropping a record of a partition not owned (or the stage halted)"
-            );
-            return;
+        let position = match self.positions.get_mut(&partition) {
+            Some(position) if self.halted.is_none() => position,
+            _ => {
+                debug!(
+                    partition,
+                    offset, "dropping a record of a partition not owned (or the stage halted)"
+                );
+                return;
+            }
+        };
+        match position.admit(offset, timestamp_ms) {
+            Admit::Take => {}
+            Admit::TakeReporting(event) => self.report(partition, event, offset),
+            Admit::Skip => {
+                self.batch.note(partition, offset, timestamp_ms);
+                self.metrics.records_skipped.inc();
+                return;
+            }
+            Admit::Stale => return,
+            Admit::Seek {
+                offset: target,
+                event,
+            } => {
+                self.report(partition, event, offset);
+                self.request_seek(partition, target);
+                return;
+            }
         }
-        self.batch.note(partition, offset);
-        if !self.replays.admit(partition, offset) {
-            self.metrics.records_skipped.inc();
-            return;
-        }
-        match record {
+        self.batch.note(partition, offset, timestamp_ms);
+        match decoded {
             Ok(record) => {
                 self.batch.bytes += record.bytes();
                 self.batch.records.push(record);
@@ -858,53 +977,150 @@ impl<K: StageKind> Writer<K> {
         }
     }
 
-    /// Reads the new partitions' checkpoints, so records already applied are skipped.
-    async fn assign(&mut self, partitions: Vec<i32>) {
-        self.owned = partitions.iter().copied().collect();
-        self.replays = ReplayFilter::default();
+    /// Counts and logs a position event; `offset` is where it was seen.
+    fn report(&self, partition: i32, event: PositionEvent, offset: i64) {
+        self.metrics
+            .position_events
+            .get_or_create(&ReasonLabel {
+                reason: event.as_str().to_owned(),
+            })
+            .inc();
+        warn!(
+            partition,
+            offset,
+            reason = event.as_str(),
+            "{}",
+            event.explain()
+        );
+    }
+
+    /// Asks the consumer task to place `partition` at `offset` (`None`: its beginning);
+    /// its records are skipped until the seek is done.
+    fn request_seek(&mut self, partition: i32, offset: Option<i64>) {
+        self.batch.drop_partition(partition);
+        self.pending_seeks.insert(partition, offset);
+        let _ = self.seeks.send(SeekRequest { partition, offset });
+    }
+
+    async fn sought(&mut self, partition: i32, done: bool) {
+        let Some(target) = self.pending_seeks.remove(&partition) else {
+            return;
+        };
+        let Some(position) = self.positions.get_mut(&partition) else {
+            return;
+        };
+        if done {
+            position.sought();
+            return;
+        }
+        // The partition is still this writer's: try again, a little later.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.request_seek(partition, target);
+    }
+
+    /// Places the assigned partitions: reads their checkpoints and decides where each
+    /// starts ([`position::plan`]). `None` if the stage stops first.
+    async fn assign(&mut self, facts: Vec<KafkaFacts>) -> Option<Vec<(i32, i64)>> {
+        self.positions.clear();
+        self.pending_seeks.clear();
         // A new assignment checks every key again, once.
         self.verified_keys.clear();
         self.readiness.set_assigned(true);
-        if partitions.is_empty() {
-            return;
+        if facts.is_empty() {
+            return Some(Vec::new());
         }
-        let keys: Vec<String> = partitions
+        let keys: Vec<String> = facts
             .iter()
-            .map(|p| self.checkpoints.key(*p))
+            .map(|f| self.checkpoints.key(f.partition))
             .collect();
-        loop {
-            match self.sink.read_checkpoints(&keys).await {
-                Ok(checkpoints) => {
-                    self.readiness.set_redis_connected(true);
-                    self.backoff.reset();
-                    for (partition, checkpoint) in partitions.iter().zip(checkpoints) {
-                        if let Some(checkpoint) = checkpoint {
-                            self.replays.resume_after(*partition, checkpoint);
-                        }
-                        info!(
-                            partition,
-                            checkpoint, "resuming after the checkpoint (none: from Kafka's offset)"
-                        );
-                    }
-                    return;
-                }
+        let (checkpoints, data_set_exists) = loop {
+            let read = tokio::select! {
+                read = self.sink.read_checkpoints(&keys, &self.rules.data_set_key) => read,
+                _ = self.shutdown.wait() => return None,
+            };
+            match read {
+                Ok(read) => break read,
                 Err(error) => {
-                    // Not fatal: the write path re-checks checkpoints under WATCH anyway.
+                    // Without the checkpoints no start is safe: wait for Redis (unready).
                     self.redis_failed(&error);
                     let delay = self.backoff.next_delay();
                     warn!(%error, retry_in = ?delay, "cannot read checkpoints");
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.wait() => return None,
+                    }
                 }
             }
+        };
+        self.readiness.set_redis_connected(true);
+        self.backoff.reset();
+        let plans: Vec<_> = facts
+            .iter()
+            .zip(checkpoints)
+            .map(|(facts, checkpoint)| {
+                let plan = position::plan(&PlanInput {
+                    checkpoint,
+                    facts,
+                    data_set_exists,
+                    epoch: &self.rules.epoch,
+                    reset: self.rules.reset,
+                });
+                (facts, checkpoint, plan)
+            })
+            .collect();
+        let mut initial_written = true;
+        if !data_set_exists {
+            let initial: Vec<(String, Checkpoint)> = plans
+                .iter()
+                .filter_map(|(facts, _, plan)| {
+                    plan.initial
+                        .map(|checkpoint| (self.checkpoints.key(facts.partition), checkpoint))
+                })
+                .collect();
+            if let Err(error) = self
+                .sink
+                .start_data_set(&self.rules.data_set_key, &self.rules.epoch, &initial)
+                .await
+            {
+                self.redis_failed(&error);
+                warn!(%error, "cannot mark the new data set's start; the first batch will");
+                initial_written = false;
+            }
         }
+        let mut starts = Vec::with_capacity(plans.len());
+        for (facts, checkpoint, mut plan) in plans {
+            let partition = facts.partition;
+            for event in &plan.events {
+                self.report(partition, *event, plan.start);
+            }
+            if plan.gap > 0 {
+                self.metrics.retention_gap_records.inc_by(plan.gap);
+            }
+            if !initial_written {
+                plan.initial = None;
+            }
+            info!(
+                partition,
+                start = plan.start,
+                checkpoint = ?checkpoint.map(|c| c.offset),
+                log_start = facts.low,
+                log_end = facts.high,
+                committed = ?facts.committed,
+                "placing the partition"
+            );
+            self.positions
+                .insert(partition, Partition::new(&plan, checkpoint));
+            starts.push((partition, plan.start));
+        }
+        Some(starts)
     }
 
     fn revoke(&mut self, partitions: &[i32]) {
         for partition in partitions {
-            self.owned.remove(partition);
-            self.replays.forget(*partition);
+            self.positions.remove(partition);
+            self.pending_seeks.remove(partition);
         }
-        if self.owned.is_empty() {
+        if self.positions.is_empty() {
             self.readiness.set_assigned(false);
         }
     }
@@ -1066,6 +1282,12 @@ impl<K: StageKind> Writer<K> {
                     info!("checkpoint changed under the batch (partition moved?); re-filtering");
                     continue;
                 }
+                Err(FlushError::Rewound) => {
+                    if self.batch.is_empty() {
+                        return;
+                    }
+                    continue;
+                }
                 Err(FlushError::FailedInExec(failed)) => {
                     self.metrics.redis_error("transaction_command");
                     let message = format!(
@@ -1108,7 +1330,9 @@ impl<K: StageKind> Writer<K> {
                                 wrong.expected
                             ),
                         ),
-                        FlushError::Conflict | FlushError::FailedInExec(_) => {}
+                        FlushError::Conflict
+                        | FlushError::Rewound
+                        | FlushError::FailedInExec(_) => {}
                     }
                     let delay = self.backoff.next_delay();
                     if deadline.is_some_and(|deadline| Instant::now() + delay > deadline) {
@@ -1133,7 +1357,9 @@ impl<K: StageKind> Writer<K> {
     /// Drops the batch unapplied; its partitions are filtered again by their checkpoints.
     fn forget_batch(&mut self) {
         for partition in self.batch.last_offsets.keys() {
-            self.replays.forget(*partition);
+            if let Some(position) = self.positions.get_mut(partition) {
+                position.forget_taken();
+            }
         }
         self.producer.batch_done();
         self.produce_failures = 0;
@@ -1154,12 +1380,29 @@ impl<K: StageKind> Writer<K> {
             self.sink.unwatch().await?;
             return Err(FlushError::WrongType(wrong));
         }
-        let checkpoints: HashMap<i32, i64> = partitions
-            .iter()
-            .copied()
-            .zip(watched.checkpoints)
-            .map(|(partition, checkpoint)| (partition, checkpoint.unwrap_or(-1)))
-            .collect();
+        let mut checkpoints: HashMap<i32, i64> = HashMap::with_capacity(partitions.len());
+        let mut rewound = Vec::new();
+        for (partition, read) in partitions.iter().zip(watched.checkpoints) {
+            let Some(position) = self.positions.get_mut(partition) else {
+                continue;
+            };
+            if let Some(target) = position.on_checkpoint_read(read) {
+                rewound.push((*partition, target));
+            }
+            checkpoints.insert(*partition, position.effective(read));
+        }
+        if !rewound.is_empty() {
+            self.sink.unwatch().await?;
+            for (partition, target) in rewound {
+                self.report(
+                    partition,
+                    PositionEvent::RedisRewound,
+                    target.map_or(-1, |offset| offset - 1),
+                );
+                self.request_seek(partition, target);
+            }
+            return Err(FlushError::Rewound);
+        }
         let is_new = |partition: i32, offset: i64| {
             offset > checkpoints.get(&partition).copied().unwrap_or(-1)
         };
@@ -1175,12 +1418,20 @@ impl<K: StageKind> Writer<K> {
             .iter()
             .filter(|r| is_new(r.partition, r.offset))
             .collect();
-        let advanced: BTreeMap<i32, i64> = self
+        let advanced: BTreeMap<i32, Checkpoint> = self
             .batch
             .last_offsets
             .iter()
-            .filter(|(partition, last)| is_new(**partition, **last))
-            .map(|(partition, last)| (*partition, *last))
+            .filter(|(partition, (last, _))| is_new(**partition, *last))
+            .map(|(partition, (offset, timestamp_ms))| {
+                (
+                    *partition,
+                    Checkpoint {
+                        offset: *offset,
+                        timestamp_ms: *timestamp_ms,
+                    },
+                )
+            })
             .collect();
         let already_applied = self.batch.records.len() - records.len();
         if advanced.is_empty() {
@@ -1221,14 +1472,25 @@ impl<K: StageKind> Writer<K> {
             return Err(error);
         }
 
-        for (partition, offset) in &advanced {
+        for (partition, checkpoint) in &advanced {
             let mut set = redis::cmd("SET");
-            set.arg(self.checkpoints.key(*partition)).arg(*offset);
+            set.arg(self.checkpoints.key(*partition))
+                .arg(checkpoint.encode());
             commands.push(set);
         }
+        // The data set's marker, in case Redis lost it since the partitions were placed.
+        let mut mark = redis::cmd("SET");
+        mark.arg(&self.rules.data_set_key)
+            .arg(&self.rules.epoch)
+            .arg("NX");
+        commands.push(mark);
         if let Some(channel) = &self.events_channel {
+            let offsets: BTreeMap<i32, i64> = advanced
+                .iter()
+                .map(|(partition, checkpoint)| (*partition, checkpoint.offset))
+                .collect();
             let event =
-                sink::batch_event(keys_touched, records.len(), dead_letters.len(), &advanced);
+                sink::batch_event(keys_touched, records.len(), dead_letters.len(), &offsets);
             let mut publish = redis::cmd("PUBLISH");
             publish.arg(channel).arg(event);
             commands.push(publish);
@@ -1245,6 +1507,11 @@ impl<K: StageKind> Writer<K> {
                 }
                 self.verified_keys
                     .extend(data_keys.into_iter().map(|(key, _)| key));
+                for (partition, checkpoint) in &advanced {
+                    if let Some(position) = self.positions.get_mut(partition) {
+                        position.committed(*checkpoint);
+                    }
+                }
                 self.metrics.batches.inc();
                 self.metrics.records_written.inc_by(written);
                 self.metrics.records_skipped.inc_by(already_applied as u64);
@@ -1262,13 +1529,15 @@ impl<K: StageKind> Writer<K> {
         }
     }
 
-    /// Stores each owned partition's next offset, for the next (auto or revoke) commit.
+    /// Stores each owned partition's next offset, for the next (auto or revoke) commit,
+    /// with the data set's epoch in the commit metadata.
     fn store_offsets(&self) {
         let mut offsets = TopicPartitionList::new();
-        for (partition, last) in &self.batch.last_offsets {
-            if self.owned.contains(partition) {
-                let _ =
-                    offsets.add_partition_offset(&self.topic, *partition, Offset::Offset(last + 1));
+        for (partition, (last, _)) in &self.batch.last_offsets {
+            if self.positions.contains_key(partition) {
+                let mut element = offsets.add_partition(&self.topic, *partition);
+                let _ = element.set_offset(Offset::Offset(last + 1));
+                element.set_metadata(self.rules.commit_metadata.as_str());
             }
         }
         if offsets.count() == 0 {
@@ -1777,29 +2046,16 @@ mod tests {
     fn batches_track_the_highest_offset_per_partition() {
         let mut batch = PendingBatch::<()>::default();
         for (partition, offset) in [(0, 5), (1, 9), (0, 7), (0, 6)] {
-            batch.note(partition, offset);
+            batch.note(partition, offset, Some(offset * 10));
         }
         assert_eq!(batch.taken, 4);
-        assert_eq!(batch.last_offsets, BTreeMap::from([(0, 7), (1, 9)]));
+        assert_eq!(
+            batch.last_offsets,
+            BTreeMap::from([(0, (7, Some(70))), (1, (9, Some(90)))])
+        );
         batch.clear();
         assert!(batch.is_empty());
         assert!(batch.last_offsets.is_empty());
-    }
-
-    #[test]
-    fn an_offset_read_twice_is_admitted_once() {
-        // Partition 1 resumes after its checkpoint 7; partition 0 is read from 5, then
-        // rewound to 5 (a revoke and re-assign the drain did not cover).
-        let mut replays = ReplayFilter::default();
-        replays.resume_after(1, 7);
-        let admitted: Vec<(i32, i64)> = [(0, 5), (0, 6), (1, 7), (0, 5), (0, 6), (0, 7), (1, 8)]
-            .into_iter()
-            .filter(|(partition, offset)| replays.admit(*partition, *offset))
-            .collect();
-        assert_eq!(admitted, [(0, 5), (0, 6), (0, 7), (1, 8)]);
-        // Forgotten (a batch given up), the partition is re-admitted from anywhere.
-        replays.forget(0);
-        assert!(replays.admit(0, 5));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! produce and `EXEC` makes.
 //!
 //! What each processor emits:
-//! - stats: writes `{prefix}:stats:{key}` and its window; input records pass through to
+//! - stats: writes `{prefix}:stats:{processor}:{key}` and its window; input records pass through to
 //!   `output.topic` unchanged, so stats can sit in a chain.
 //! - validate: valid records pass through unchanged to `output.topic`; invalid ones go to
 //!   the dead-letter topic with `ferry-reason` = the first failing rule's name.
@@ -38,4 +38,4 @@ pub mod validate;
 mod runtime;
 
 #[cfg(feature = "runtime")]
-pub use runtime::{ProcessError, run};
+pub use runtime::{ProcessError, ProcessorKeys, run};

@@ -21,7 +21,7 @@ use crate::sink::SinkError;
 use super::enrich::{self, EnrichedRecord, Version};
 use super::rules::{LookupSource, RecordView};
 use super::stats;
-use super::validate::{self, RuleError, RuleSet, TOTAL_COUNTERS};
+use super::validate::{RuleError, RuleSet, TOTAL_COUNTERS};
 
 /// Errors that stop the processor. Transient batch failures are retried, not returned.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +50,7 @@ pub async fn run(
     tracing::info!(processor = %processor_config.name, "processor");
     let stage = Processor {
         compute,
-        key_prefix: config.redis.key_prefix.clone(),
+        keys: ProcessorKeys::new(&config.redis.key_prefix, &processor_config.name),
         forwards: processor_config.output.is_some(),
         reads: ReadConnection {
             client: crate::sink::redis_client(&config.redis)?,
@@ -214,7 +214,7 @@ impl Compute {
 /// The processor stage kind.
 struct Processor {
     compute: Compute,
-    key_prefix: String,
+    keys: ProcessorKeys,
     /// Whether an output topic is configured.
     forwards: bool,
     /// Lookups and reference data, on a connection of their own (the pipeline's holds
@@ -257,21 +257,16 @@ impl StageKind for Processor {
 
     fn written_keys(&self, records: &[SourceRecord]) -> Vec<(String, &'static str)> {
         let sources: BTreeSet<&str> = records.iter().map(|r| &*r.key).collect();
-        let prefix = &self.key_prefix;
+        let keys = &self.keys;
         match &self.compute {
             Compute::Stats { .. } => sources
                 .into_iter()
-                .flat_map(|key| {
-                    [
-                        (stats_window_key(prefix, key), "list"),
-                        (stats_key(prefix, key), "hash"),
-                    ]
-                })
+                .flat_map(|key| [(keys.stats_window(key), "list"), (keys.stats(key), "hash")])
                 .collect(),
             Compute::Validate { .. } => sources
                 .into_iter()
                 .chain([TOTAL_COUNTERS])
-                .map(|key| (validate::counters_key(prefix, key), "hash"))
+                .map(|key| (keys.counters(key), "hash"))
                 .collect(),
             Compute::Enrich { .. } => Vec::new(),
         }
@@ -281,9 +276,8 @@ impl StageKind for Processor {
     /// two keys, or the counters' `HINCRBY`; enrich writes nothing but the checkpoint.
     fn probe_commands(&self) -> Vec<redis::Cmd> {
         let source = crate::consume::receiver::PROBE_SOURCE;
-        let prefix = &self.key_prefix;
         let mut commands = Vec::new();
-        for key in self.written_keys_of(source) {
+        for (key, _) in self.written_keys_of(source) {
             let mut type_ = redis::cmd("TYPE");
             type_.arg(key);
             commands.push(type_);
@@ -293,8 +287,8 @@ impl StageKind for Processor {
                 let mut eval = redis::cmd("EVAL");
                 eval.arg(stats::UPDATE_SCRIPT)
                     .arg(2)
-                    .arg(stats_window_key(prefix, source))
-                    .arg(stats_key(prefix, source))
+                    .arg(self.keys.stats_window(source))
+                    .arg(self.keys.stats(source))
                     .arg(*window)
                     .arg(0)
                     .arg(stats::script_values(&[0.0]).collect::<Vec<_>>());
@@ -302,9 +296,7 @@ impl StageKind for Processor {
             }
             Compute::Validate { .. } => {
                 let mut incr = redis::cmd("HINCRBY");
-                incr.arg(validate::counters_key(prefix, source))
-                    .arg("valid")
-                    .arg(1);
+                incr.arg(self.keys.counters(source)).arg("valid").arg(1);
                 commands.push(incr);
             }
             Compute::Enrich { .. } => {}
@@ -348,29 +340,51 @@ impl StageKind for Processor {
     }
 }
 
-impl Processor {
-    /// The keys a batch with records of `source` writes.
-    fn written_keys_of(&self, source: &str) -> Vec<String> {
-        let prefix = &self.key_prefix;
-        match &self.compute {
-            Compute::Stats { .. } => {
-                vec![stats_window_key(prefix, source), stats_key(prefix, source)]
-            }
-            Compute::Validate { .. } => vec![validate::counters_key(prefix, source)],
-            Compute::Enrich { .. } => Vec::new(),
+/// The keys a processor writes: `{prefix}:{kind}:{processor}:{key}`. The processor's name
+/// (no colon in it) keeps two processors of one kind in one Pipeline apart.
+#[derive(Debug, Clone)]
+pub struct ProcessorKeys {
+    prefix: String,
+    processor: String,
+}
+
+impl ProcessorKeys {
+    pub fn new(prefix: &str, processor: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            processor: processor.to_owned(),
         }
+    }
+
+    /// A stats processor's rolling statistics of `key` (a hash).
+    pub fn stats(&self, key: &str) -> String {
+        format!("{}:stats:{}:{key}", self.prefix, self.processor)
+    }
+
+    /// A stats processor's window of `key` (a list, newest first).
+    pub fn stats_window(&self, key: &str) -> String {
+        format!("{}:stats-window:{}:{key}", self.prefix, self.processor)
+    }
+
+    /// A validate processor's counters of `key` (or of `_total`).
+    pub fn counters(&self, key: &str) -> String {
+        format!("{}:counters:{}:{key}", self.prefix, self.processor)
     }
 }
 
-fn stats_key(prefix: &str, key: &str) -> String {
-    format!("{prefix}:stats:{key}")
-}
-
-fn stats_window_key(prefix: &str, key: &str) -> String {
-    format!("{prefix}:stats-window:{key}")
-}
-
 impl Processor {
+    /// The keys (and types) a batch with records of `source` writes.
+    fn written_keys_of(&self, source: &str) -> Vec<(String, &'static str)> {
+        match &self.compute {
+            Compute::Stats { .. } => vec![
+                (self.keys.stats_window(source), "list"),
+                (self.keys.stats(source), "hash"),
+            ],
+            Compute::Validate { .. } => vec![(self.keys.counters(source), "hash")],
+            Compute::Enrich { .. } => Vec::new(),
+        }
+    }
+
     fn forward(&self, effects: &mut Effects, record: &SourceRecord, payload: Vec<u8>) {
         if self.forwards {
             effects.outputs.push(record.output(payload));
@@ -394,8 +408,8 @@ impl Processor {
             let mut eval = redis::cmd("EVAL");
             eval.arg(stats::UPDATE_SCRIPT)
                 .arg(2)
-                .arg(stats_window_key(&self.key_prefix, key))
-                .arg(stats_key(&self.key_prefix, key))
+                .arg(self.keys.stats_window(key))
+                .arg(self.keys.stats(key))
                 .arg(window)
                 .arg(updated_ts)
                 .arg(values);
@@ -443,11 +457,11 @@ impl Processor {
             }
         };
         for (key, (valid, invalid)) in &counts {
-            let hash = validate::counters_key(&self.key_prefix, key);
+            let hash = self.keys.counters(key);
             increment(hash.clone(), "valid", *valid);
             increment(hash, "invalid", *invalid);
         }
-        let total = validate::counters_key(&self.key_prefix, TOTAL_COUNTERS);
+        let total = self.keys.counters(TOTAL_COUNTERS);
         increment(total.clone(), "valid", total_valid);
         increment(total.clone(), "invalid", total_invalid);
         increment(

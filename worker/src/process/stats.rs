@@ -3,10 +3,10 @@
 //! The window is flat: every finite float of every record joins the key's window in
 //! record order, so a record with three values contributes three values. (Per-index
 //! statistics would multiply hash fields by channel count; one flat window keeps the
-//! `{prefix}:stats:{key}` hash shape fixed.) NaN and infinite values are skipped: they
+//! `{prefix}:stats:{processor}:{key}` hash shape fixed.) NaN and infinite values are skipped: they
 //! would poison min, max and mean for a whole window. `last` is the newest value kept.
 //!
-//! The window lives in Redis (`{prefix}:stats-window:{key}`, a list, newest first,
+//! The window lives in Redis (`{prefix}:stats-window:{processor}:{key}`, a list, newest first,
 //! trimmed to `window`) and a Lua script updates it and the stats hash atomically inside
 //! the batch's MULTI/EXEC, next to the checkpoint. So restarts and rebalances need no
 //! recomputation, and two partitions carrying the same key cannot interleave a

@@ -1,6 +1,6 @@
 //! Validation: every record is checked against the configured rules, in order. A record is
 //! valid when all rules hold; otherwise the first rule that fails names the dead-letter
-//! reason. Counters `{prefix}:counters:{key}` and `{prefix}:counters:_total` (fields
+//! reason. Counters `{prefix}:counters:{processor}:{key}` and `{prefix}:counters:{processor}:_total` (fields
 //! `valid`, `invalid`) are incremented in the checkpoint's transaction, so they count
 //! every record exactly once.
 
@@ -64,8 +64,8 @@ impl RuleSet {
 }
 
 /// The counters hash of one key.
-pub fn counters_key(key_prefix: &str, record_key: &str) -> String {
-    format!("{key_prefix}:counters:{record_key}")
+pub fn counters_key(key_prefix: &str, processor: &str, record_key: &str) -> String {
+    super::runtime::ProcessorKeys::new(key_prefix, processor).counters(record_key)
 }
 
 #[cfg(test)]

@@ -145,6 +145,17 @@ impl PrivateRedis {
         );
     }
 
+    /// SIGSTOP or SIGCONT (`-STOP`, `-CONT`): a frozen server keeps its connections open.
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill {signal} failed");
+        }
+    }
+
     pub fn sigkill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();

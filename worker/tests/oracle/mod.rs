@@ -468,11 +468,12 @@ pub fn check_storage(
 /// What a validate stage decided for one decoded record.
 pub type Classify<'a> = &'a dyn Fn(&str, &DataRecord) -> bool;
 
-/// Checks a validate stage's counters `{prefix}:counters:{key}` against `source`;
+/// Checks a validate stage's counters `{prefix}:counters:{processor}:{key}` against `source`;
 /// `is_valid` is the test's own statement of its rules.
 pub fn check_counters(
     redis_url: &str,
     prefix: &str,
+    processor: &str,
     format: RecordFormat,
     source: &[SourceRecord],
     is_valid: Classify<'_>,
@@ -505,7 +506,7 @@ pub fn check_counters(
     }
     let keys: Vec<String> = expected
         .keys()
-        .map(|k| ferry_worker::process::validate::counters_key(prefix, k))
+        .map(|k| ferry_worker::process::validate::counters_key(prefix, processor, k))
         .collect();
     let mut conn = connection(redis_url);
     let stored: Vec<HashMap<String, i64>> = query_per_key(&mut conn, &keys, |key| {
@@ -533,12 +534,13 @@ pub fn check_counters(
     Verdict::new("validate counters", source.len(), diffs)
 }
 
-/// Checks a stats stage's windows `{prefix}:stats-window:{key}` and hashes
-/// `{prefix}:stats:{key}` against `source`. The test's values must be distinct per key, so
+/// Checks a stats stage's windows `{prefix}:stats-window:{processor}:{key}` and hashes
+/// `{prefix}:stats:{processor}:{key}` against `source`. The test's values must be distinct per key, so
 /// the window shows each loss or duplicate.
 pub fn check_stats(
     redis_url: &str,
     prefix: &str,
+    processor: &str,
     window: u32,
     format: RecordFormat,
     source: &[SourceRecord],
@@ -568,11 +570,11 @@ pub fn check_stats(
     let names: Vec<&String> = per_key.keys().collect();
     let window_keys: Vec<String> = names
         .iter()
-        .map(|k| format!("{prefix}:stats-window:{k}"))
+        .map(|k| format!("{prefix}:stats-window:{processor}:{k}"))
         .collect();
     let hash_keys: Vec<String> = names
         .iter()
-        .map(|k| format!("{prefix}:stats:{k}"))
+        .map(|k| format!("{prefix}:stats:{processor}:{k}"))
         .collect();
     let mut conn = connection(redis_url);
     let windows: Vec<Vec<String>> = query_per_key(&mut conn, &window_keys, |key| {

@@ -116,40 +116,48 @@ pub async fn produce(
     last
 }
 
-/// `{prefix}:ckpt:{group}:{topic}:{partition}`, as the worker names it.
-pub fn checkpoint_key(prefix: &str, group: &str, topic: &str, partition: i32) -> String {
-    format!("{prefix}:ckpt:{group}:{topic}:{partition}")
+/// `{prefix}:ckpt:{stage}:{topic}:{partition}`, as the worker names it.
+pub fn checkpoint_key(prefix: &str, stage: &str, topic: &str, partition: i32) -> String {
+    format!("{prefix}:ckpt:{stage}:{topic}:{partition}")
+}
+
+/// The offset of a checkpoint value (`{offset}@{timestamp}` or `{offset}`).
+pub fn checkpoint_offset(value: &str) -> Option<i64> {
+    value.split('@').next()?.parse().ok()
 }
 
 /// Each partition's checkpoint (`None` before the first batch).
 pub async fn checkpoints(
     redis: &mut redis::aio::MultiplexedConnection,
     prefix: &str,
-    group: &str,
+    stage: &str,
     topic: &str,
     partitions: i32,
 ) -> BTreeMap<i32, Option<i64>> {
     let keys: Vec<String> = (0..partitions)
-        .map(|p| checkpoint_key(prefix, group, topic, p))
+        .map(|p| checkpoint_key(prefix, stage, topic, p))
         .collect();
-    let values: Vec<Option<i64>> = redis::cmd("MGET")
+    let values: Vec<Option<String>> = redis::cmd("MGET")
         .arg(&keys)
         .query_async(redis)
         .await
         .unwrap_or_else(|_| vec![None; keys.len()]);
-    (0..partitions).zip(values).collect()
+    let offsets = values
+        .into_iter()
+        .map(|value| value.as_deref().and_then(checkpoint_offset));
+    (0..partitions).zip(offsets).collect()
 }
 
 /// True once every partition's checkpoint reached its last offset.
 pub async fn all_applied(
     redis: &mut redis::aio::MultiplexedConnection,
     prefix: &str,
-    group: &str,
+    stage: &str,
     topic: &str,
     last_offsets: &BTreeMap<i32, i64>,
 ) -> bool {
     let partitions = last_offsets.keys().max().map_or(0, |p| p + 1);
-    let now = checkpoints(redis, prefix, group, topic, partitions).await;
+    let now = checkpoints(redis, prefix, stage, topic, partitions).await;
     last_offsets
         .iter()
         .all(|(p, last)| now.get(p).copied().flatten().is_some_and(|c| c >= *last))

@@ -268,6 +268,8 @@ pub struct Receiver {
     pub group: String,
     pub prefix: String,
     pub redis_url: String,
+    /// Extra environment of every worker started (`FERRY__…` overrides the config).
+    pub env: Vec<(String, String)>,
     started: usize,
 }
 
@@ -330,6 +332,7 @@ impl Receiver {
             group,
             prefix,
             redis_url: spec.redis_url.to_owned(),
+            env: Vec::new(),
             started: 0,
         }
     }
@@ -350,6 +353,7 @@ impl Receiver {
             .args(["--session-timeout", "6s", "--drain-timeout", "5s"])
             .env("FERRY__HTTP__LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -364,17 +368,26 @@ impl Receiver {
             .unwrap()
     }
 
+    /// `{prefix}:ckpt:receiver:{topic}:{partition}`, as the worker names it.
     pub fn checkpoint_key(&self, partition: i32) -> String {
-        format!(
-            "{}:ckpt:{}:{}:{}",
-            self.prefix, self.group, self.topic, partition
-        )
+        format!("{}:ckpt:receiver:{}:{}", self.prefix, self.topic, partition)
     }
 
+    /// Each partition's checkpointed offset (`None` before its first batch).
     pub fn checkpoints(&self, partitions: &[i32]) -> Vec<Option<i64>> {
         let keys: Vec<String> = partitions.iter().map(|p| self.checkpoint_key(*p)).collect();
-        match redis::cmd("MGET").arg(&keys).query(&mut self.redis()) {
-            Ok(values) => values,
+        match redis::cmd("MGET")
+            .arg(&keys)
+            .query::<Vec<Option<String>>>(&mut self.redis())
+        {
+            Ok(values) => values
+                .iter()
+                .map(|value| {
+                    value
+                        .as_deref()
+                        .and_then(|v| v.split('@').next()?.parse().ok())
+                })
+                .collect(),
             Err(_) => vec![None; partitions.len()],
         }
     }
