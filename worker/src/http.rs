@@ -22,7 +22,14 @@ pub struct Problem {
     pub message: String,
     pub partition: Option<i32>,
     pub offset: Option<i64>,
+    /// A noted event's end ([`Readiness::note`]); raised reasons last until cleared.
+    until: Option<std::time::Instant>,
 }
+
+/// How long a noted event stays in `/status`: longer than the operator takes to read it
+/// (every 5 s), short enough that the Pipeline is not Degraded for long by what the stage
+/// already handled.
+pub const NOTE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Problem {
     pub fn new(message: impl Into<String>) -> Self {
@@ -30,6 +37,7 @@ impl Problem {
             message: message.into(),
             partition: None,
             offset: None,
+            until: None,
         }
     }
 
@@ -53,14 +61,25 @@ pub struct Readiness {
 }
 
 impl Readiness {
+    /// The reasons raised, without the noted ones that expired.
     fn problems(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Reason, String), Problem>> {
-        self.problems.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut problems = self.problems.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        problems.retain(|_, problem| problem.until.is_none_or(|until| until > now));
+        problems
     }
 
     /// Raises `reason` for `subject` (replacing what it said before).
     pub fn raise(&self, reason: Reason, subject: &str, problem: Problem) {
         self.problems()
             .insert((reason, subject.to_owned()), problem);
+    }
+
+    /// Notes an event the stage handled (a position event): in `/status` for [`NOTE_TTL`],
+    /// then gone by itself.
+    pub fn note(&self, reason: Reason, subject: &str, mut problem: Problem) {
+        problem.until = Some(std::time::Instant::now() + NOTE_TTL);
+        self.raise(reason, subject, problem);
     }
 
     /// Clears `reason` for `subject`.
@@ -257,5 +276,29 @@ mod tests {
         assert!(readiness.is_raised(Reason::ConsumeFailing));
         readiness.set_consume_failing(None);
         assert!(!readiness.is_raised(Reason::ConsumeFailing));
+
+        readiness.note(
+            Reason::TopicRecreated,
+            "0",
+            Problem::new("re-created").at(0, 0),
+        );
+        assert!(
+            readiness.is_ready(),
+            "a noted event does not make the stage unready"
+        );
+        let noted = readiness.document();
+        assert!(
+            noted
+                .reasons
+                .iter()
+                .any(|r| r.reason == "TopicRecreated" && r.partition == Some(0))
+        );
+        let mut expired = Problem::new("old");
+        expired.until = Some(std::time::Instant::now());
+        readiness.raise(Reason::RetentionGap, "1", expired);
+        assert!(
+            !readiness.is_raised(Reason::RetentionGap),
+            "an expired note is gone"
+        );
     }
 }

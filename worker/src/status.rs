@@ -58,12 +58,21 @@ reasons! {
     TopicMissing => false,
     /// A record the stage must produce cannot be delivered: its partition waits.
     RecordUndeliverable => true,
-    /// The source topic was deleted and created again (issue 14).
-    TopicIncarnationChanged => true,
-    /// Redis lost writes a checkpoint says were applied (issue 14).
-    RedisGap => true,
-    /// A committed offset is past the log end (issue 14).
-    NegativeLag => false,
+    // Position events (consume/position.rs, docs/exactly-once.md): the stage handled them
+    // and goes on; they are noted for a while (`Readiness::note`), so the Pipeline shows
+    // them and an Event is published.
+    /// The source topic was deleted and created again: the partition is read from its start.
+    TopicRecreated => false,
+    /// Redis lost a checkpoint the group's commits say was written: the partition is replayed.
+    RedisLostCheckpoint => false,
+    /// The checkpoint in Redis went back under the running stage: the partition is re-read.
+    RedisRewound => false,
+    /// Records after the checkpoint are gone from Kafka (retention).
+    RetentionGap => false,
+    /// The group's committed offset is above the log end (negative lag).
+    CommittedAboveLogEnd => false,
+    /// Offsets went back without a seek (the log changed under the consumer).
+    OffsetsWentBack => false,
 }
 
 /// One reason as `/status` lists it.

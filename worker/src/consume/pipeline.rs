@@ -300,6 +300,18 @@ fn rights_probe<K: StageKind>(kind: &K, checkpoint_key: &str, events: Option<&st
     }
 }
 
+/// The status channel's name of a position event.
+const fn position_reason(event: PositionEvent) -> Reason {
+    match event {
+        PositionEvent::TopicRecreated => Reason::TopicRecreated,
+        PositionEvent::RedisLostCheckpoint => Reason::RedisLostCheckpoint,
+        PositionEvent::RedisRewound => Reason::RedisRewound,
+        PositionEvent::RetentionGap => Reason::RetentionGap,
+        PositionEvent::CommittedAboveLogEnd => Reason::CommittedAboveLogEnd,
+        PositionEvent::OffsetsWentBack => Reason::OffsetsWentBack,
+    }
+}
+
 /// Raises [`Reason::RedisPermissionDenied`] naming what Redis refused, or clears it.
 fn report_rights(readiness: &Readiness, denied: &[String]) {
     if denied.is_empty() {
@@ -991,6 +1003,11 @@ impl<K: StageKind> Writer<K> {
             reason = event.as_str(),
             "{}",
             event.explain()
+        );
+        self.readiness.note(
+            position_reason(event),
+            &partition.to_string(),
+            Problem::new(event.explain()).at(partition, offset),
         );
     }
 
