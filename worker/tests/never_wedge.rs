@@ -456,3 +456,85 @@ async fn a_redis_user_without_channel_rights_is_reported_at_start_naming_the_rig
     receiver.assert_exact();
     worker.terminate();
 }
+
+/// The least-privilege ACL the README gives for a `list` receiver is enough: read from the
+/// README itself (its `keyPrefix: shop` replaced by the test's), the probe passes and every
+/// record is stored exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_acl_is_enough_for_a_list_receiver() {
+    let stack = stack();
+    let topic = unique("acl-readme");
+    create_topic_with(&stack, &topic, 2, &[]).await;
+    let receiver = Receiver::new(
+        &stack,
+        ReceiverSpec {
+            topic: &topic,
+            redis_url: &stack.redis,
+            format: "dsdata",
+            storage: "list",
+            depth: 100_000,
+            max_records: 200,
+            extra: "",
+        },
+    );
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let rule = readme
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER ferry on >PASSWORD "))
+        .expect("the README's ACL example");
+    let prefix = &receiver.prefix;
+    let rules: Vec<String> = rule
+        .split_whitespace()
+        .skip(3)
+        .map(|word| match word {
+            ">PASSWORD" => ">readme-password".to_owned(),
+            "~shop:*" => format!("~{prefix}:*"),
+            "&shop:events" => format!("&{prefix}:events"),
+            other => other.to_owned(),
+        })
+        .collect();
+    println!("the README's rules, for this prefix: {}", rules.join(" "));
+    let user = AclUser::create(
+        &stack.redis,
+        &rules.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let config = std::fs::read_to_string(&receiver.config).unwrap().replace(
+        &format!("key_prefix: {prefix}}}"),
+        &format!(
+            "key_prefix: {prefix}, username: {}, password_env: FERRY_REDIS_PASSWORD}}",
+            user.name
+        ),
+    );
+    std::fs::write(&receiver.config, config).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = receiver.dir.join("worker-readme-acl.log");
+    let child = Command::new(oracle::worker_bin())
+        .args(["receive", "--config"])
+        .arg(&receiver.config)
+        .args(["--session-timeout", "6s"])
+        .env("FERRY__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("FERRY_REDIS_PASSWORD", "readme-password")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let worker = Worker { child, log, port };
+    let _reap = Reap(worker.child.id());
+    let produced = produce_keyed(&stack, &topic, 10, 300).await;
+    receiver.wait_applied(&produced.last_offsets, Duration::from_secs(90));
+    assert!(
+        reasons(worker.port).is_empty(),
+        "{:?}",
+        reasons(worker.port)
+    );
+    receiver.assert_exact();
+    worker.terminate();
+}

@@ -112,11 +112,11 @@ async fn a_retried_batch_does_not_produce_its_outputs_again() {
     };
     let wait_applied = |last: BTreeMap<i32, i64>, what: &'static str| {
         let mut redis = redis.clone();
-        let (prefix, group, input, log) =
-            (prefix.clone(), group.clone(), input.clone(), log.clone());
+        let (prefix, input, log) = (prefix.clone(), input.clone(), log.clone());
         async move {
             let deadline = Instant::now() + Duration::from_secs(60);
-            while !all_applied(&mut redis, &prefix, &group, &input, &last).await {
+            // Checkpoints are keyed by the stage: the processor's name.
+            while !all_applied(&mut redis, &prefix, "check", &input, &last).await {
                 assert!(
                     Instant::now() < deadline,
                     "{what}: not applied; log:\n{}",

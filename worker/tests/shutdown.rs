@@ -122,7 +122,7 @@ async fn sigterm_during_a_revoke_that_cannot_drain(stage: Stage) {
                 ),
             )
             .unwrap();
-            ("process", config, "counters")
+            ("process", config, "counters:check")
         }
     };
     // A key of another type on each partition: no batch can commit anywhere.
@@ -234,8 +234,8 @@ async fn under_load(stage: Stage) {
             extra: "",
         },
     );
-    let (subcommand, config) = match stage {
-        Stage::Receiver => ("receive", receiver.config.clone()),
+    let (subcommand, config, stage_name) = match stage {
+        Stage::Receiver => ("receive", receiver.config.clone(), "receiver"),
         Stage::Processor => {
             let config = receiver.dir.join("processor.yaml");
             std::fs::write(
@@ -255,7 +255,7 @@ async fn under_load(stage: Stage) {
                 ),
             )
             .unwrap();
-            ("process", config)
+            ("process", config, "stats")
         }
     };
     let worker = start(&receiver, subcommand, &config, "worker");
@@ -302,7 +302,18 @@ async fn under_load(stage: Stage) {
     let committed = consumer
         .committed_offsets(partitions, Duration::from_secs(10))
         .unwrap();
-    let checkpoints = receiver.checkpoints(&[0, 1, 2]);
+    // `{prefix}:ckpt:{stage}:{topic}:{partition}`, holding `{offset}@{timestamp}`.
+    let keys: Vec<String> = (0..3)
+        .map(|p| format!("{}:ckpt:{stage_name}:{topic}:{p}", receiver.prefix))
+        .collect();
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&keys)
+        .query(&mut receiver.redis())
+        .unwrap();
+    let checkpoints: Vec<Option<i64>> = values
+        .iter()
+        .map(|v| v.as_deref()?.split('@').next()?.parse().ok())
+        .collect();
     let mut pairs = Vec::new();
     for (p, checkpoint) in (0..3).zip(&checkpoints) {
         let committed = match committed.find_partition(&topic, p).map(|e| e.offset()) {

@@ -288,7 +288,10 @@ fn rights_probe<K: StageKind>(kind: &K, checkpoint_key: &str, events: Option<&st
     type_.arg(checkpoint_key);
     let mut set = redis::cmd("SET");
     set.arg(checkpoint_key).arg(-1);
-    commands.extend([mget, type_, set]);
+    // The data set's marker is read with EXISTS and written with SET NX (like this).
+    let mut exists = redis::cmd("EXISTS");
+    exists.arg(checkpoint_key);
+    commands.extend([mget, type_, set, exists]);
     if let Some(channel) = events {
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(channel).arg("{}");
