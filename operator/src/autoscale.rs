@@ -494,7 +494,7 @@ mod state_tests {
     use super::*;
     use crate::crd::ScalingSpec;
     use crate::lag::{PartitionLagReport, PartitionOffsets};
-    use ferry_worker::config::OffsetReset;
+    use ferry_config::config::OffsetReset;
 
     fn spec(json: serde_json::Value) -> ScalingSpec {
         serde_json::from_value(json).unwrap()

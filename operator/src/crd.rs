@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use ferry_worker::config::{OffsetReset, RecordFormat, SaslMechanism, StorageKind};
-use ferry_worker::duration::HumanDuration;
+use ferry_config::config::{OffsetReset, RecordFormat, SaslMechanism, StorageKind};
+use ferry_config::duration::HumanDuration;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -116,8 +116,8 @@ pub struct KafkaSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 200), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     pub consumer_group: Option<String>,
-    /// Where a new data set starts: `earliest` (the log start) or `latest` (the log end
-    /// when the stage first runs). Only a data set Redis has no checkpoint of, and whose
+    /// Where a new data set starts: `earliest` (the log start) or `latest` (the first record
+    /// since the Pipeline was created). Only a data set Redis has no checkpoint of, and whose
     /// group has no offset Ferry committed, uses it; `latest` needs minReplicas of at least 1.
     #[serde(default)]
     pub auto_offset_reset: OffsetReset,

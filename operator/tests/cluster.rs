@@ -7,8 +7,8 @@ mod support;
 
 use std::time::Duration;
 
+use ferry_config::config::{StageConfig, WorkerConfig};
 use ferry_operator::crd::Pipeline;
-use ferry_worker::config::{StageConfig, WorkerConfig};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
+use ferry_config::config::OffsetReset;
 use ferry_operator::lag::{ClusterConfig, GroupLag, LagQuery, LagReader};
-use ferry_worker::config::OffsetReset;
 use rand::Rng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

@@ -15,11 +15,11 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ferry_config::config::{KAFKA_SASL_PASSWORD_ENV, REDIS_PASSWORD_ENV};
 use ferry_operator::controller::build::{self, Children};
 use ferry_operator::controller::dereference::{Bootstrap, Dereferenced};
 use ferry_operator::controller::validate::{OperatorDefaults, validate};
 use ferry_operator::crd::Pipeline;
-use ferry_worker::config::{KAFKA_SASL_PASSWORD_ENV, REDIS_PASSWORD_ENV};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::PodSpec;
 use kube::Api;

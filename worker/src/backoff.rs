@@ -54,7 +54,6 @@ impl Backoff {
     }
 
     /// The next delay with random jitter.
-    #[cfg(feature = "runtime")]
     pub fn next_delay(&mut self) -> Duration {
         self.next_delay_with(rand::random::<f64>())
     }

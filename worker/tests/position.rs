@@ -392,3 +392,79 @@ async fn a_partition_added_to_a_running_topic_read_with_latest_has_its_first_rec
         "",
     );
 }
+
+/// Produces the records numbered `sequences` over `keys` keys, each stamped with the time it
+/// is sent (Kafka record and payload alike), one at a time so times follow offsets.
+async fn produce_stamped_now(
+    stack: &Stack,
+    topic: &str,
+    keys: usize,
+    sequences: std::ops::Range<usize>,
+) -> Produced {
+    use rdkafka::producer::FutureRecord;
+    let producer = producer(stack);
+    let mut produced = Produced::default();
+    for sequence in sequences {
+        let key = format!("src-{:04}", sequence % keys);
+        let timestamp_ms = now_ms();
+        let payload = value(&key, sequence, timestamp_ms);
+        let record = FutureRecord::to(topic)
+            .key(&key)
+            .payload(&payload)
+            .timestamp(timestamp_ms);
+        let (partition, offset) = producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|delivered| (delivered.partition, delivered.offset))
+            .expect("delivered");
+        *produced.per_key.entry(key).or_default() += 1;
+        let last = produced.last_offsets.entry(partition).or_insert(-1);
+        *last = (*last).max(offset);
+    }
+    produced
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn latest_keeps_what_was_produced_after_the_pipeline_was_created_before_its_pods_ran() {
+    let stack = stack();
+    let topic = unique("latest-from");
+    create_topic(&stack, &topic, 2).await;
+    let before = produce_stamped_now(&stack, &topic, 20, 0..200).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The Pipeline is created now; its receiver starts only after more records came.
+    let created_ms = now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let while_starting = produce_stamped_now(&stack, &topic, 20, 200..400).await;
+    let mut receiver = Receiver::new(&stack, spec(&topic, &stack.redis, 1_000));
+    receiver.env.extend([
+        (
+            "FERRY__KAFKA__AUTO_OFFSET_RESET".to_owned(),
+            "latest".to_owned(),
+        ),
+        (
+            "FERRY__KAFKA__LATEST_FROM_MS".to_owned(),
+            created_ms.to_string(),
+        ),
+    ]);
+    let worker = receiver.start();
+    let after = produce_stamped_now(&stack, &topic, 20, 400..600).await;
+    receiver.wait_applied(&after.last_offsets, Duration::from_secs(60));
+    let since_creation: Vec<SourceRecord> = oracle::read_source(&stack.kafka, &topic)
+        .into_iter()
+        .filter(|record| record.kafka_timestamp_ms >= Some(created_ms))
+        .collect();
+    assert_eq!(
+        since_creation.len(),
+        while_starting.total() + after.total(),
+        "{} records before the creation",
+        before.total()
+    );
+    let verdict = verdict_of(&receiver, &since_creation);
+    finish(
+        "latest: records produced between the Pipeline's creation and its first pod",
+        &receiver,
+        &verdict,
+        worker,
+        "",
+    );
+}

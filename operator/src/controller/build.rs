@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_worker::config::{DEFAULT_HTTP_PORT, KAFKA_SASL_PASSWORD_ENV, REDIS_PASSWORD_ENV};
+use ferry_config::config::{DEFAULT_HTTP_PORT, KAFKA_SASL_PASSWORD_ENV, REDIS_PASSWORD_ENV};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,

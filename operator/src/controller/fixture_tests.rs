@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_worker::config::{
+use ferry_config::config::{
     KAFKA_SASL_PASSWORD_ENV, OffsetReset, ProcessorKind, REDIS_PASSWORD_ENV, RecordFormat,
     StageConfig, StorageKind, WorkerConfig,
 };
@@ -567,8 +567,8 @@ fn create_topic_builds_an_owned_strimzi_kafka_topic() {
     assert!(children.kafka_topic.is_none());
 }
 
-/// Holds in an operator built alone (`cargo test -p ferry-operator --lib`), where the worker
-/// crate has no `runtime` feature: the rule parser must still run at reconcile.
+/// The operator refuses a broken rule at reconcile with the contract crate's parser, the
+/// one the worker uses at start.
 #[test]
 fn a_rule_that_does_not_parse_is_an_invalid_spec() {
     let yaml = SAMPLE.replace(
@@ -597,4 +597,20 @@ fn a_rule_that_does_not_parse_is_an_invalid_spec() {
          column 22: expected an operand (values[i], text, ts, key, a number or a string), found \
          the end of the rule: values[0] IN RANGE 11"
     );
+}
+
+#[test]
+fn latest_starts_from_the_pipelines_creation() {
+    let mut pipeline = with_metadata(SAMPLE);
+    pipeline.metadata.creation_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-12-01T16:00:00Z".parse().unwrap(),
+        ));
+    let validated = validated(&pipeline);
+    for stage in &validated.stages {
+        assert_eq!(
+            stage.worker_config.kafka.latest_from_ms,
+            Some(1_796_140_800_000)
+        );
+    }
 }

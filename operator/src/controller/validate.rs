@@ -2,7 +2,7 @@
 //! `ValidatedPipeline`. Synchronous and pure: the schema already rejected most bad input at
 //! admission; this catches what only the operator can know.
 
-use ferry_worker::config::{
+use ferry_config::config::{
     BatchConfig, DeadLetterConfig, EnrichConfig, HttpConfig, KAFKA_SASL_PASSWORD_ENV, KafkaConfig,
     OutputConfig, ProcessorConfig, ProcessorKind, REDIS_PASSWORD_ENV, ReceiverConfig, RedisConfig,
     SaslConfig, StageConfig, StatsConfig, StorageConfig, TLS_MOUNT_DIR, TlsFiles, ValidateConfig,
@@ -27,7 +27,7 @@ pub enum ValidateError {
     #[error("the rendered worker config for stage {stage} is invalid: {source}")]
     WorkerConfig {
         stage: String,
-        source: ferry_worker::config::ConfigError,
+        source: ferry_config::config::ConfigError,
     },
     #[error(
         "spec.processors[].name {name:?} is reserved: the receiver's Deployment uses that suffix"
@@ -120,7 +120,7 @@ pub struct ValidatedStage {
     pub resources: Option<ResourceRequirements>,
 }
 
-pub use ferry_worker::config::RECEIVER_STAGE;
+pub use ferry_config::config::RECEIVER_STAGE;
 
 impl ValidatedStage {
     /// The replicas this round applies: for an autoscaled stage the desired count published
@@ -216,11 +216,18 @@ pub fn validate(
         tls: redis_tls,
         key_prefix: spec.redis.key_prefix.clone(),
     };
+    // `latest` keeps what was produced from the Pipeline's creation on, while pods start.
+    let created_ms = pipeline
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|created| created.0.as_millisecond());
     let kafka_for_group = |group: String| KafkaConfig {
         bootstrap_servers: bootstrap_servers.clone(),
         topic: spec.kafka.topic.clone(),
         consumer_group: group,
         auto_offset_reset: spec.kafka.auto_offset_reset,
+        latest_from_ms: created_ms,
         tls: kafka_tls.clone(),
         sasl: sasl.clone(),
     };

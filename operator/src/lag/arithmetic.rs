@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use bytes::{Buf, Bytes};
-use ferry_worker::config::OffsetReset;
+use ferry_config::config::OffsetReset;
 use kafka_protocol::messages::ConsumerProtocolAssignment;
 use kafka_protocol::protocol::{Decodable, Message};
 

@@ -36,7 +36,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ferry_worker::config::OffsetReset;
+use ferry_config::config::OffsetReset;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;

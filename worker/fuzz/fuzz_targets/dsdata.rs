@@ -2,8 +2,8 @@
 //! exactly what the encoder writes for the decoded record.
 #![no_main]
 
-use ferry_worker::config::RecordFormat;
-use ferry_worker::record::{self, dsdata};
+use ferry_config::config::RecordFormat;
+use ferry_config::record::{self, dsdata};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

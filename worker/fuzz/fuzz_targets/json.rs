@@ -2,8 +2,8 @@
 //! record limits, and it survives an encode/decode round trip unchanged.
 #![no_main]
 
-use ferry_worker::config::RecordFormat;
-use ferry_worker::record::{self, MAX_FLOATS, MAX_TEXT_BYTES, json};
+use ferry_config::config::RecordFormat;
+use ferry_config::record::{self, MAX_FLOATS, MAX_TEXT_BYTES, json};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,15 +6,8 @@
 //! and text come from the rule's own words so comparisons sometimes match.
 #![no_main]
 
-// The rule module is compiled straight from its source file: it depends on nothing but std
-// and thiserror, and including it this way spares building Kafka and Redis clients under
-// the sanitizer (the `process` module sits behind the worker's `runtime` feature).
-#[allow(dead_code)]
-#[path = "../../src/process/rules.rs"]
-mod rules;
-
+use ferry_config::rules::{self, Expr, LookupSource, RecordView};
 use libfuzzer_sys::fuzz_target;
-use rules::{Expr, LookupSource, RecordView};
 
 struct Record {
     key: String,

@@ -178,6 +178,8 @@ pub struct StageContext<T> {
     topic: String,
     closing: AtomicBool,
     shutdown: Shutdown,
+    /// With `latest`: a new data set's start time (see `KafkaConfig::latest_from_ms`).
+    latest_from_ms: Option<i64>,
 }
 
 impl<T> std::fmt::Debug for StageContext<T> {
@@ -198,6 +200,7 @@ impl<T: Send + 'static> StageContext<T> {
         metrics: Metrics,
         topic: &str,
         shutdown: Shutdown,
+        latest_from_ms: Option<i64>,
     ) -> Self {
         Self {
             events,
@@ -208,6 +211,7 @@ impl<T: Send + 'static> StageContext<T> {
             topic: topic.to_owned(),
             closing: AtomicBool::new(false),
             shutdown,
+            latest_from_ms,
         }
     }
 
@@ -399,6 +403,16 @@ impl<T: Send + 'static> StageContext<T> {
         partitions: &[i32],
     ) -> KafkaResult<Vec<KafkaFacts>> {
         let committed = consumer.committed_offsets(tpl.clone(), KAFKA_FACTS_TIMEOUT)?;
+        let since = match self.latest_from_ms {
+            Some(from_ms) => {
+                let mut times = TopicPartitionList::new();
+                for partition in partitions {
+                    times.add_partition_offset(&self.topic, *partition, Offset::Offset(from_ms))?;
+                }
+                Some(consumer.offsets_for_times(times, KAFKA_FACTS_TIMEOUT)?)
+            }
+            None => None,
+        };
         partitions
             .iter()
             .map(|&partition| {
@@ -409,12 +423,21 @@ impl<T: Send + 'static> StageContext<T> {
                 let epoch = element
                     .as_ref()
                     .and_then(|e| epoch_of(e.metadata()).map(str::to_owned));
+                // No record that recent: the log end.
+                let latest_from = since.as_ref().map(|since| {
+                    since
+                        .find_partition(&self.topic, partition)
+                        .and_then(|e| e.offset().to_raw())
+                        .filter(|offset| *offset >= 0)
+                        .unwrap_or(high)
+                });
                 Ok(KafkaFacts {
                     partition,
                     low,
                     high,
                     committed: offset.filter(|offset| *offset >= 0),
                     committed_epoch: epoch,
+                    latest_from,
                 })
             })
             .collect()

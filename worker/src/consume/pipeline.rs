@@ -467,6 +467,9 @@ where
         metrics.clone(),
         &config.kafka.topic,
         shutdown.clone(),
+        (config.kafka.auto_offset_reset == OffsetReset::Latest)
+            .then_some(config.kafka.latest_from_ms)
+            .flatten(),
     );
     let consumer: Arc<StageConsumer<D::Record>> = Arc::new(
         consumer_config(&config.kafka, options.session_timeout)?

@@ -42,6 +42,9 @@ pub struct KafkaFacts {
     pub committed: Option<i64>,
     /// The epoch the committed offset's metadata names, if Ferry committed it.
     pub committed_epoch: Option<String>,
+    /// With `latest` and a start time: the first offset at or after it (the log end if
+    /// no record is that recent).
+    pub latest_from: Option<i64>,
 }
 
 /// Something about a partition's position that the stage reports (metrics, log, status).
@@ -204,8 +207,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             None => match input.reset {
                 OffsetReset::Earliest => Plan::from_beginning(facts),
                 OffsetReset::Latest => {
-                    let mut plan = Plan::at(facts.high, facts.high - 1);
-                    plan.initial = start_checkpoint(facts.high, facts);
+                    let start = facts
+                        .latest_from
+                        .map_or(facts.high, |from| from.clamp(facts.low, facts.high));
+                    let mut plan = Plan::at(start, start - 1);
+                    plan.initial = start_checkpoint(start, facts);
                     plan
                 }
             },
@@ -367,6 +373,7 @@ mod tests {
             high,
             committed: None,
             committed_epoch: None,
+            latest_from: None,
         }
     }
 
@@ -460,6 +467,13 @@ mod tests {
         // The same partition once the data set exists (another partition started it).
         latest.data_set_exists = true;
         assert_eq!(plan(&latest).start, 0);
+        // With a start time (the Pipeline's creation): from the first record since.
+        let mut since = log.clone();
+        since.latest_from = Some(60);
+        let mut from_creation = input(None, &since);
+        from_creation.reset = OffsetReset::Latest;
+        let plan_since = plan(&from_creation);
+        assert_eq!((plan_since.start, plan_since.floor), (60, 59));
     }
 
     #[test]

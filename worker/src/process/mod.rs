@@ -23,19 +23,14 @@
 //! `undecodable` in the validate totals). Without a dead-letter topic they are counted in
 //! metrics and logged (rate-limited), like every refused record.
 //!
-//! Without the `runtime` feature only [`rules`] builds: `WorkerConfig::validate` parses the
-//! rules with it, in the operator's build as in the worker's.
+//! The rule language is the contract crate's ([`ferry_config::rules`]): the operator parses
+//! a Pipeline's rules with it at reconcile, as the worker does at start.
 
-#[cfg(feature = "runtime")]
 pub mod enrich;
-pub mod rules;
-#[cfg(feature = "runtime")]
 pub mod stats;
-#[cfg(feature = "runtime")]
 pub mod validate;
 
-#[cfg(feature = "runtime")]
 mod runtime;
 
-#[cfg(feature = "runtime")]
+pub use ferry_config::rules;
 pub use runtime::{ProcessError, ProcessorKeys, run};

@@ -85,6 +85,11 @@ pub struct KafkaConfig {
     pub consumer_group: String,
     #[serde(default)]
     pub auto_offset_reset: OffsetReset,
+    /// With `latest`, a new data set starts at the first record at or after this time (ms
+    /// since the epoch; the operator writes the Pipeline's creation time), not at the log
+    /// end when the stage first runs: records produced while its pods start are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_from_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsFiles>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -449,11 +454,11 @@ impl WorkerConfig {
                             "must hold at least one rule",
                         );
                     }
-                    // The parser builds without the runtime feature, so an operator built
-                    // alone refuses a broken rule at reconcile, as the worker would at start.
+                    // The operator refuses a broken rule at reconcile, as the worker would at
+                    // start: both use this crate's parser.
                     ProcessorKind::Validate(validate) => {
                         for (index, rule) in validate.rules.iter().enumerate() {
-                            if let Err(err) = crate::process::rules::parse(&rule.expression) {
+                            if let Err(err) = crate::rules::parse(&rule.expression) {
                                 return Err(ConfigError::Invalid {
                                     key: format!(
                                         "stage.processor.kind.validate.rules[{index}].expression"
