@@ -346,7 +346,7 @@ pub struct BatchSpec {
 }
 
 fn default_max_bytes() -> i32 {
-    i32::try_from(ferry_worker::config::DEFAULT_BATCH_MAX_BYTES).unwrap_or(i32::MAX)
+    i32::try_from(ferry_config::config::DEFAULT_BATCH_MAX_BYTES).unwrap_or(i32::MAX)
 }
 
 /// Large enough that a backlog drains in few transactions (records of one source coalesce

@@ -1,6 +1,6 @@
 //! The status channel's operator side (docs/status-channel.md): every worker pod serves
 //! `GET /status`, a JSON document of what stops or degrades it, each reason named
-//! ([`ferry_worker::status`]). This peer task lists the Ferry pods every
+//! ([`ferry_config::status`]). This peer task lists the Ferry pods every
 //! [`SCRAPE_INTERVAL`], reads each running pod's document on its `http` port, keeps what
 //! every Pipeline's stages report, publishes a Warning Event when a reason appears, and
 //! asks for a reconcile when a Pipeline's reports change. The reconcile's `status` stage,
@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ferry_worker::status::{MAX_STATUS_BYTES, StatusDocument};
+use ferry_config::status::{MAX_STATUS_BYTES, StatusDocument};
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::core::v1::Pod;
@@ -214,7 +214,7 @@ fn target(pod: Pod) -> Option<Target> {
         .flat_map(|c| c.ports.iter().flatten())
         .find(|p| p.name.as_deref() == Some(HTTP_PORT_NAME))
         .and_then(|p| u16::try_from(p.container_port).ok())
-        .unwrap_or(ferry_worker::config::DEFAULT_HTTP_PORT);
+        .unwrap_or(ferry_config::config::DEFAULT_HTTP_PORT);
     Some(Target {
         pipeline: (pod.namespace().unwrap_or_default(), instance),
         stage,
@@ -233,7 +233,7 @@ fn pod_reasons(pod: &str, document: StatusDocument) -> Vec<PodReason> {
             pod: pod.to_owned(),
             partition: r.partition,
             offset: r.offset,
-            message: ferry_worker::status::bounded_message(&r.message),
+            message: ferry_config::status::bounded_message(&r.message),
         })
         .collect()
 }

@@ -3,9 +3,9 @@
 //!
 //! The document is `{"ready": bool, "reasons": [{"reason", "message", "partition"?,
 //! "offset"?}]}`. A reason is a stable CamelCase name (it becomes a condition's `reason`),
-//! the message says what to do in words; neither ever carries a secret. Built without the
-//! `runtime` feature too: the operator parses the worker's document with these types, so
-//! the channel has one definition.
+//! the message says what to do in words; neither ever carries a secret. In the contract
+//! crate: the operator parses the worker's document with these types, so the channel has
+//! one definition.
 
 use serde::{Deserialize, Serialize};
 
