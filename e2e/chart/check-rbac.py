@@ -42,6 +42,8 @@ REQUIRED = {
     ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "events"): {"create", "patch"},
+    # The worker pods' /status (docs/status-channel.md).
+    ("", "pods"): {"list"},
 }
 
 

@@ -163,7 +163,7 @@ scenario() {
   scope="-n $watch_ns"
   local allow=("list pipelines.ferry.dev $scope" "watch pipelines.ferry.dev $scope"
     "patch pipelines.ferry.dev --subresource=status $scope" "create deployments.apps $scope"
-    "delete configmaps $scope" "create events.events.k8s.io $scope" "patch events $scope"
+    "delete configmaps $scope" "create events.events.k8s.io $scope" "patch events $scope" "list pods $scope"
     "watch kafkas.kafka.strimzi.io $scope" "create leases.coordination.k8s.io -n $ns"
     "patch leases.coordination.k8s.io/$release -n $ns")
   local deny=("get secrets -n $ns" "get secrets $scope" "update pipelines.ferry.dev $scope"

@@ -75,6 +75,11 @@ step "creating topic $DEMO_TOPIC with 6 partitions"
 "$FERRY_BIN/kafka-topics" --bootstrap-server "$KAFKA_BOOTSTRAP" --delete --topic "$DEMO_TOPIC-dlq" >/dev/null 2>&1 || true
 wait_for 30 "topic $DEMO_TOPIC to be gone" bash -c "! '$FERRY_BIN/kafka-topics' --bootstrap-server '$KAFKA_BOOTSTRAP' --list | grep -qx '$DEMO_TOPIC'"
 "$FERRY_BIN/kafka-topics" --bootstrap-server "$KAFKA_BOOTSTRAP" --create --topic "$DEMO_TOPIC" --partitions 6 --replication-factor 1 >/dev/null
+# The dead-letter topics examples/pipeline.yaml names: Ferry does not create the topics it
+# produces to (a missing one is reported as TopicMissing).
+for dead in "$DEMO_TOPIC-dlq" "$DEMO_TOPIC-invalid"; do
+  "$FERRY_BIN/kafka-topics" --bootstrap-server "$KAFKA_BOOTSTRAP" --create --if-not-exists --topic "$dead" --partitions 1 --replication-factor 1 >/dev/null
+done
 redis-cli -p "$REDIS_PORT" FLUSHDB >/dev/null
 step "applying examples/pipeline.yaml in namespace $DEMO_NS"
 kubectl delete namespace "$DEMO_NS" --ignore-not-found --wait=true --timeout=120s >/dev/null

@@ -338,6 +338,15 @@ pub struct BatchSpec {
     pub max_records: i32,
     #[serde(default = "default_max_wait")]
     pub max_wait: HumanDuration,
+    /// The most record bytes a batch holds (and about as many again queued before it):
+    /// what bounds a stage's memory when records are large. Default 16 MiB.
+    #[serde(default = "default_max_bytes")]
+    #[schemars(range(min = 65_536, max = 1_073_741_824))]
+    pub max_bytes: i32,
+}
+
+fn default_max_bytes() -> i32 {
+    i32::try_from(ferry_config::config::DEFAULT_BATCH_MAX_BYTES).unwrap_or(i32::MAX)
 }
 
 /// Large enough that a backlog drains in few transactions (records of one source coalesce
@@ -356,6 +365,7 @@ impl Default for BatchSpec {
         Self {
             max_records: default_max_records(),
             max_wait: default_max_wait(),
+            max_bytes: default_max_bytes(),
         }
     }
 }

@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod retry;
 pub mod scaling;
 pub mod telemetry;
+pub mod worker_status;

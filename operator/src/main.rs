@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use ferry_operator::autoscale;
 use ferry_operator::controller::{self, Context, validate::OperatorDefaults};
 use ferry_operator::http::{self, HttpState};
 use ferry_operator::metrics::Metrics;
 use ferry_operator::telemetry::{self, LogFormat};
+use ferry_operator::{autoscale, worker_status};
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
@@ -196,10 +196,21 @@ async fn run_peers(
         scale_trigger,
         peers.clone(),
     ));
-    let result = controller::run(ctx, namespace, peers.clone(), scale_requests).await;
+    let (status_trigger, status_requests) = futures::channel::mpsc::unbounded();
+    let worker_status = tokio::spawn(worker_status::run(
+        ctx.worker_status_peer(namespace),
+        ctx.pipelines(),
+        status_trigger,
+        peers.clone(),
+    ));
+    let requests = futures::stream::select(scale_requests, status_requests);
+    let result = controller::run(ctx, namespace, peers.clone(), requests).await;
     peers.cancel();
     if let Err(err) = autoscaler.await {
         warn!(error = %err, "the autoscaler task failed");
+    }
+    if let Err(err) = worker_status.await {
+        warn!(error = %err, "the worker status task failed");
     }
     result
 }

@@ -1,8 +1,8 @@
 //! Ferry's worker: the code that runs in every receiver and processor pod. Its config types
 //! and record formats are the contract crate's (`ferry-config`, re-exported here as
-//! [`config`], [`duration`] and [`record`]); the operator renders the config.
+//! [`config`], [`duration`], [`record`] and [`status`]); the operator renders the config.
 
-pub use ferry_config::{config, duration, record};
+pub use ferry_config::{config, duration, record, status};
 
 pub mod backoff;
 pub mod consume;

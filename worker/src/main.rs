@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_worker::config::{RecordFormat, StageConfig, WorkerConfig};
 use ferry_worker::consume::Shutdown;
-use ferry_worker::consume::pipeline::StageOptions;
+use ferry_worker::consume::pipeline::{DEFAULT_MAX_MESSAGE_BYTES, StageOptions};
 use ferry_worker::consume::receiver;
 use ferry_worker::duration::HumanDuration;
 use ferry_worker::simulate::{self, SimulateOptions};
@@ -62,7 +62,8 @@ struct StageArgs {
     /// How long a rebalance waits for revoked partitions' records to reach Redis.
     #[arg(long, default_value = "10s", env = "FERRY_DRAIN_TIMEOUT")]
     drain_timeout: HumanDuration,
-    /// How long SIGTERM waits for in-flight records; keep it under the pod's grace period.
+    /// How long the stage has from SIGTERM to drain, commit and leave the group, whatever
+    /// it was doing then; the operator sets it from the pod's grace period.
     #[arg(long, default_value = "25s", env = "FERRY_SHUTDOWN_TIMEOUT")]
     shutdown_timeout: HumanDuration,
     /// Kafka group session timeout: how soon a crashed worker's partitions move.
@@ -71,6 +72,10 @@ struct StageArgs {
     /// Redis response timeout; slower replies are retried.
     #[arg(long, default_value = "5s", env = "FERRY_REDIS_TIMEOUT")]
     redis_timeout: HumanDuration,
+    /// The largest record a produced topic takes where its `max.message.bytes` cannot be
+    /// read (DescribeConfigs denied): bigger dead letters go out as stubs.
+    #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_BYTES, env = "FERRY_MAX_MESSAGE_BYTES")]
+    max_message_bytes: usize,
 }
 
 impl StageArgs {
@@ -80,6 +85,7 @@ impl StageArgs {
             shutdown_timeout: self.shutdown_timeout.as_duration(),
             session_timeout: self.session_timeout.as_duration(),
             redis_timeout: self.redis_timeout.as_duration(),
+            max_message_bytes: self.max_message_bytes,
         }
     }
 }

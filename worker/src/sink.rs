@@ -298,6 +298,19 @@ impl SinkError {
             Self::UnexpectedReply { operation, .. } => operation,
         }
     }
+
+    /// Redis refused a command for want of a right (`NOPERM`), or discarded a transaction
+    /// because a command was refused when queued (`EXECABORT`, which a refused right
+    /// causes): the rights probe says which.
+    pub fn is_permission(&self) -> bool {
+        match self {
+            Self::Command { source, .. } | Self::Connect { source, .. } => {
+                matches!(source.code(), Some("NOPERM" | "EXECABORT"))
+                    || source.to_string().contains("NOPERM")
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A Redis client as the config says: the URL, the ACL username, the password from the
@@ -560,6 +573,42 @@ impl RedisSink {
         })
     }
 
+    /// Whether this user may run `commands`, without running them: `WATCH` and `UNWATCH`
+    /// of `watch_key`, then `MULTI`, the commands, `DISCARD`. Redis checks a command's ACL
+    /// (command, keys, channel) when it is queued and answers `NOPERM` then; `DISCARD`
+    /// drops the queue, so nothing is written or published. `ACL DRYRUN` would say the
+    /// same but is an admin command a least-privileged user may not run. Returns what was
+    /// refused, each as `COMMAND first-argument: Redis's answer`.
+    pub async fn probe(
+        &mut self,
+        watch_key: &str,
+        commands: &[Cmd],
+    ) -> Result<Vec<String>, SinkError> {
+        let mut pipeline = redis::pipe();
+        pipeline.ignore_errors();
+        pipeline.cmd("WATCH").arg(watch_key);
+        pipeline.cmd("UNWATCH");
+        pipeline.cmd("MULTI");
+        for command in commands {
+            pipeline.add_command(command.clone());
+        }
+        pipeline.cmd("DISCARD");
+        let replies: Vec<Value> = self.query("probe", &pipeline).await?;
+        Ok(replies
+            .iter()
+            .zip(pipeline.cmd_iter())
+            .filter_map(|(reply, command)| match reply {
+                Value::ServerError(err) if err.code() == "NOPERM" => Some(format!(
+                    "{} {}: NOPERM {}",
+                    command_name(command),
+                    first_argument(command),
+                    err.details().unwrap_or_default()
+                )),
+                _ => None,
+            })
+            .collect())
+    }
+
     pub async fn unwatch(&mut self) -> Result<(), SinkError> {
         let mut pipeline = redis::pipe();
         pipeline.cmd("UNWATCH");
@@ -601,6 +650,17 @@ fn command_name(command: &Cmd) -> String {
     match command.args_iter().next() {
         Some(redis::Arg::Simple(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
         _ => "?".to_owned(),
+    }
+}
+
+/// A command's first argument (its key or channel), cut short for a message.
+fn first_argument(command: &Cmd) -> String {
+    match command.args_iter().nth(1) {
+        Some(redis::Arg::Simple(bytes)) => {
+            let text = String::from_utf8_lossy(bytes);
+            text.chars().take(200).collect()
+        }
+        _ => String::new(),
     }
 }
 

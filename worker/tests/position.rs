@@ -118,6 +118,14 @@ async fn a_topic_deleted_and_created_again_under_a_running_receiver_stores_every
     let recreated = worker
         .metric("ferry_position_events_total")
         .unwrap_or_default();
+    // The status channel names it too, for the Pipeline's condition (docs/status-channel.md).
+    let status = worker.status().unwrap_or_default();
+    assert!(
+        ["TopicRecreated", "OffsetsWentBack"]
+            .iter()
+            .any(|reason| status.contains(&format!("\"reason\":\"{reason}\""))),
+        "/status names the position event: {status}"
+    );
     finish(
         "topic deleted and created again under a running receiver",
         &receiver,

@@ -226,6 +226,27 @@ pub struct DeadLetterConfig {
 pub struct BatchConfig {
     pub max_records: u32,
     pub max_wait: HumanDuration,
+    /// The most record bytes (keys and values) a batch holds, and about as many again the
+    /// channel before it: what bounds a stage's memory when records are large.
+    /// Left out of a rendered config at its default, so a worker older than the operator
+    /// still loads it.
+    #[serde(
+        default = "default_batch_max_bytes",
+        skip_serializing_if = "is_default_batch_max_bytes"
+    )]
+    pub max_bytes: u32,
+}
+
+/// 16 MiB: a batch of the largest valid dsdata records (36,880 bytes) is cut at about 450.
+pub const DEFAULT_BATCH_MAX_BYTES: u32 = 16 * 1024 * 1024;
+
+fn default_batch_max_bytes() -> u32 {
+    DEFAULT_BATCH_MAX_BYTES
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_default_batch_max_bytes(value: &u32) -> bool {
+    *value == DEFAULT_BATCH_MAX_BYTES
 }
 
 impl Default for BatchConfig {
@@ -233,6 +254,7 @@ impl Default for BatchConfig {
         Self {
             max_records: 2000,
             max_wait: HumanDuration::from_millis(50),
+            max_bytes: DEFAULT_BATCH_MAX_BYTES,
         }
     }
 }

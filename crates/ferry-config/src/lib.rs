@@ -1,7 +1,8 @@
 //! The operator–worker contract, in one definition: the worker's config (which the operator
 //! renders into a ConfigMap and the worker loads at start), human durations, the rule
 //! language of the validate processor (the operator parses rules at reconcile with the same
-//! parser the worker uses), and the record formats a Pipeline's `format` names.
+//! parser the worker uses), the record formats a Pipeline's `format` names, and the status
+//! document a worker serves on `/status` and the operator reads (docs/status-channel.md).
 //!
 //! It has no Kafka, Redis or Kubernetes runtime dependency, so what the operator can check
 //! never depends on which worker features a build turned on.
@@ -10,3 +11,4 @@ pub mod config;
 pub mod duration;
 pub mod record;
 pub mod rules;
+pub mod status;

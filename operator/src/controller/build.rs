@@ -33,8 +33,20 @@ pub const LABEL_STAGE: &str = "ferry.dev/stage";
 pub const ANNOTATION_CONFIG_HASH: &str = "ferry.dev/config-hash";
 /// Non-root user of the worker image.
 pub const WORKER_UID: i64 = 65532;
+
+/// How long a worker pod has between SIGTERM and SIGKILL.
+pub const TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
+
+/// What the worker's shutdown budget leaves of the grace period: the writer's join (1 s),
+/// the final synchronous commit and leaving the group.
+const SHUTDOWN_MARGIN_SECONDS: i64 = 5;
+
+/// The worker's budget from SIGTERM to leaving the group (`FERRY_SHUTDOWN_TIMEOUT`),
+/// derived from the grace period so the two can't drift apart.
+pub const SHUTDOWN_TIMEOUT_SECONDS: i64 =
+    TERMINATION_GRACE_PERIOD_SECONDS - SHUTDOWN_MARGIN_SECONDS;
 const CONFIG_DIR: &str = "/etc/ferry/config";
-const HTTP_PORT_NAME: &str = "http";
+pub const HTTP_PORT_NAME: &str = "http";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -319,7 +331,7 @@ pub fn build_deployment(
                     // Workers never call the Kubernetes API.
                     automount_service_account_token: Some(false),
                     // Long enough to drain in-flight batches and commit on SIGTERM.
-                    termination_grace_period_seconds: Some(30),
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_PERIOD_SECONDS),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(WORKER_UID),
@@ -353,11 +365,18 @@ fn worker_env(secrets: &SecretRefs) -> Vec<EnvVar> {
         }),
         ..EnvVar::default()
     };
-    let mut env = vec![EnvVar {
-        name: "RUST_LOG".to_owned(),
-        value: Some("info".to_owned()),
-        ..EnvVar::default()
-    }];
+    let mut env = vec![
+        EnvVar {
+            name: "RUST_LOG".to_owned(),
+            value: Some("info".to_owned()),
+            ..EnvVar::default()
+        },
+        EnvVar {
+            name: "FERRY_SHUTDOWN_TIMEOUT".to_owned(),
+            value: Some(format!("{SHUTDOWN_TIMEOUT_SECONDS}s")),
+            ..EnvVar::default()
+        },
+    ];
     if let Some(secret) = &secrets.redis_password {
         env.push(from_secret(REDIS_PASSWORD_ENV, secret));
     }

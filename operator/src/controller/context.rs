@@ -16,6 +16,7 @@ use super::validate::OperatorDefaults;
 use crate::autoscale::{Autoscaler, Peer};
 use crate::crd::Pipeline;
 use crate::metrics::Metrics;
+use crate::worker_status::{self, WorkerReports};
 
 pub(super) type ChildWriters = (
     reflector::store::Writer<Deployment>,
@@ -30,6 +31,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Desired replicas and lag per stage, owned by the autoscaler, read by every reconcile.
     pub autoscaler: Arc<Autoscaler>,
+    /// What each Pipeline's worker pods report on `/status`, owned by the status reader.
+    pub worker_reports: Arc<WorkerReports>,
     /// Consecutive failed reconciles per Pipeline: the backoff, and whether the last round
     /// failed (its status then differs from what a success writes, whatever the cache says).
     failures: Mutex<HashMap<ObjectRef<Pipeline>, u32>>,
@@ -69,6 +72,7 @@ impl Context {
             defaults,
             metrics,
             autoscaler: Arc::new(Autoscaler::new()),
+            worker_reports: Arc::new(WorkerReports::default()),
             failures: Mutex::new(HashMap::new()),
             child_caches: apply::ChildCaches {
                 deployments,
@@ -91,6 +95,16 @@ impl Context {
         Peer {
             autoscaler: self.autoscaler.clone(),
             metrics: self.metrics.clone(),
+            recorder: self.recorder.clone(),
+        }
+    }
+
+    /// What the worker status reader runs with: the reports it keeps and the Event recorder.
+    pub fn worker_status_peer(&self, namespace: Option<&str>) -> worker_status::Peer {
+        worker_status::Peer {
+            client: self.client.clone(),
+            namespace: namespace.map(str::to_owned),
+            reports: self.worker_reports.clone(),
             recorder: self.recorder.clone(),
         }
     }

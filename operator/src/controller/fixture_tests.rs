@@ -114,6 +114,34 @@ fn sample_builds_a_config_map_and_one_deployment_per_stage() {
 }
 
 #[test]
+fn every_stage_gets_a_shutdown_budget_inside_its_grace_period() {
+    let (_, children) = built(SAMPLE);
+    for deployment in &children.deployments {
+        let pod = deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        let grace = pod.termination_grace_period_seconds.unwrap();
+        let env = pod.containers[0].env.as_ref().unwrap();
+        let budget = env
+            .iter()
+            .find(|e| e.name == "FERRY_SHUTDOWN_TIMEOUT")
+            .and_then(|e| e.value.as_deref())
+            .unwrap();
+        let seconds: i64 = budget.trim_end_matches('s').parse().unwrap();
+        assert_eq!(grace, 30);
+        assert!(
+            seconds > 0 && seconds + 5 <= grace,
+            "{budget} within {grace} s"
+        );
+    }
+}
+
+#[test]
 fn every_child_has_labels_and_a_controller_owner_reference() {
     let (validated, children) = built(FULL);
     let metas = std::iter::once(&children.config_map.metadata)

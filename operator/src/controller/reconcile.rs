@@ -114,6 +114,13 @@ async fn reconcile_stages(
         &mut status,
         &ctx.autoscaler.lags(&validated.namespace, &validated.name),
     );
+    status::fill_worker_reports(
+        &mut status,
+        &validated,
+        &ctx.worker_reports.of(&validated.namespace, &validated.name),
+        pipeline.status.as_ref(),
+        &now_rfc3339(),
+    );
     let first_apply = pipeline
         .status
         .as_ref()

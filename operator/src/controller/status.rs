@@ -11,6 +11,7 @@ use super::apply::FIELD_MANAGER;
 use super::validate::{RECEIVER_STAGE, ValidatedPipeline};
 use crate::crd::{Condition, Pipeline, PipelineStatus, StageStatus};
 use crate::scaling::DesiredReplicas;
+use crate::worker_status::{PodReason, StageReports, describe};
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
@@ -194,6 +195,54 @@ pub fn fill_lag(status: &mut PipelineStatus, lags: &BTreeMap<String, i64>) {
         .iter()
         .find(|s| s.name == RECEIVER_STAGE)
         .and_then(|s| s.lag);
+}
+
+/// The longest `Degraded` message built from worker reports.
+const MAX_WORKER_MESSAGE: usize = 2048;
+
+/// Puts what the worker pods report ([`crate::worker_status`]) into the `Degraded`
+/// condition: `True`, with the first reported reason (stages in the Pipeline's order) and a
+/// message naming each stage, pod, partition and offset, while any stage reports one.
+pub fn fill_worker_reports(
+    status: &mut PipelineStatus,
+    pipeline: &ValidatedPipeline,
+    reports: &StageReports,
+    previous: Option<&PipelineStatus>,
+    now: &str,
+) {
+    let reported: Vec<(&str, &PodReason)> = pipeline
+        .stages
+        .iter()
+        .filter_map(|stage| reports.get_key_value(&stage.name))
+        .flat_map(|(stage, reasons)| reasons.iter().map(move |r| (stage.as_str(), r)))
+        .collect();
+    let Some((_, first)) = reported.first() else {
+        return;
+    };
+    let mut message = String::new();
+    for (stage, reason) in &reported {
+        let part = format!("{}: {}", reason.reason, describe(stage, reason));
+        if !message.is_empty() {
+            message.push_str("; ");
+        }
+        if message.len() + part.len() > MAX_WORKER_MESSAGE {
+            message.push_str("and more (see the Events and each pod's /status)");
+            break;
+        }
+        message.push_str(&part);
+    }
+    let degraded = condition(DEGRADED, true, &first.reason, message);
+    let stamped = stamp(vec![degraded], previous, pipeline.generation, now);
+    for condition in stamped {
+        match status
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == condition.type_)
+        {
+            Some(slot) => *slot = condition,
+            None => status.conditions.push(condition),
+        }
+    }
 }
 
 /// Status when the Pipeline could not be applied: what was there stays, the conditions say why.
@@ -547,6 +596,48 @@ mod tests {
         assert_eq!(status.stages[1].lag, Some(7), "unread: kept");
         assert_eq!(status.stages[2].lag, None);
         assert_eq!(status.lag, Some(120));
+    }
+
+    #[test]
+    fn worker_reports_make_the_pipeline_degraded_naming_stage_partition_and_offset() {
+        let pipeline = sample(|_| {});
+        let mut status = healthy(&pipeline, &all_ready());
+        let before = status.clone();
+        fill_worker_reports(&mut status, &pipeline, &StageReports::new(), None, NOW);
+        assert_eq!(status, before, "nothing reported: nothing changes");
+
+        let reason = |reason: &str, partition: Option<i32>| PodReason {
+            reason: reason.to_owned(),
+            pod: "sensors-receiver-1".to_owned(),
+            partition,
+            offset: partition.map(|_| 41),
+            message: "cannot deliver".to_owned(),
+        };
+        let reports = StageReports::from([
+            ("validate".to_owned(), vec![reason("TopicMissing", None)]),
+            (
+                "receiver".to_owned(),
+                vec![reason("RecordUndeliverable", Some(2))],
+            ),
+        ]);
+        fill_worker_reports(&mut status, &pipeline, &reports, Some(&before), NOW);
+        let degraded = find(&status, DEGRADED);
+        assert_eq!(degraded.status, "True");
+        assert_eq!(
+            degraded.reason, "RecordUndeliverable",
+            "the receiver comes first"
+        );
+        assert_eq!(
+            degraded.message,
+            "RecordUndeliverable: stage receiver, pod sensors-receiver-1, partition 2 offset 41: \
+             cannot deliver; TopicMissing: stage validate, pod sensors-receiver-1: cannot deliver"
+        );
+        assert_eq!(status.conditions.len(), 3);
+        assert_eq!(
+            find(&status, READY).status,
+            "True",
+            "Ready is the Deployments' to say"
+        );
     }
 
     #[test]

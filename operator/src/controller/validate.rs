@@ -404,6 +404,7 @@ fn batch_config(batch: &BatchSpec) -> BatchConfig {
     BatchConfig {
         max_records: positive_u32(batch.max_records),
         max_wait: batch.max_wait,
+        max_bytes: positive_u32(batch.max_bytes),
     }
 }
 

@@ -19,7 +19,7 @@ pub mod position;
 pub mod receiver;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -506,16 +506,19 @@ pub fn commit_stored<C: Consumer<X>, X: ConsumerContext>(consumer: &C, metrics: 
 #[derive(Debug, Clone)]
 pub struct Shutdown {
     receiver: watch::Receiver<bool>,
+    triggered_at: Arc<OnceLock<Instant>>,
 }
 
 /// Triggers a [`Shutdown`].
 #[derive(Debug)]
 pub struct ShutdownTrigger {
     sender: watch::Sender<bool>,
+    triggered_at: Arc<OnceLock<Instant>>,
 }
 
 impl ShutdownTrigger {
     pub fn trigger(&self) {
+        let _ = self.triggered_at.set(Instant::now());
         self.sender.send_replace(true);
     }
 }
@@ -523,7 +526,30 @@ impl ShutdownTrigger {
 impl Shutdown {
     pub fn new() -> (ShutdownTrigger, Shutdown) {
         let (sender, receiver) = watch::channel(false);
-        (ShutdownTrigger { sender }, Shutdown { receiver })
+        let triggered_at = Arc::new(OnceLock::new());
+        (
+            ShutdownTrigger {
+                sender,
+                triggered_at: Arc::clone(&triggered_at),
+            },
+            Shutdown {
+                receiver,
+                triggered_at,
+            },
+        )
+    }
+
+    /// When everything must be done: `budget` after the shutdown was triggered (SIGTERM),
+    /// not after the stage got round to it. A revoke drain in progress at SIGTERM holds
+    /// the consumer up to its own timeout; counted from SIGTERM, that comes out of the
+    /// budget instead of being added to it, so the stage stays inside the pod's grace
+    /// period.
+    pub fn deadline(&self, budget: Duration) -> Instant {
+        self.triggered_at
+            .get()
+            .copied()
+            .unwrap_or_else(Instant::now)
+            + budget
     }
 
     /// A signal triggered by the first SIGTERM or SIGINT (Ctrl-C).
@@ -553,5 +579,33 @@ impl Shutdown {
     pub async fn wait(&mut self) {
         // An error means every trigger is gone, which only happens at exit: stop too.
         let _ = self.receiver.wait_for(|triggered| *triggered).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shutdown_deadline_counts_from_the_trigger() {
+        let (trigger, shutdown) = Shutdown::new();
+        let budget = Duration::from_secs(25);
+        let untriggered = shutdown.deadline(budget);
+        assert!(untriggered >= Instant::now() + budget - Duration::from_secs(1));
+        let before = Instant::now();
+        trigger.trigger();
+        std::thread::sleep(Duration::from_millis(30));
+        let deadline = shutdown.deadline(budget);
+        assert!(deadline >= before + budget);
+        assert!(
+            deadline < Instant::now() + budget - Duration::from_millis(20),
+            "the time since SIGTERM comes out of the budget"
+        );
+        trigger.trigger();
+        assert_eq!(
+            shutdown.clone().deadline(budget),
+            deadline,
+            "the first trigger counts"
+        );
     }
 }

@@ -39,14 +39,16 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -59,10 +61,11 @@ use super::{
 };
 use crate::backoff::Backoff;
 use crate::config::{BatchConfig, OffsetReset, WorkerConfig};
-use crate::http::{self, Readiness};
+use crate::http::{self, Problem, Readiness};
 use crate::metrics::{BlockedLabel, Metrics, ReasonLabel};
 use crate::record::RejectReason;
 use crate::sink::{self, Checkpoint, FastHash, RedisSink, SinkError, TransactionOutcome};
+use crate::status::Reason;
 
 /// Headers of every record a stage produces (output and dead-letter topics alike): where
 /// it came from, so a reader can drop the duplicates a crash between produce and `EXEC`
@@ -78,12 +81,16 @@ pub const HEADER_DETAIL: &str = "ferry-detail";
 pub struct StageOptions {
     /// How long a revoke waits for the revoked partitions' records to reach Redis.
     pub drain_timeout: Duration,
-    /// How long SIGTERM waits for in-flight records before leaving the group.
+    /// How long the stage has from SIGTERM (not from when it got round to it) to drain
+    /// in-flight records, commit and leave the group.
     pub shutdown_timeout: Duration,
     /// Kafka group session timeout: how soon a crashed worker's partitions move.
     pub session_timeout: Duration,
     /// Redis response timeout; a slower reply counts as a failure and is retried.
     pub redis_timeout: Duration,
+    /// The largest record a produced topic takes where its `max.message.bytes` cannot be
+    /// read (no DescribeConfigs right): bigger dead letters go out as stubs.
+    pub max_message_bytes: usize,
 }
 
 impl Default for StageOptions {
@@ -93,14 +100,27 @@ impl Default for StageOptions {
             shutdown_timeout: Duration::from_secs(25),
             session_timeout: Duration::from_secs(10),
             redis_timeout: Duration::from_secs(5),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
+
+/// librdkafka's producer default `message.max.bytes`, a little under Kafka's topic default
+/// of 1,048,588: where a topic's own limit cannot be read, dead letters above it are stubs.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
+
+/// Produce attempts in a row that make the stage unready naming the record.
+const PRODUCE_FAILURES_UNREADY: u32 = 3;
+
+/// How long the start waits between rights probes while Redis refuses a right.
+const PROBE_RETRY: Duration = Duration::from_secs(5);
 
 /// Where a record sits in its topic.
 pub trait Positioned {
     fn partition(&self) -> i32;
     fn offset(&self) -> i64;
+    /// The bytes the record holds (key and value), for `batch.max_bytes`.
+    fn bytes(&self) -> usize;
 }
 
 /// Why a record goes to the dead-letter topic (its `ferry-reason` header).
@@ -151,6 +171,9 @@ impl Positioned for Rejected {
     }
     fn offset(&self) -> i64 {
         self.offset
+    }
+    fn bytes(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
     }
 }
 
@@ -242,6 +265,102 @@ pub trait StageKind: Send + 'static {
     fn events_channel(&self) -> Option<String> {
         None
     }
+
+    /// The commands a batch runs, on keys like the ones it writes, for the rights probe at
+    /// start: queued in `MULTI` and discarded, never run.
+    fn probe_commands(&self) -> Vec<redis::Cmd> {
+        Vec::new()
+    }
+}
+
+/// What the rights probe queues: the kind's commands, the checkpoint's read, type check
+/// and write, the batch event's `PUBLISH`; and the key it `WATCH`es first.
+struct RightsProbe {
+    watch: String,
+    commands: Vec<redis::Cmd>,
+}
+
+fn rights_probe<K: StageKind>(kind: &K, checkpoint_key: &str, events: Option<&str>) -> RightsProbe {
+    let mut commands = kind.probe_commands();
+    let mut mget = redis::cmd("MGET");
+    mget.arg(checkpoint_key);
+    let mut type_ = redis::cmd("TYPE");
+    type_.arg(checkpoint_key);
+    let mut set = redis::cmd("SET");
+    set.arg(checkpoint_key).arg(-1);
+    // The data set's marker is read with EXISTS and written with SET NX (like this).
+    let mut exists = redis::cmd("EXISTS");
+    exists.arg(checkpoint_key);
+    commands.extend([mget, type_, set, exists]);
+    if let Some(channel) = events {
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(channel).arg("{}");
+        commands.push(publish);
+    }
+    RightsProbe {
+        watch: checkpoint_key.to_owned(),
+        commands,
+    }
+}
+
+/// The status channel's name of a position event.
+const fn position_reason(event: PositionEvent) -> Reason {
+    match event {
+        PositionEvent::TopicRecreated => Reason::TopicRecreated,
+        PositionEvent::RedisLostCheckpoint => Reason::RedisLostCheckpoint,
+        PositionEvent::RedisRewound => Reason::RedisRewound,
+        PositionEvent::RetentionGap => Reason::RetentionGap,
+        PositionEvent::CommittedAboveLogEnd => Reason::CommittedAboveLogEnd,
+        PositionEvent::OffsetsWentBack => Reason::OffsetsWentBack,
+    }
+}
+
+/// Raises [`Reason::RedisPermissionDenied`] naming what Redis refused, or clears it.
+fn report_rights(readiness: &Readiness, denied: &[String]) {
+    if denied.is_empty() {
+        if readiness.is_raised(Reason::RedisPermissionDenied) {
+            info!("the Redis user has the rights Ferry needs now");
+        }
+        readiness.clear_all(Reason::RedisPermissionDenied);
+        return;
+    }
+    let message = format!(
+        "the Redis user may not run what Ferry needs (README, \"The Redis ACL Ferry needs\"): {}",
+        denied.join("; ")
+    );
+    error!("{message}");
+    readiness.raise(Reason::RedisPermissionDenied, "", Problem::new(message));
+}
+
+/// The rights probe at start: `MULTI`, the stage's real commands, `DISCARD`. While Redis
+/// refuses one, the stage is unready saying which, and probes again; an unreachable Redis
+/// is left to the batches' retries. False when shutdown came first.
+async fn probe_until_allowed<K: StageKind>(
+    sink: &mut RedisSink,
+    kind: &K,
+    checkpoint_key: &str,
+    readiness: &Readiness,
+    shutdown: &mut Shutdown,
+) -> bool {
+    let probe = rights_probe(kind, checkpoint_key, kind.events_channel().as_deref());
+    loop {
+        match sink.probe(&probe.watch, &probe.commands).await {
+            Ok(denied) => {
+                report_rights(readiness, &denied);
+                if denied.is_empty() {
+                    return true;
+                }
+            }
+            Err(error) => {
+                warn!(%error, "cannot probe the Redis user's rights; starting anyway");
+                return true;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return false,
+            _ = tokio::time::sleep(PROBE_RETRY) => {}
+        }
+    }
 }
 
 /// The topics a stage produces to; either may be absent.
@@ -314,12 +433,32 @@ where
     let http_task = http::spawn(config.http.listen, metrics.clone(), readiness.clone()).await?;
     info!(listen = %config.http.listen, "serving /metrics, /healthz, /readyz");
 
-    let sink = RedisSink::new(&config.redis, options.redis_timeout)?;
-    let producer = Producer::new(config, &spec.topics)?;
+    let mut sink = RedisSink::new(&config.redis, options.redis_timeout)?;
+    let producer = Producer::new(config, &spec.topics, options.max_message_bytes)?;
+    let topic_checks = producer.spawn_topic_checks(config, readiness.clone());
+    let checkpoint_probe_key = config.checkpoint_key(0);
+    if !probe_until_allowed(
+        &mut sink,
+        &kind,
+        &checkpoint_probe_key,
+        &readiness,
+        &mut shutdown,
+    )
+    .await
+    {
+        if let Some(task) = topic_checks {
+            task.abort();
+        }
+        http_task.abort();
+        return Ok(());
+    }
     // Twice a batch, in chunks: the writer commits one batch while the next one queues.
     let max_records = spec.batch.max_records.max(1) as usize;
     let chunk_limit = max_records.clamp(1, MAX_CHUNK);
     let capacity = max_records.saturating_mul(2).div_ceil(chunk_limit).max(4);
+    // And in bytes: the channel holds about one batch's `max_bytes`, a chunk its share.
+    let max_bytes = spec.batch.max_bytes.max(1) as usize;
+    let chunk_max_bytes = max_bytes.div_ceil(capacity);
     let (events, events_rx) = mpsc::channel(capacity);
     let (seeks, mut seek_requests) = mpsc::unbounded_channel();
     let context = StageContext::new(
@@ -366,6 +505,7 @@ where
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         max_records,
+        max_bytes,
         max_wait: spec.batch.max_wait.as_duration(),
         positions: HashMap::default(),
         seeks,
@@ -382,6 +522,7 @@ where
         batch: PendingBatch::default(),
         backoff: Backoff::DEFAULT,
         halted: None,
+        produce_failures: 0,
     };
     let mut writer_task = tokio::spawn(writer.run(events_rx));
 
@@ -400,8 +541,10 @@ where
             received = consumer.recv() => received,
         };
         let now_ms = if decoder.needs_clock() { now_ms() } else { 0 };
+        let mut chunk_bytes;
         match received {
             Ok(message) => {
+                chunk_bytes = message_bytes(&message);
                 backoff.reset();
                 if consume_health.on_record() {
                     info!("consuming again");
@@ -429,9 +572,10 @@ where
         }
         // Whatever librdkafka already has joins the chunk.
         let mut chunk_len = 1;
-        while chunk_len < chunk_limit {
+        while chunk_len < chunk_limit && chunk_bytes < chunk_max_bytes {
             match consumer.recv().now_or_never() {
                 Some(Ok(message)) => {
+                    chunk_bytes += message_bytes(&message);
                     consumer
                         .context()
                         .stage(consume(&decoder, &message, now_ms));
@@ -462,7 +606,7 @@ where
     }
 
     info!("stopping: draining in-flight records");
-    let deadline = Instant::now() + options.shutdown_timeout;
+    let deadline = shutdown.deadline(options.shutdown_timeout);
     let (done, drained) = oneshot::channel();
     let stop = async {
         events
@@ -488,6 +632,9 @@ where
     drop(events);
     // Closing leaves the group; it blocks on librdkafka, so off the runtime threads.
     let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    if let Some(task) = topic_checks {
+        task.abort();
+    }
     http_task.abort();
     info!("{} stopped", spec.name);
     writer_outcome
@@ -558,6 +705,12 @@ fn consume_failing_metric(metrics: &Metrics) -> prometheus_client::metrics::gaug
         .clone()
 }
 
+/// What a consumed record weighs: its key and value.
+fn message_bytes(message: &BorrowedMessage<'_>) -> usize {
+    use rdkafka::Message as _;
+    message.payload_len() + message.key().map_or(0, <[u8]>::len)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -585,6 +738,8 @@ struct PendingBatch<R> {
     /// applied), with its record's Kafka timestamp.
     last_offsets: BTreeMap<i32, (i64, Option<i64>)>,
     taken: usize,
+    /// What the records and rejects hold, keys and values ([`Positioned::bytes`]).
+    bytes: usize,
 }
 
 impl<R> Default for PendingBatch<R> {
@@ -595,6 +750,7 @@ impl<R> Default for PendingBatch<R> {
             rejects: Vec::new(),
             last_offsets: BTreeMap::new(),
             taken: 0,
+            bytes: 0,
         }
     }
 }
@@ -637,6 +793,7 @@ impl<R> PendingBatch<R> {
         self.rejects.clear();
         self.last_offsets.clear();
         self.taken = 0;
+        self.bytes = 0;
     }
 }
 
@@ -657,8 +814,26 @@ enum FlushError {
     Redis(#[from] SinkError),
     #[error(transparent)]
     Kind(#[from] KindError),
-    #[error("produce to {topic} failed: {source}")]
-    Produce { topic: String, source: KafkaError },
+    #[error(
+        "cannot deliver the record of partition {partition} offset {offset} to topic {topic}: {source}"
+    )]
+    Produce {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        source: KafkaError,
+    },
+    #[error(
+        "the output record of partition {partition} offset {offset} is {size} bytes, over \
+         the {limit} topic {topic} takes"
+    )]
+    Oversize {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        size: usize,
+        limit: usize,
+    },
     #[error("a checkpoint changed during the transaction")]
     Conflict,
     /// Redis holds less than this writer committed: those partitions are sought back.
@@ -684,6 +859,8 @@ struct Writer<K: StageKind> {
     metrics: Metrics,
     readiness: Readiness,
     max_records: usize,
+    /// A batch is committed once its records hold this many bytes.
+    max_bytes: usize,
     max_wait: Duration,
     /// The owned partitions.
     positions: HashMap<i32, Partition, FastHash>,
@@ -702,6 +879,8 @@ struct Writer<K: StageKind> {
     /// Set when a command failed inside `EXEC`: the stage takes no more records (their
     /// offsets stay unstored) and stays unready until restarted.
     halted: Option<String>,
+    /// Attempts in a row whose produce failed.
+    produce_failures: u32,
 }
 
 impl<K: StageKind> Writer<K> {
@@ -724,7 +903,9 @@ impl<K: StageKind> Writer<K> {
                 Some(ConsumerEvent::Items(records)) => {
                     for record in records {
                         self.take(record);
-                        if self.batch.taken >= self.max_records {
+                        if self.batch.taken >= self.max_records
+                            || self.batch.bytes >= self.max_bytes
+                        {
                             self.flush(None).await;
                         }
                     }
@@ -803,8 +984,14 @@ impl<K: StageKind> Writer<K> {
         }
         self.batch.note(partition, offset, timestamp_ms);
         match decoded {
-            Ok(record) => self.batch.records.push(record),
-            Err(rejected) => self.batch.rejects.push(*rejected),
+            Ok(record) => {
+                self.batch.bytes += record.bytes();
+                self.batch.records.push(record);
+            }
+            Err(rejected) => {
+                self.batch.bytes += rejected.bytes();
+                self.batch.rejects.push(*rejected);
+            }
         }
     }
 
@@ -822,6 +1009,11 @@ impl<K: StageKind> Writer<K> {
             reason = event.as_str(),
             "{}",
             event.explain()
+        );
+        self.readiness.note(
+            position_reason(event),
+            &partition.to_string(),
+            Problem::new(event.explain()).at(partition, offset),
         );
     }
 
@@ -956,12 +1148,13 @@ impl<K: StageKind> Writer<K> {
         }
     }
 
-    /// Unready, with the reason in `/readyz`, the metrics and the log, until a batch commits.
-    fn block(&mut self, reason: &'static str, key: &str, message: String) {
-        error!(reason, key, "{message}");
-        self.readiness.set_blocked(Some(message));
+    /// Unready, with the reason in `/readyz`, `/status`, the metrics and the log, until a
+    /// batch commits.
+    fn block(&mut self, reason: Reason, label: &'static str, key: &str, message: String) {
+        error!(reason = label, key, "{message}");
+        self.readiness.raise(reason, key, Problem::new(message));
         let label = BlockedLabel {
-            reason: reason.to_owned(),
+            reason: label.to_owned(),
             key: key.to_owned(),
         };
         self.metrics.blocked.get_or_create(&label).set(1);
@@ -971,6 +1164,128 @@ impl<K: StageKind> Writer<K> {
     fn redis_failed(&mut self, error: &SinkError) {
         self.metrics.redis_error(error.operation());
         self.readiness.set_redis_connected(false);
+        self.readiness.raise(
+            Reason::RedisUnavailable,
+            "",
+            Problem::new(format!("{error}; retrying")),
+        );
+    }
+
+    /// A record that would not go out: after [`PRODUCE_FAILURES_UNREADY`] attempts in a row
+    /// (at once when retrying cannot help), the stage is unready naming its partition and
+    /// offset, instead of retrying in silence. A missing topic is reported as such too.
+    fn produce_failed(&mut self, error: &FlushError) {
+        self.metrics.kafka_error("produce");
+        self.produce_failures = self.produce_failures.saturating_add(1);
+        let (topic, partition, offset, hopeless) = match error {
+            FlushError::Produce {
+                topic,
+                partition,
+                offset,
+                source,
+            } => {
+                let code = source.rdkafka_error_code();
+                let missing = matches!(
+                    code,
+                    Some(
+                        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+                    )
+                );
+                if missing {
+                    self.readiness.raise(
+                        Reason::TopicMissing,
+                        topic,
+                        Problem::new(format!(
+                            "topic {topic} does not exist (Ferry does not create the topics \
+                             it produces to): create it; records that must go there wait"
+                        )),
+                    );
+                }
+                let hopeless = missing
+                    || matches!(
+                        code,
+                        Some(
+                            RDKafkaErrorCode::TopicAuthorizationFailed
+                                | RDKafkaErrorCode::MessageSizeTooLarge
+                                | RDKafkaErrorCode::InvalidRecord
+                        )
+                    );
+                (topic, *partition, *offset, hopeless)
+            }
+            FlushError::Oversize {
+                topic,
+                partition,
+                offset,
+                ..
+            } => (topic, *partition, *offset, true),
+            _ => return,
+        };
+        if hopeless || self.produce_failures >= PRODUCE_FAILURES_UNREADY {
+            if !self.readiness.is_raised(Reason::RecordUndeliverable) {
+                error!(
+                    %error,
+                    topic = %topic,
+                    partition,
+                    offset,
+                    "a record cannot be delivered: the stage is unready and keeps retrying"
+                );
+            }
+            self.readiness.raise(
+                Reason::RecordUndeliverable,
+                &partition.to_string(),
+                Problem::new(format!(
+                    "{error}; the stage retries and commits nothing until it goes out"
+                ))
+                .at(partition, offset),
+            );
+        }
+    }
+
+    /// Runs the rights probe again after Redis refused a command for want of a right (or
+    /// discarded a transaction, which a refused right causes); true when a refused right
+    /// is what it was.
+    async fn redis_refused(&mut self, error: &SinkError) -> bool {
+        let probe = rights_probe(
+            &self.kind,
+            &self.checkpoints.key(0),
+            self.events_channel.as_deref(),
+        );
+        match self.sink.probe(&probe.watch, &probe.commands).await {
+            Ok(denied) => report_rights(&self.readiness, &denied),
+            Err(error) => debug!(%error, "the rights probe failed"),
+        }
+        if !self.readiness.is_raised(Reason::RedisPermissionDenied)
+            && error.to_string().contains("NOPERM")
+        {
+            self.readiness.raise(
+                Reason::RedisPermissionDenied,
+                "",
+                Problem::new(format!("Redis refused the batch: {error}")),
+            );
+        }
+        self.readiness.is_raised(Reason::RedisPermissionDenied)
+    }
+
+    /// A batch committed: what it was stopped by is gone.
+    fn committed(&mut self) {
+        self.backoff.reset();
+        self.produce_failures = 0;
+        self.producer.batch_done();
+        self.readiness.set_redis_connected(true);
+        if self.readiness.is_raised(Reason::KeyWrongType) {
+            info!("the blocking key is fixed; committing again");
+        }
+        for reason in [
+            Reason::KeyWrongType,
+            Reason::RecordUndeliverable,
+            Reason::RedisPermissionDenied,
+        ] {
+            self.readiness.clear_all(reason);
+        }
+        // Only the writer's own series: the consumer's stay its own.
+        for label in self.blocked_series.drain(..) {
+            self.metrics.blocked.remove(&label);
+        }
     }
 
     /// Commits the pending batch, retrying with backoff; past `deadline` it gives up and
@@ -982,16 +1297,7 @@ impl<K: StageKind> Writer<K> {
         loop {
             match self.try_flush().await {
                 Ok(()) => {
-                    self.backoff.reset();
-                    self.readiness.set_redis_connected(true);
-                    if self.readiness.blocked().is_some() {
-                        info!("the blocking key is fixed; committing again");
-                        self.readiness.set_blocked(None);
-                        // Only the writer's own series: the consumer's stay its own.
-                        for label in self.blocked_series.drain(..) {
-                            self.metrics.blocked.remove(&label);
-                        }
-                    }
+                    self.committed();
                     break;
                 }
                 Err(FlushError::Conflict) => {
@@ -1012,19 +1318,34 @@ impl<K: StageKind> Writer<K> {
                          otherwise: {}; the stage halts with these offsets unstored",
                         failed.join("; ")
                     );
-                    self.block("command_failed", "", message.clone());
+                    self.block(
+                        Reason::CommandFailedInExec,
+                        "command_failed",
+                        "",
+                        message.clone(),
+                    );
                     self.halted = Some(message);
                     self.forget_batch();
                     return;
                 }
                 Err(error) => {
                     match &error {
+                        FlushError::Redis(sink_error) if sink_error.is_permission() => {
+                            if self.redis_refused(sink_error).await {
+                                self.metrics.redis_error(sink_error.operation());
+                            } else {
+                                self.redis_failed(sink_error);
+                            }
+                        }
                         FlushError::Redis(sink_error) => self.redis_failed(sink_error),
                         FlushError::Kind(kind_error) => {
                             self.metrics.redis_error(kind_error.operation());
                         }
-                        FlushError::Produce { .. } => self.metrics.kafka_error("produce"),
+                        FlushError::Produce { .. } | FlushError::Oversize { .. } => {
+                            self.produce_failed(&error);
+                        }
                         FlushError::WrongType(wrong) => self.block(
+                            Reason::KeyWrongType,
                             "wrong_type",
                             &wrong.key,
                             format!(
@@ -1063,6 +1384,9 @@ impl<K: StageKind> Writer<K> {
                 position.forget_taken();
             }
         }
+        self.producer.batch_done();
+        self.produce_failures = 0;
+        self.readiness.clear_all(Reason::RecordUndeliverable);
         self.batch.clear();
     }
 
@@ -1251,18 +1575,73 @@ impl<K: StageKind> Writer<K> {
 
 /// The one place a stage produces: its output records and its dead letters, with one
 /// header set.
+///
+/// - **Sizes.** A record is checked against the largest record its topic takes: the topic's
+///   `max.message.bytes` read with DescribeConfigs (every [`TOPIC_CHECK_INTERVAL`]), or
+///   `--max-message-bytes` where the worker may not read the topic's config. A dead letter
+///   over it, or one the broker refuses as too large, goes out as a **stub**: its headers,
+///   `ferry-truncated` (the original payload's size) and the first [`STUB_BYTES`] of its
+///   payload (and of its key, over [`crate::record::MAX_KEY_BYTES`]). An output record is
+///   never cut: the next stage would read a wrong record; it is undeliverable instead.
+/// - **Retries.** What a batch had acknowledged is remembered until the batch commits or is
+///   given up, so a retry of the batch does not produce it again.
+/// - **Topics.** Ferry never creates the topics it produces to (`allow.auto.create.topics`
+///   off): a missing one is reported ([`Reason::TopicMissing`]) from the start.
 struct Producer {
     producer: Option<FutureProducer>,
     topics: ProducedTopics,
     source_topic: String,
     reject_log: RateLimitedLog,
+    /// The largest record each produced topic takes, where its config could be read.
+    limits: Arc<Mutex<HashMap<String, usize>>>,
+    /// Where a topic's limit is unknown.
+    default_limit: usize,
+    /// What the pending batch already had acknowledged.
+    delivered: HashSet<(SentAs, i32, i64)>,
 }
 
 /// How long produced records may wait for delivery before the batch is retried.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How much of a payload (and of an oversize key) a dead-letter stub keeps.
+pub const STUB_BYTES: usize = 1024;
+
+/// The header a stub carries: the original payload's size in bytes.
+pub const HEADER_TRUNCATED: &str = "ferry-truncated";
+/// On a stub whose key was cut too: the original key's size in bytes.
+pub const HEADER_TRUNCATED_KEY: &str = "ferry-truncated-key";
+
+/// What a record adds to its size on the wire besides key, payload and headers, with room
+/// for the record batch around it.
+const RECORD_OVERHEAD: usize = 512;
+
+/// How often the produced topics' existence and limits are read again.
+const TOPIC_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How a produced record was sent, to remember it across retries of one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SentAs {
+    Output,
+    DeadLetter,
+}
+
+/// One record handed to librdkafka, and what to report if it fails.
+struct Pending<'a> {
+    as_: SentAs,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    /// The dead letter this is (to send again as a stub), `None` for an output.
+    rejected: Option<&'a Rejected>,
+    stub: bool,
+}
+
 impl Producer {
-    fn new(config: &WorkerConfig, topics: &ProducedTopics) -> Result<Self, ConsumeError> {
+    fn new(
+        config: &WorkerConfig,
+        topics: &ProducedTopics,
+        default_limit: usize,
+    ) -> Result<Self, ConsumeError> {
         let producer = if topics.output.is_some() || topics.dead_letter.is_some() {
             let mut client = kafka_client_config(&config.kafka)?;
             client
@@ -1272,7 +1651,11 @@ impl Producer {
                 .set(
                     "message.timeout.ms",
                     DELIVERY_TIMEOUT.as_millis().to_string(),
-                );
+                )
+                // The sizes are checked here, against each topic's own limit.
+                .set("message.max.bytes", "100000000")
+                .set("allow.auto.create.topics", "false")
+                .set("topic.metadata.propagation.max.ms", "5000");
             Some(
                 client
                     .create()
@@ -1289,11 +1672,66 @@ impl Producer {
             topics: topics.clone(),
             source_topic: config.kafka.topic.clone(),
             reject_log: RateLimitedLog::new(Duration::from_secs(10)),
+            limits: Arc::new(Mutex::new(HashMap::new())),
+            default_limit,
+            delivered: HashSet::new(),
         })
     }
 
+    /// Checks the produced topics now and every [`TOPIC_CHECK_INTERVAL`]: a missing one
+    /// raises [`Reason::TopicMissing`], each one's `max.message.bytes` becomes its limit.
+    fn spawn_topic_checks(
+        &self,
+        config: &WorkerConfig,
+        readiness: Readiness,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let producer = self.producer.clone()?;
+        let topics: Vec<String> = [&self.topics.output, &self.topics.dead_letter]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let admin: Option<AdminClient<DefaultClientContext>> = kafka_client_config(&config.kafka)
+            .ok()
+            .and_then(|client| client.create().ok());
+        let limits = Arc::clone(&self.limits);
+        let default_limit = self.default_limit;
+        Some(tokio::spawn(async move {
+            loop {
+                for topic in &topics {
+                    check_topic(
+                        &producer,
+                        admin.as_ref(),
+                        topic,
+                        &limits,
+                        &readiness,
+                        default_limit,
+                    )
+                    .await;
+                }
+                tokio::time::sleep(TOPIC_CHECK_INTERVAL).await;
+            }
+        }))
+    }
+
+    fn limit(&self, topic: &str) -> usize {
+        self.limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+            .copied()
+            .unwrap_or(self.default_limit)
+    }
+
+    /// The batch committed or was given up: a next batch produces everything it has.
+    fn batch_done(&mut self) {
+        self.delivered.clear();
+    }
+
     /// Produces `outputs` to the output topic and `dead_letters` to the dead-letter topic
-    /// (or logs them, rate-limited, without one), and waits for every acknowledgement.
+    /// (or logs them, rate-limited, without one), and waits for every acknowledgement. What
+    /// this batch already had acknowledged is not sent again. The error names the first
+    /// record that could not be delivered.
     async fn send_all(
         &mut self,
         outputs: &[Output],
@@ -1304,13 +1742,33 @@ impl Producer {
                 self.reject_log.warn(rejected);
             }
         }
-        let Some(producer) = &self.producer else {
+        let Some(producer) = self.producer.clone() else {
             return Ok(());
         };
-        let mut sends = Vec::with_capacity(outputs.len() + dead_letters.len());
+        let mut failure: Option<FlushError> = None;
+        let mut sends: Vec<(Pending<'_>, _)> =
+            Vec::with_capacity(outputs.len() + dead_letters.len());
         if let Some(topic) = &self.topics.output {
+            let limit = self.limit(topic);
             for output in outputs {
+                if self
+                    .delivered
+                    .contains(&(SentAs::Output, output.partition, output.offset))
+                {
+                    continue;
+                }
                 let headers = source_headers(&self.source_topic, output.partition, output.offset);
+                let size = output.key.len() + output.payload.len() + RECORD_OVERHEAD;
+                if size > limit {
+                    failure.get_or_insert(FlushError::Oversize {
+                        topic: topic.clone(),
+                        partition: output.partition,
+                        offset: output.offset,
+                        size,
+                        limit,
+                    });
+                    continue;
+                }
                 let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
                     .key(output.key.as_slice())
                     .payload(output.payload.as_slice())
@@ -1318,46 +1776,233 @@ impl Producer {
                 if let Some(ts) = output.timestamp_ms {
                     record = record.timestamp(ts);
                 }
-                sends.push((topic, producer.send(record, DELIVERY_TIMEOUT)));
+                let send = Pending {
+                    as_: SentAs::Output,
+                    topic,
+                    partition: output.partition,
+                    offset: output.offset,
+                    rejected: None,
+                    stub: false,
+                };
+                sends.push((send, producer.send(record, DELIVERY_TIMEOUT)));
             }
         }
         if let Some(topic) = &self.topics.dead_letter {
+            let limit = self.limit(topic);
             for rejected in dead_letters {
-                let headers =
-                    source_headers(&self.source_topic, rejected.partition, rejected.offset)
-                        .insert(Header {
-                            key: HEADER_REASON,
-                            value: Some(rejected.reason.header()),
-                        })
-                        .insert(Header {
-                            key: HEADER_DETAIL,
-                            value: Some(rejected.detail.as_str()),
-                        });
-                let mut record: FutureRecord<'_, [u8], [u8]> =
-                    FutureRecord::to(topic).headers(headers);
-                if let Some(key) = &rejected.key {
-                    record = record.key(key.as_slice());
+                if self.delivered.contains(&(
+                    SentAs::DeadLetter,
+                    rejected.partition,
+                    rejected.offset,
+                )) {
+                    continue;
                 }
-                if let Some(payload) = &rejected.payload {
-                    record = record.payload(payload.as_slice());
-                }
-                if let Some(ts) = rejected.timestamp_ms {
-                    record = record.timestamp(ts);
-                }
-                sends.push((topic, producer.send(record, DELIVERY_TIMEOUT)));
+                let stub = dead_letter_size(rejected) > limit;
+                let send = Pending {
+                    as_: SentAs::DeadLetter,
+                    topic,
+                    partition: rejected.partition,
+                    offset: rejected.offset,
+                    rejected: Some(rejected),
+                    stub,
+                };
+                let record = dead_letter_record(topic, &self.source_topic, rejected, stub);
+                sends.push((send, producer.send(record, DELIVERY_TIMEOUT)));
             }
         }
-        let (topics, deliveries): (Vec<&String>, Vec<_>) = sends.into_iter().unzip();
-        for (topic, delivery) in topics
-            .into_iter()
-            .zip(futures::future::join_all(deliveries).await)
-        {
-            delivery.map_err(|(source, _)| FlushError::Produce {
-                topic: topic.clone(),
-                source,
-            })?;
+        // Two rounds at most: what the broker refused as too large goes again as a stub.
+        while !sends.is_empty() {
+            let (sent, deliveries): (Vec<Pending<'_>>, Vec<_>) = sends.into_iter().unzip();
+            sends = Vec::new();
+            for (send, delivery) in sent
+                .into_iter()
+                .zip(futures::future::join_all(deliveries).await)
+            {
+                match delivery {
+                    Ok(_) => {
+                        if send.stub {
+                            warn!(
+                                topic = send.topic,
+                                partition = send.partition,
+                                offset = send.offset,
+                                "dead letter over the topic's size limit: sent as a stub \
+                                 (headers and the first {STUB_BYTES} bytes)"
+                            );
+                        }
+                        self.delivered
+                            .insert((send.as_, send.partition, send.offset));
+                    }
+                    Err((
+                        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                        _,
+                    )) if !send.stub && send.rejected.is_some() => {
+                        if let Some(rejected) = send.rejected {
+                            let record =
+                                dead_letter_record(send.topic, &self.source_topic, rejected, true);
+                            let again = Pending { stub: true, ..send };
+                            sends.push((again, producer.send(record, DELIVERY_TIMEOUT)));
+                        }
+                    }
+                    Err((source, _)) => {
+                        failure.get_or_insert(FlushError::Produce {
+                            topic: send.topic.to_owned(),
+                            partition: send.partition,
+                            offset: send.offset,
+                            source,
+                        });
+                    }
+                }
+            }
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+/// What a dead letter weighs on the wire, about: key, payload, headers.
+fn dead_letter_size(rejected: &Rejected) -> usize {
+    // Five header names and the three `ferry-source-*` values take under 256 bytes.
+    let headers = 256 + rejected.reason.header().len() + rejected.detail.len();
+    rejected.key.as_ref().map_or(0, Vec::len)
+        + rejected.payload.as_ref().map_or(0, Vec::len)
+        + headers
+        + RECORD_OVERHEAD
+}
+
+/// A dead letter for `topic`: the record as it came, or (`stub`) its headers with
+/// `ferry-truncated` and the first [`STUB_BYTES`] of payload and oversize key.
+fn dead_letter_record<'a>(
+    topic: &'a str,
+    source_topic: &str,
+    rejected: &'a Rejected,
+    stub: bool,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut headers = source_headers(source_topic, rejected.partition, rejected.offset)
+        .insert(Header {
+            key: HEADER_REASON,
+            value: Some(rejected.reason.header()),
+        })
+        .insert(Header {
+            key: HEADER_DETAIL,
+            value: Some(rejected.detail.as_str()),
+        });
+    let key = rejected.key.as_deref();
+    let payload = rejected.payload.as_deref();
+    let (key, payload) = if stub {
+        headers = headers.insert(Header {
+            key: HEADER_TRUNCATED,
+            value: Some(&payload.map_or(0, <[u8]>::len).to_string()),
+        });
+        let key = match key {
+            Some(key) if key.len() > crate::record::MAX_KEY_BYTES => {
+                headers = headers.insert(Header {
+                    key: HEADER_TRUNCATED_KEY,
+                    value: Some(&key.len().to_string()),
+                });
+                Some(&key[..STUB_BYTES.min(key.len())])
+            }
+            other => other,
+        };
+        (key, payload.map(|p| &p[..STUB_BYTES.min(p.len())]))
+    } else {
+        (key, payload)
+    };
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    if let Some(payload) = payload {
+        record = record.payload(payload);
+    }
+    if let Some(ts) = rejected.timestamp_ms {
+        record = record.timestamp(ts);
+    }
+    record
+}
+
+/// Whether `topic` exists (raising or clearing [`Reason::TopicMissing`]) and how large a
+/// record it takes (its `max.message.bytes`, where the worker may describe its config).
+async fn check_topic(
+    producer: &FutureProducer,
+    admin: Option<&AdminClient<DefaultClientContext>>,
+    topic: &str,
+    limits: &Mutex<HashMap<String, usize>>,
+    readiness: &Readiness,
+    default_limit: usize,
+) {
+    let lookup = {
+        let producer = producer.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .map(|metadata| {
+                    metadata
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == topic)
+                        .map(|t| t.error().map(RDKafkaErrorCode::from))
+                })
+        })
+        .await
+    };
+    match lookup {
+        Ok(Ok(Some(None))) => {
+            if readiness.is_raised(Reason::TopicMissing) {
+                info!(topic, "the topic exists now");
+            }
+            readiness.clear(Reason::TopicMissing, topic);
+        }
+        Ok(Ok(
+            Some(Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic))
+            | None,
+        )) => {
+            warn!(topic, "a topic this stage produces to does not exist");
+            readiness.raise(
+                Reason::TopicMissing,
+                topic,
+                Problem::new(format!(
+                    "topic {topic} does not exist (Ferry does not create the topics it \
+                     produces to): create it; records that must go there wait"
+                )),
+            );
+        }
+        Ok(Ok(Some(Some(code)))) => {
+            debug!(topic, error = %code, "topic metadata has an error");
+        }
+        Ok(Err(error)) => warn!(topic, %error, "cannot read the topic's metadata"),
+        Err(error) => warn!(topic, %error, "topic metadata lookup failed"),
+    }
+    let Some(admin) = admin else { return };
+    let resource = ResourceSpecifier::Topic(topic);
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let limit = match admin.describe_configs([&resource], &options).await {
+        Ok(results) => results.into_iter().find_map(|result| {
+            result
+                .ok()?
+                .get("max.message.bytes")?
+                .value
+                .as_deref()?
+                .parse::<usize>()
+                .ok()
+        }),
+        Err(error) => {
+            debug!(topic, %error, "cannot describe the topic's config; using --max-message-bytes");
+            None
+        }
+    };
+    let mut limits = limits.lock().unwrap_or_else(PoisonError::into_inner);
+    match limit {
+        Some(limit) => {
+            if limits.insert(topic.to_owned(), limit) != Some(limit) {
+                info!(topic, limit, "the topic's max.message.bytes");
+            }
+        }
+        None => {
+            if limits.remove(topic).is_some() {
+                info!(topic, default_limit, "the topic's limit is unknown again");
+            }
+        }
     }
 }
 
@@ -1454,6 +2099,40 @@ mod tests {
         assert!(!health.on_record());
         health.on_error(&error);
         assert!(!health.on_record(), "one error is not a run");
+    }
+
+    #[test]
+    fn a_stub_keeps_the_headers_and_the_first_bytes_and_says_how_big_the_record_was() {
+        use rdkafka::message::Headers;
+        let rejected = Rejected {
+            partition: 2,
+            offset: 77,
+            timestamp_ms: Some(5),
+            reason: Refusal::Record(RejectReason::KeyTooLong),
+            detail: "key of 3000 bytes".to_owned(),
+            key: Some(vec![b'k'; 3000]),
+            payload: Some((0..1_100_000u32).map(|i| (i % 251) as u8).collect()),
+        };
+        assert!(dead_letter_size(&rejected) > DEFAULT_MAX_MESSAGE_BYTES);
+        let whole = dead_letter_record("dlq", "src", &rejected, false);
+        assert_eq!(whole.payload.map(<[u8]>::len), Some(1_100_000));
+        let stub = dead_letter_record("dlq", "src", &rejected, true);
+        let payload = stub.payload.unwrap();
+        assert_eq!(payload, &rejected.payload.as_ref().unwrap()[..STUB_BYTES]);
+        assert_eq!(stub.key.map(<[u8]>::len), Some(STUB_BYTES));
+        let headers = stub.headers.as_ref().unwrap();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(header(HEADER_TRUNCATED).as_deref(), Some("1100000"));
+        assert_eq!(header(HEADER_TRUNCATED_KEY).as_deref(), Some("3000"));
+        assert_eq!(header(HEADER_REASON).as_deref(), Some("key_too_long"));
+        assert_eq!(header(HEADER_SOURCE_OFFSET).as_deref(), Some("77"));
+        assert_eq!(stub.timestamp, Some(5));
     }
 
     #[test]

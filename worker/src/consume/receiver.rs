@@ -121,6 +121,9 @@ impl Positioned for StoredRecord {
     fn offset(&self) -> i64 {
         self.offset
     }
+    fn bytes(&self) -> usize {
+        self.source().len() + self.value().len()
+    }
 }
 
 /// What a receiver batch writes: each source's records under its key, in the storage type
@@ -164,7 +167,21 @@ impl StageKind for Storage {
     fn events_channel(&self) -> Option<String> {
         Some(self.layout.events_channel())
     }
+
+    /// A batch's storage commands for one record of source `ferry-probe`, and the key's
+    /// type check.
+    fn probe_commands(&self) -> Vec<redis::Cmd> {
+        let probe = StoredRecord::new(0, 0, PROBE_SOURCE, 0, b"probe");
+        let mut commands = sink::storage_commands(&self.layout, &[&probe]).commands;
+        let mut type_ = redis::cmd("TYPE");
+        type_.arg(self.layout.data_key(PROBE_SOURCE));
+        commands.push(type_);
+        commands
+    }
 }
+
+/// The source id the rights probe queues commands for (never run).
+pub const PROBE_SOURCE: &str = "ferry-probe";
 
 /// Runs the receive stage until `shutdown`, then drains, commits and leaves the group.
 pub async fn run(

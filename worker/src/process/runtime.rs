@@ -95,6 +95,10 @@ impl Positioned for SourceRecord {
     fn offset(&self) -> i64 {
         self.offset
     }
+    fn bytes(&self) -> usize {
+        // The decoded floats and text are about the payload's size again.
+        self.key.len() + 2 * self.payload.len()
+    }
 }
 
 impl RecordView for SourceRecord {
@@ -268,6 +272,38 @@ impl StageKind for Processor {
         }
     }
 
+    /// What a batch writes, on the keys of source `ferry-probe`: the stats script with its
+    /// two keys, or the counters' `HINCRBY`; enrich writes nothing but the checkpoint.
+    fn probe_commands(&self) -> Vec<redis::Cmd> {
+        let source = crate::consume::receiver::PROBE_SOURCE;
+        let mut commands = Vec::new();
+        for (key, _) in self.written_keys_of(source) {
+            let mut type_ = redis::cmd("TYPE");
+            type_.arg(key);
+            commands.push(type_);
+        }
+        match &self.compute {
+            Compute::Stats { window } => {
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(stats::UPDATE_SCRIPT)
+                    .arg(2)
+                    .arg(self.keys.stats_window(source))
+                    .arg(self.keys.stats(source))
+                    .arg(*window)
+                    .arg(0)
+                    .arg(stats::script_values(&[0.0]).collect::<Vec<_>>());
+                commands.push(eval);
+            }
+            Compute::Validate { .. } => {
+                let mut incr = redis::cmd("HINCRBY");
+                incr.arg(self.keys.counters(source)).arg("valid").arg(1);
+                commands.push(incr);
+            }
+            Compute::Enrich { .. } => {}
+        }
+        commands
+    }
+
     async fn effects<'a>(
         &'a mut self,
         fresh: Fresh<'a, SourceRecord>,
@@ -337,6 +373,18 @@ impl ProcessorKeys {
 }
 
 impl Processor {
+    /// The keys (and types) a batch with records of `source` writes.
+    fn written_keys_of(&self, source: &str) -> Vec<(String, &'static str)> {
+        match &self.compute {
+            Compute::Stats { .. } => vec![
+                (self.keys.stats_window(source), "list"),
+                (self.keys.stats(source), "hash"),
+            ],
+            Compute::Validate { .. } => vec![(self.keys.counters(source), "hash")],
+            Compute::Enrich { .. } => Vec::new(),
+        }
+    }
+
     fn forward(&self, effects: &mut Effects, record: &SourceRecord, payload: Vec<u8>) {
         if self.forwards {
             effects.outputs.push(record.output(payload));

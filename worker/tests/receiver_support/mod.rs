@@ -182,6 +182,11 @@ impl Worker {
         crate::oracle::http_get(self.port, "/readyz")
     }
 
+    /// `/status`'s body (the status channel's JSON document).
+    pub fn status(&self) -> Option<String> {
+        crate::oracle::http_get(self.port, "/status").map(|(_, body)| body)
+    }
+
     /// SIGSTOP: the process freezes, its sessions and connections stay open.
     pub fn sigstop(&self) {
         signal(&self.child, "-STOP");
