@@ -1377,13 +1377,9 @@ impl<K: StageKind> Writer<K> {
         self.batch.clear();
     }
 
-    /// Drops the batch unapplied; its partitions are filtered again by their checkpoints.
+    /// Drops the batch unapplied. Only a drain deadline (a rebalance or a stop, after which
+    /// the partitions are placed again from their checkpoints) or a halt gives a batch up.
     fn forget_batch(&mut self) {
-        for partition in self.batch.last_offsets.keys() {
-            if let Some(position) = self.positions.get_mut(partition) {
-                position.forget_taken();
-            }
-        }
         self.producer.batch_done();
         self.produce_failures = 0;
         self.readiness.clear_all(Reason::RecordUndeliverable);

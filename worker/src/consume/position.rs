@@ -346,19 +346,15 @@ impl Partition {
         self.seeking = false;
     }
 
-    pub fn is_seeking(&self) -> bool {
+    /// Whether records are skipped until a seek in flight is done.
+    #[cfg(test)]
+    fn is_seeking(&self) -> bool {
         self.seeking
     }
 
     /// A batch committed this checkpoint.
     pub fn committed(&mut self, checkpoint: Checkpoint) {
         self.known = Some(checkpoint);
-    }
-
-    /// A batch was given up: its records are read again only after a rebalance, and then
-    /// filtered by the checkpoint under `WATCH`.
-    pub fn forget_taken(&mut self) {
-        self.highest = self.effective(self.known);
     }
 }
 
