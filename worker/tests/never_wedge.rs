@@ -18,7 +18,7 @@
 mod oracle;
 mod receiver_support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -378,7 +378,7 @@ async fn a_redis_user_without_channel_rights_is_reported_at_start_naming_the_rig
     create_topic_with(&stack, &topic, 2, &[]).await;
     // Redis 7: without `&…` (or `allchannels`) a new user may not PUBLISH anywhere.
     let user = AclUser::create(&stack.redis, &["on", ">probe-password", "~*", "+@all"]);
-    let receiver = Receiver::new(
+    let mut receiver = Receiver::new(
         &stack,
         ReceiverSpec {
             topic: &topic,
@@ -400,24 +400,11 @@ async fn a_redis_user_without_channel_rights_is_reported_at_start_naming_the_rig
     );
     assert!(config.contains("password_env"), "{config}");
     std::fs::write(&receiver.config, config).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = receiver.dir.join("worker-acl.log");
-    let child = Command::new(oracle::worker_bin())
-        .args(["receive", "--config"])
-        .arg(&receiver.config)
-        .args(["--session-timeout", "6s"])
-        .env("FERRY__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("FERRY_REDIS_PASSWORD", "probe-password")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let worker = Worker { child, log, port };
+    receiver.env.push((
+        "FERRY_REDIS_PASSWORD".to_owned(),
+        "probe-password".to_owned(),
+    ));
+    let worker = receiver.start();
     let _reap = Reap(worker.child.id());
     let channel = format!("{}:events", receiver.prefix);
     let found = wait_reasons(
@@ -465,7 +452,7 @@ async fn the_readme_acl_is_enough_for_a_list_receiver() {
     let stack = stack();
     let topic = unique("acl-readme");
     create_topic_with(&stack, &topic, 2, &[]).await;
-    let receiver = Receiver::new(
+    let mut receiver = Receiver::new(
         &stack,
         ReceiverSpec {
             topic: &topic,
@@ -509,24 +496,11 @@ async fn the_readme_acl_is_enough_for_a_list_receiver() {
         ),
     );
     std::fs::write(&receiver.config, config).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = receiver.dir.join("worker-readme-acl.log");
-    let child = Command::new(oracle::worker_bin())
-        .args(["receive", "--config"])
-        .arg(&receiver.config)
-        .args(["--session-timeout", "6s"])
-        .env("FERRY__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("FERRY_REDIS_PASSWORD", "readme-password")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let worker = Worker { child, log, port };
+    receiver.env.push((
+        "FERRY_REDIS_PASSWORD".to_owned(),
+        "readme-password".to_owned(),
+    ));
+    let worker = receiver.start();
     let _reap = Reap(worker.child.id());
     let produced = produce_keyed(&stack, &topic, 10, 300).await;
     receiver.wait_applied(&produced.last_offsets, Duration::from_secs(90));

@@ -12,7 +12,6 @@ mod oracle;
 mod process_support;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use process_support::*;
@@ -87,17 +86,13 @@ async fn a_retried_batch_does_not_produce_its_outputs_again() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("config.yaml"), &config).unwrap();
     let log = dir.join("worker.log");
-    let _worker = Child(
-        Command::new(oracle::worker_bin())
-            .args(["process", "--config"])
-            .arg(dir.join("config.yaml"))
-            .env("FERRY_REDIS_PASSWORD", "retry-pw")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let config_path = dir.join("config.yaml");
+    let args = ["process", "--config"].map(std::ffi::OsStr::new);
+    let _worker = Child(oracle::spawn_worker(
+        &[&args[..], &[config_path.as_os_str()]].concat(),
+        &[("FERRY_REDIS_PASSWORD", "retry-pw")],
+        &log,
+    ));
     let mut redis = redis(&stack).await;
     let producer = producer(&stack);
     let batch = |from: usize| -> Vec<(String, Vec<u8>)> {

@@ -11,7 +11,7 @@
 mod oracle;
 mod receiver_support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::FutureRecord;
@@ -42,16 +42,14 @@ fn start(receiver: &Receiver, subcommand: &str, config: &std::path::Path, name: 
         .port();
     let log = receiver.dir.join(format!("{name}.log"));
     // The pods' timeouts: the defaults (drain 10 s, shutdown 25 s).
-    let child = Command::new(oracle::worker_bin())
-        .args([subcommand, "--config"])
-        .arg(config)
-        .args(["--session-timeout", "6s"])
-        .env("FERRY__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let args = [subcommand, "--config"].map(std::ffi::OsStr::new);
+    let session = ["--session-timeout", "6s"].map(std::ffi::OsStr::new);
+    let child = oracle::spawn_worker(
+        &[&args[..], &[config.as_os_str()], &session[..]].concat(),
+        &[("FERRY__HTTP__LISTEN", listen.as_str())],
+        &log,
+    );
     Process { child, log, port }
 }
 

@@ -43,6 +43,23 @@ pub fn worker_bin() -> std::path::PathBuf {
     )
 }
 
+/// Starts `ferry-worker` with `args`, `RUST_LOG=info` unless `env` sets it, and `env`; its
+/// stderr goes to `log`.
+pub fn spawn_worker(
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
+    log: &std::path::Path,
+) -> std::process::Child {
+    std::process::Command::new(worker_bin())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("create the worker's log"))
+        .spawn()
+        .expect("spawn ferry-worker")
+}
+
 /// A distinct, non-monotonic timestamp for the `sequence`-th record a test sends: `base`
 /// minus a bijection of the sequence onto 0..2^24 ms (about 4.7 hours), so no two records
 /// share a time and order by time is not order by offset.

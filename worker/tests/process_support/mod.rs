@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -212,14 +212,12 @@ impl Worker {
             .write_all(config_yaml.as_bytes())
             .unwrap();
         let log = dir.join("worker.log");
-        let child = Command::new(crate::oracle::worker_bin())
-            .args(["--log-format", "pretty", "process", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info,ferry_worker=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn ferry-worker");
+        let args = ["--log-format", "pretty", "process", "--config"].map(std::ffi::OsStr::new);
+        let child = crate::oracle::spawn_worker(
+            &[&args[..], &[config.as_os_str()]].concat(),
+            &[("RUST_LOG", "info,ferry_worker=debug")],
+            &log,
+        );
         let port = config_yaml
             .lines()
             .find_map(|line| line.trim().strip_prefix("listen: 127.0.0.1:"))

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_worker::config::{RecordFormat, StorageKind};
@@ -318,18 +318,17 @@ impl Receiver {
             .unwrap()
             .port();
         let log = self.dir.join(format!("worker-{}.log", self.started));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(crate::oracle::worker_bin())
-            .args(["receive", "--config"])
-            .arg(&self.config)
-            .args(["--session-timeout", "6s", "--drain-timeout", "5s"])
-            .env("FERRY__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
+        let listen = format!("127.0.0.1:{port}");
+        let mut env = vec![("FERRY__HTTP__LISTEN", listen.as_str())];
+        env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let args = ["receive", "--config"].map(std::ffi::OsStr::new);
+        let timeouts =
+            ["--session-timeout", "6s", "--drain-timeout", "5s"].map(std::ffi::OsStr::new);
+        let child = crate::oracle::spawn_worker(
+            &[&args[..], &[self.config.as_os_str()], &timeouts[..]].concat(),
+            &env,
+            &log,
+        );
         Worker { child, log, port }
     }
 
