@@ -6,7 +6,18 @@
 //! - a Redis ACL user without channel rights: `RedisPermissionDenied`, naming `PUBLISH`
 //!   and the channel, at start, before any record;
 //! - a dead-letter topic that does not exist and a record that must go there:
-//!   `RecordUndeliverable` with the record's partition and offset.
+//!   `RecordUndeliverable` with the record's partition and offset;
+//! - a list key that another client made a string: `KeyWrongType` naming the key;
+//! - a validation counter field that is not an integer (HINCRBY fails inside EXEC):
+//!   `CommandFailedInExec` on the processor, naming the command;
+//! - a Redis port nothing listens on: `RedisUnavailable`;
+//! - a record batch damaged on the broker's disk (a codec no client knows):
+//!   `ConsumeFailing`, naming librdkafka's error;
+//! - a source topic that does not exist: `TopicMissing` naming it;
+//! - the source topic deleted and created again under the running receiver (the fault that
+//!   once lost every new record while the Pipeline showed Ready): `OffsetsWentBack` (read
+//!   on, when librdkafka resets the position) or `TopicRecreated` (at a placement), and the
+//!   new record stored.
 //!
 //! Needs the whole local stack and the worker image built from this tree
 //! (`bash e2e/local/images.sh worker "$CARGO_TARGET_DIR/release/ferry-worker"`).
@@ -31,6 +42,19 @@ fn pipeline(
     prefix: &str,
     redis_extra: &str,
     receiver_extra: &str,
+) -> Pipeline {
+    pipeline_with(name, topic, prefix, redis_extra, receiver_extra, "", None)
+}
+
+/// [`pipeline`] with `spec_extra` appended to the spec (processors) and another Redis port.
+fn pipeline_with(
+    name: &str,
+    topic: &str,
+    prefix: &str,
+    redis_extra: &str,
+    receiver_extra: &str,
+    spec_extra: &str,
+    redis_port: Option<u16>,
 ) -> Pipeline {
     let env = StackEnv::load();
     serde_yaml::from_str(&format!(
@@ -59,11 +83,22 @@ spec:
       mode: manual
       minReplicas: 1
       maxReplicas: 1
+{spec_extra}
 "#,
         bootstrap = env.get("KAFKA_BOOTSTRAP"),
         host = env.pod_host(),
-        port = env.redis_port(),
+        port = redis_port.map_or_else(|| env.redis_port(), |port| port.to_string()),
     ))
+    .unwrap()
+}
+
+/// A valid dsdata record for `key`.
+fn good_record(key: &str) -> Vec<u8> {
+    ferry_config::record::dsdata::encode(&ferry_config::record::DataRecord {
+        timestamp_ms: 1_700_000_000_000,
+        values: vec![1.0],
+        text: format!("{key} is fine"),
+    })
     .unwrap()
 }
 
@@ -223,6 +258,131 @@ async fn worker_reasons_reach_the_pipeline_condition_and_events() {
         .await
         .unwrap();
 
+    // 3. A list key another client made a string.
+    let wrong_topic = format!("status-wrong-{suffix}");
+    let wrong_prefix = format!("wrong{suffix}");
+    let wrong_key = format!("{wrong_prefix}:list:src-wrong");
+    support::create_topic(&bootstrap, &wrong_topic, 1).await;
+    assert!(redis_cli(&["SET", &wrong_key, "a string"]).contains("OK"));
+    send(
+        &producer,
+        &wrong_topic,
+        "src-wrong",
+        &good_record("src-wrong"),
+    )
+    .await;
+    pipelines
+        .create(
+            &PostParams::default(),
+            &pipeline("wrongtype", &wrong_topic, &wrong_prefix, "", ""),
+        )
+        .await
+        .unwrap();
+
+    // 4. A validation counter field that is not an integer: HINCRBY fails inside EXEC.
+    let exec_topic = format!("status-exec-{suffix}");
+    let exec_prefix = format!("exec{suffix}");
+    support::create_topic(&bootstrap, &exec_topic, 1).await;
+    redis_cli(&[
+        "HSET",
+        &format!("{exec_prefix}:counters:check:src-a"),
+        "valid",
+        "not a number",
+    ]);
+    send(&producer, &exec_topic, "src-a", &good_record("src-a")).await;
+    pipelines
+        .create(
+            &PostParams::default(),
+            &pipeline_with(
+                "execfail",
+                &exec_topic,
+                &exec_prefix,
+                "",
+                "",
+                "  processors:\n    - name: check\n      validate:\n        rules:\n          \
+                 - name: has-text\n            expression: text NOT NULL\n      scaling:\n        \
+                 mode: manual\n        minReplicas: 1\n        maxReplicas: 1",
+                None,
+            ),
+        )
+        .await
+        .unwrap();
+
+    // 5. A Redis port nothing listens on.
+    let down_topic = format!("status-down-{suffix}");
+    support::create_topic(&bootstrap, &down_topic, 1).await;
+    pipelines
+        .create(
+            &PostParams::default(),
+            &pipeline_with(
+                "redisdown",
+                &down_topic,
+                &format!("down{suffix}"),
+                "",
+                "",
+                "",
+                Some(ferry_test_support::free_port()),
+            ),
+        )
+        .await
+        .unwrap();
+
+    // 6. A record batch damaged on the broker's disk.
+    let corrupt_topic = format!("status-corrupt-{suffix}");
+    support::create_topic(&bootstrap, &corrupt_topic, 1).await;
+    send(&producer, &corrupt_topic, "src-c", &good_record("src-c")).await;
+    ferry_test_support::corrupt_first_batch(&corrupt_topic, 0);
+    pipelines
+        .create(
+            &PostParams::default(),
+            &pipeline(
+                "corrupt",
+                &corrupt_topic,
+                &format!("corrupt{suffix}"),
+                "",
+                "",
+            ),
+        )
+        .await
+        .unwrap();
+
+    // 7. A source topic that does not exist.
+    let absent_topic = format!("status-absent-{suffix}");
+    pipelines
+        .create(
+            &PostParams::default(),
+            &pipeline(
+                "nosource",
+                &absent_topic,
+                &format!("absent{suffix}"),
+                "",
+                "",
+            ),
+        )
+        .await
+        .unwrap();
+
+    // 8. The source topic deleted and created again once the receiver has checkpointed.
+    let again_topic = format!("status-again-{suffix}");
+    let again_prefix = format!("again{suffix}");
+    support::create_topic(&bootstrap, &again_topic, 1).await;
+    for n in 0..3 {
+        send(
+            &producer,
+            &again_topic,
+            "src-r",
+            &good_record(&format!("r{n}")),
+        )
+        .await;
+    }
+    pipelines
+        .create(
+            &PostParams::default(),
+            &pipeline("recreated", &again_topic, &again_prefix, "", ""),
+        )
+        .await
+        .unwrap();
+
     let acl = wait_degraded(
         &pipelines,
         "acl",
@@ -268,6 +428,70 @@ async fn worker_reasons_reach_the_pipeline_condition_and_events() {
     .await;
     println!("dlq event: {:?}", event.message);
 
+    for (name, reason, needle) in [
+        ("wrongtype", "KeyWrongType", wrong_key.as_str()),
+        ("execfail", "CommandFailedInExec", "HINCRBY"),
+        ("redisdown", "RedisUnavailable", "receiver"),
+        ("corrupt", "ConsumeFailing", "Not implemented"),
+        ("nosource", "TopicMissing", absent_topic.as_str()),
+    ] {
+        let condition = wait_degraded(&pipelines, name, reason, Duration::from_secs(150), |m| {
+            m.contains(needle)
+        })
+        .await;
+        println!(
+            "{name}: Degraded={} {}: {}",
+            condition.status, condition.reason, condition.message
+        );
+        if name == "execfail" {
+            assert!(condition.message.contains("check"), "names the processor");
+        }
+        let event = eventually(
+            Duration::from_secs(30),
+            &format!("a {reason} Event on {name}"),
+            || warning_event(&events, name, reason),
+        )
+        .await;
+        println!("{name} event: {:?}", event.message);
+    }
+    redis_cli(&["DEL", &wrong_key]);
+
+    let checkpoint = format!("{again_prefix}:ckpt:receiver:{again_topic}:0");
+    eventually(Duration::from_secs(90), "the receiver's checkpoint", || {
+        let value = redis_cli(&["GET", &checkpoint]);
+        async move { value.starts_with("2@").then_some(()) }
+    })
+    .await;
+    ferry_test_support::recreate_topic(&bootstrap, &again_topic, 1).await;
+    send(&producer, &again_topic, "src-r", &good_record("after")).await;
+    let recreated = eventually(
+        Duration::from_secs(120),
+        "Degraded=OffsetsWentBack or TopicRecreated on recreated",
+        || async {
+            let c = degraded(&pipelines.get("recreated").await.ok()?)?;
+            (c.status == "True"
+                && ["OffsetsWentBack", "TopicRecreated"].contains(&c.reason.as_str())
+                && c.message.contains("partition 0"))
+            .then_some(c)
+        },
+    )
+    .await;
+    println!(
+        "recreated: Degraded={} {}: {}",
+        recreated.status, recreated.reason, recreated.message
+    );
+    let history = format!("{again_prefix}:list:src-r");
+    eventually(
+        Duration::from_secs(60),
+        "the new incarnation's record stored",
+        || {
+            let held = redis_cli(&["LLEN", &history]);
+            async move { (held.trim() == "4").then_some(()) }
+        },
+    )
+    .await;
+    println!("recreated: {history} holds the 3 old records and the new one");
+
     // Granting the channel clears the ACL Pipeline's condition.
     redis_cli(&["ACL", "SETUSER", &user, &format!("&{acl_prefix}:events")]);
     eventually(Duration::from_secs(90), "Degraded=False on acl", || async {
@@ -275,6 +499,19 @@ async fn worker_reasons_reach_the_pipeline_condition_and_events() {
         (c.status == "False").then_some(())
     })
     .await;
+}
+
+/// Sends one record; fails the test if it is not acknowledged.
+async fn send(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) -> i64 {
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(err, _)| err)
+        .unwrap()
+        .offset
 }
 
 /// Deletes the test's ACL user from the shared Redis, pass or fail.

@@ -87,6 +87,12 @@ impl Readiness {
         self.problems().remove(&(reason, subject.to_owned()));
     }
 
+    /// Clears `reason` for the subjects `clear` says.
+    pub fn clear_where(&self, reason: Reason, clear: impl Fn(&str) -> bool) {
+        self.problems()
+            .retain(|(raised, subject), _| *raised != reason || !clear(subject));
+    }
+
     /// Clears `reason` for every subject.
     pub fn clear_all(&self, reason: Reason) {
         self.problems().retain(|(raised, _), _| *raised != reason);

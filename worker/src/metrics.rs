@@ -71,6 +71,8 @@ pub struct Metrics {
     /// Records between a checkpoint and the log start that retention removed from Kafka
     /// before this stage read them.
     pub retention_gap_records: Counter,
+    /// Times a partition was held because a record of it could not go out.
+    pub partitions_held: Counter,
     registry: std::sync::Arc<Mutex<Registry>>,
 }
 
@@ -95,6 +97,7 @@ impl Metrics {
             kafka_errors: Family::default(),
             position_events: Family::default(),
             retention_gap_records: Counter::default(),
+            partitions_held: Counter::default(),
             registry: std::sync::Arc::new(Mutex::new(registry)),
         };
         let mut registry = metrics
@@ -145,6 +148,11 @@ impl Metrics {
             "retention_gap_records",
             "Records retention removed from Kafka between a checkpoint and the log start",
             metrics.retention_gap_records.clone(),
+        );
+        registry.register(
+            "partitions_held",
+            "Times a partition was held (paused and retried later) because a record of it could not go out",
+            metrics.partitions_held.clone(),
         );
         registry.register(
             "batches",

@@ -303,6 +303,34 @@ async fn a_missing_dead_letter_topic_is_reported_and_the_wedged_record_named() {
     assert_eq!(code, 503, "a wedged stage is unready");
     assert!(body.contains(&format!("offset {bad_offset}")), "{body}");
 
+    // Only partition 1 waits: records on partition 0 reach Redis while it is wedged.
+    let mut last_zero = -1;
+    for sequence in 0..50 {
+        let payload = value("src-flowing", sequence, now_ms());
+        last_zero = send_to(&producer, &topic, 0, "src-flowing", &payload).await;
+    }
+    let flowing = receiver.try_wait_applied(
+        &std::collections::BTreeMap::from([(0, last_zero)]),
+        Duration::from_secs(30),
+    );
+    println!(
+        "partition 0 while partition 1 is wedged: applied through {last_zero}: {flowing}; \
+         checkpoints {:?}",
+        receiver.checkpoints(&[0, 1])
+    );
+    assert!(
+        flowing,
+        "partition 0 must keep flowing while partition 1 waits"
+    );
+    let still = reasons(worker.port);
+    assert!(
+        still
+            .iter()
+            .any(|(reason, entry)| reason == "RecordUndeliverable"
+                && entry["partition"].as_i64() == Some(1)),
+        "partition 1 is still named: {still:?}"
+    );
+
     // The topic appears: the record goes out, the reasons clear, the partition moves on.
     create_topic_with(&stack, &dead_letters, 1, &[]).await;
     let produced = produce_keyed(&stack, &topic, 10, 200).await;

@@ -73,18 +73,8 @@ async fn settle(receiver: &Receiver, source: &[SourceRecord], timeout: Duration)
     }
 }
 
-/// Deletes `topic` and creates it again with `partitions` (retried while the broker still
-/// finishes the deletion).
 async fn recreate_topic(stack: &Stack, topic: &str, partitions: i32) {
-    let admin = admin(stack);
-    for result in admin
-        .delete_topics(&[topic], &AdminOptions::new())
-        .await
-        .expect("delete topics")
-    {
-        result.expect("topic deleted");
-    }
-    create_topic(stack, topic, partitions).await;
+    ferry_test_support::recreate_topic(&stack.kafka, topic, partitions).await;
 }
 
 fn finish(fault: &str, receiver: &Receiver, verdict: &Verdict, worker: Worker, note: &str) {

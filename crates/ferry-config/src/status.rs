@@ -54,7 +54,8 @@ reasons! {
     RedisUnavailable => true,
     /// The Redis user lacks a right Ferry needs (a command, a key or the events channel).
     RedisPermissionDenied => true,
-    /// A topic the stage produces to (output, dead letters) does not exist.
+    /// A topic the stage produces to (output, dead letters), or its source topic, does not
+    /// exist.
     TopicMissing => false,
     /// A record the stage must produce cannot be delivered: its partition waits.
     RecordUndeliverable => true,

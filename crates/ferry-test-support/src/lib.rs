@@ -113,7 +113,56 @@ pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
     }
 }
 
+/// Deletes `topic` and creates it again with `partitions` (retried while the broker still
+/// finishes the deletion): a new incarnation whose offsets start at 0 again.
+pub async fn recreate_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    for result in admin
+        .delete_topics(&[topic], &AdminOptions::new())
+        .await
+        .expect("delete topics")
+    {
+        result.expect("topic deleted");
+    }
+    create_topics(bootstrap, &[(topic, partitions)]).await;
+}
+
 /// The offset of a checkpoint value (`{offset}@{timestamp}`, or a bare `{offset}`).
 pub fn checkpoint_offset(value: &str) -> Option<i64> {
     value.split('@').next()?.parse().ok()
+}
+
+/// Damages the first record batch of `topic`'s `partition` in the local stack's Kafka log:
+/// its compression codec becomes 5, which no client knows, as a damaged disk or a producer
+/// newer than the consumer leaves it. A real fault no consumer can read past (librdkafka
+/// returns "not implemented" without advancing). Needs the stack's broker on this machine
+/// (`$FERRY_STACK_DIR/kafka/data`) and the batch in the partition's first segment.
+pub fn corrupt_first_batch(topic: &str, partition: i32) {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = stack_env_file()
+        .parent()
+        .expect("the env file sits in the stack dir")
+        .join("kafka/data");
+    let segment = dir
+        .join(format!("{topic}-{partition}"))
+        .join("00000000000000000000.log");
+    let bytes =
+        std::fs::read(&segment).unwrap_or_else(|error| panic!("{}: {error}", segment.display()));
+    // Record batch v2: baseOffset (8), batchLength (4), partitionLeaderEpoch (4), magic (1)
+    // at 16, crc (4), attributes (int16) at 21..23 with the codec in its low three bits.
+    assert!(
+        bytes.len() > 61 && bytes[16] == 2,
+        "{}: not a v2 record batch",
+        segment.display()
+    );
+    let attributes_low = (bytes[22] & !7) | 5;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .expect("the segment opens for writing");
+    file.seek(SeekFrom::Start(22)).expect("seek");
+    file.write_all(&[attributes_low]).expect("write");
 }

@@ -463,6 +463,11 @@ impl<T: Send + 'static> ConsumerContext for StageContext<T> {
                     self.metrics.kafka_error("rebalance");
                     warn!(%error, "cannot take the assignment");
                 }
+                // A partition held (paused) before a rebalance is placed afresh: never
+                // left paused by a writer that no longer remembers it.
+                if let Err(error) = consumer.resume(tpl) {
+                    warn!(%error, "cannot resume the assigned partitions");
+                }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.on_revoke(consumer, tpl);

@@ -399,11 +399,13 @@ fn consume<D: Decode>(
 
 type StageConsumer<R> = StreamConsumer<StageContext<Consumed<R>>>;
 
-/// A partition to place elsewhere: at `offset`, or at its beginning.
+/// A partition to place elsewhere: at `offset`, or at its beginning; `hold` pauses it there
+/// (a record of it cannot go out yet), otherwise it is resumed.
 #[derive(Debug, Clone, Copy)]
 struct SeekRequest {
     partition: i32,
     offset: Option<i64>,
+    hold: bool,
 }
 
 /// How long a seek may take to reach librdkafka's fetcher.
@@ -523,6 +525,7 @@ where
         backoff: Backoff::DEFAULT,
         halted: None,
         produce_failures: 0,
+        held: HashMap::default(),
     };
     let mut writer_task = tokio::spawn(writer.run(events_rx));
 
@@ -559,6 +562,23 @@ where
                 metrics.kafka_error("consume");
                 let delay = backoff.next_delay();
                 warn!(%error, retry_in = ?delay, "kafka consume error");
+                // Said once by librdkafka, then the stage waits without another word.
+                if matches!(
+                    error.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+                    )
+                ) {
+                    readiness.raise(
+                        Reason::TopicMissing,
+                        &config.kafka.topic,
+                        Problem::new(format!(
+                            "source topic {} does not exist: the stage waits for it and \
+                             starts once it is created",
+                            config.kafka.topic
+                        )),
+                    );
+                }
                 if let Some(reason) = consume_health.on_error(&error) {
                     error!(%reason, "the stage is unready until consuming works again");
                     readiness.set_consume_failing(Some(reason));
@@ -649,13 +669,26 @@ async fn seek<R: Send + Sync + 'static>(
     request: SeekRequest,
     events: &mpsc::Sender<ConsumerEvent<Consumed<R>>>,
 ) -> bool {
-    let SeekRequest { partition, offset } = request;
+    let SeekRequest {
+        partition,
+        offset,
+        hold,
+    } = request;
     let target = offset.map_or(Offset::Beginning, Offset::Offset);
+    let mut only = TopicPartitionList::new();
+    only.add_partition(topic, partition);
+    // Paused before the seek, so nothing is fetched from the new position while held.
+    if hold && let Err(error) = consumer.pause(&only) {
+        warn!(%error, partition, "cannot pause the partition");
+    }
     let result =
         tokio::task::block_in_place(|| consumer.seek(topic, partition, target, SEEK_TIMEOUT));
     match &result {
-        Ok(()) => info!(partition, ?target, "partition sought"),
+        Ok(()) => info!(partition, ?target, hold, "partition sought"),
         Err(error) => warn!(%error, partition, ?target, "seek failed"),
+    }
+    if !hold && let Err(error) = consumer.resume(&only) {
+        warn!(%error, partition, "cannot resume the partition");
     }
     let staged = consumer.context().take_staged();
     if !staged.is_empty() && events.send(ConsumerEvent::Items(staged)).await.is_err() {
@@ -737,6 +770,8 @@ struct PendingBatch<R> {
     /// The highest offset taken per partition (including records skipped as already
     /// applied), with its record's Kafka timestamp.
     last_offsets: BTreeMap<i32, (i64, Option<i64>)>,
+    /// The lowest offset taken per partition: where it is read again from if held.
+    first_offsets: BTreeMap<i32, i64>,
     taken: usize,
     /// What the records and rejects hold, keys and values ([`Positioned::bytes`]).
     bytes: usize,
@@ -749,6 +784,7 @@ impl<R> Default for PendingBatch<R> {
             records: Vec::new(),
             rejects: Vec::new(),
             last_offsets: BTreeMap::new(),
+            first_offsets: BTreeMap::new(),
             taken: 0,
             bytes: 0,
         }
@@ -763,6 +799,7 @@ impl<R: Positioned> PendingBatch<R> {
         self.rejects
             .retain(|rejected| rejected.partition != partition);
         self.last_offsets.remove(&partition);
+        self.first_offsets.remove(&partition);
         if self.last_offsets.is_empty() {
             self.clear();
         }
@@ -784,6 +821,8 @@ impl<R> PendingBatch<R> {
         if offset >= last.0 {
             *last = (offset, timestamp_ms);
         }
+        let first = self.first_offsets.entry(partition).or_insert(offset);
+        *first = (*first).min(offset);
     }
 
     /// Empties the batch, keeping its buffers for the next one.
@@ -792,6 +831,7 @@ impl<R> PendingBatch<R> {
         self.records.clear();
         self.rejects.clear();
         self.last_offsets.clear();
+        self.first_offsets.clear();
         self.taken = 0;
         self.bytes = 0;
     }
@@ -881,17 +921,37 @@ struct Writer<K: StageKind> {
     halted: Option<String>,
     /// Attempts in a row whose produce failed.
     produce_failures: u32,
+    /// Partitions held because a record of theirs cannot go out: the rest go on.
+    held: HashMap<i32, Held, FastHash>,
+}
+
+/// A partition held at `offset`, the first record of it the writer gave up on for now;
+/// read again from there at `retry_at` (`None`: it is being read again).
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    offset: i64,
+    retry_at: Option<Instant>,
+    attempts: u32,
+}
+
+/// How long a held partition waits before its records are tried again: 5 s, doubling to
+/// a minute.
+fn hold_delay(attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(4);
+    Duration::from_secs(5 << doublings).min(Duration::from_secs(60))
 }
 
 impl<K: StageKind> Writer<K> {
     async fn run(mut self, mut events: mpsc::Receiver<ConsumerEvent<Consumed<K::Record>>>) {
         loop {
+            self.retry_held();
             let flush_at = self.batch.started.map(|started| started + self.max_wait);
             if flush_at.is_some_and(|at| at <= Instant::now()) {
                 self.flush(None).await;
                 continue;
             }
-            let event = match flush_at {
+            let retry_at = self.held.values().filter_map(|held| held.retry_at).min();
+            let event = match flush_at.into_iter().chain(retry_at).min() {
                 None => events.recv().await,
                 Some(at) => tokio::select! {
                     biased;
@@ -954,8 +1014,12 @@ impl<K: StageKind> Writer<K> {
             Ok(record) => (record.partition(), record.offset()),
             Err(rejected) => (rejected.partition, rejected.offset),
         };
+        let waiting = self
+            .held
+            .get(&partition)
+            .is_some_and(|held| held.retry_at.is_some());
         let position = match self.positions.get_mut(&partition) {
-            Some(position) if self.halted.is_none() => position,
+            Some(position) if self.halted.is_none() && !waiting => position,
             _ => {
                 debug!(
                     partition,
@@ -1022,7 +1086,83 @@ impl<K: StageKind> Writer<K> {
     fn request_seek(&mut self, partition: i32, offset: Option<i64>) {
         self.batch.drop_partition(partition);
         self.pending_seeks.insert(partition, offset);
-        let _ = self.seeks.send(SeekRequest { partition, offset });
+        let _ = self.seeks.send(SeekRequest {
+            partition,
+            offset,
+            hold: false,
+        });
+    }
+
+    /// Holds a partition a record of which cannot go out: its records leave the batch,
+    /// it is paused at the first of them, and the rest of the batch goes on. It is read
+    /// again from there after [`hold_delay`]; its reason stays raised until it commits.
+    /// False if the batch holds no record of it (nothing to hold).
+    fn hold(&mut self, partition: i32) -> bool {
+        let Some(offset) = self.batch.first_offsets.get(&partition).copied() else {
+            return false;
+        };
+        let Some(position) = self.positions.get_mut(&partition) else {
+            return false;
+        };
+        position.rewind(offset);
+        let held = self.held.entry(partition).or_insert(Held {
+            offset,
+            retry_at: None,
+            attempts: 0,
+        });
+        held.offset = offset;
+        held.attempts = held.attempts.saturating_add(1);
+        let delay = hold_delay(held.attempts);
+        held.retry_at = Some(Instant::now() + delay);
+        warn!(
+            partition,
+            offset,
+            retry_in = ?delay,
+            "holding the partition: a record of it cannot go out; the others go on"
+        );
+        self.metrics.partitions_held.inc();
+        self.batch.drop_partition(partition);
+        self.pending_seeks.insert(partition, Some(offset));
+        let _ = self.seeks.send(SeekRequest {
+            partition,
+            offset: Some(offset),
+            hold: true,
+        });
+        true
+    }
+
+    /// Reads the held partitions whose wait is over again, from where they were held.
+    fn retry_held(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(i32, i64)> = self
+            .held
+            .iter_mut()
+            .filter(|(_, held)| held.retry_at.is_some_and(|at| at <= now))
+            .map(|(partition, held)| {
+                held.retry_at = None;
+                (*partition, held.offset)
+            })
+            .collect();
+        for (partition, offset) in due {
+            let Some(position) = self.positions.get_mut(&partition) else {
+                self.held.remove(&partition);
+                continue;
+            };
+            info!(partition, offset, "trying the held partition again");
+            position.rewind(offset);
+            self.request_seek(partition, Some(offset));
+        }
+    }
+
+    /// Clears `RecordUndeliverable` for every partition not held.
+    fn clear_undeliverable(&self) {
+        let held = &self.held;
+        self.readiness
+            .clear_where(Reason::RecordUndeliverable, |subject| {
+                subject
+                    .parse::<i32>()
+                    .map_or(true, |partition| !held.contains_key(&partition))
+            });
     }
 
     async fn sought(&mut self, partition: i32, done: bool) {
@@ -1046,9 +1186,16 @@ impl<K: StageKind> Writer<K> {
     async fn assign(&mut self, facts: Vec<KafkaFacts>) -> Option<Vec<(i32, i64)>> {
         self.positions.clear();
         self.pending_seeks.clear();
+        // Placed from their checkpoints again: a record that still cannot go out is held
+        // again when it is met.
+        self.held.clear();
+        self.readiness.clear_all(Reason::RecordUndeliverable);
         // A new assignment checks every key again, once.
         self.verified_keys.clear();
         self.readiness.set_assigned(true);
+        if !facts.is_empty() {
+            self.readiness.clear(Reason::TopicMissing, &self.topic);
+        }
         if facts.is_empty() {
             return Some(Vec::new());
         }
@@ -1142,6 +1289,10 @@ impl<K: StageKind> Writer<K> {
         for partition in partitions {
             self.positions.remove(partition);
             self.pending_seeks.remove(partition);
+            if self.held.remove(partition).is_some() {
+                self.readiness
+                    .clear(Reason::RecordUndeliverable, &partition.to_string());
+            }
         }
         if self.positions.is_empty() {
             self.readiness.set_assigned(false);
@@ -1174,7 +1325,8 @@ impl<K: StageKind> Writer<K> {
     /// A record that would not go out: after [`PRODUCE_FAILURES_UNREADY`] attempts in a row
     /// (at once when retrying cannot help), the stage is unready naming its partition and
     /// offset, instead of retrying in silence. A missing topic is reported as such too.
-    fn produce_failed(&mut self, error: &FlushError) {
+    /// Returns the partition to hold when the record is given up on for now.
+    fn produce_failed(&mut self, error: &FlushError) -> Option<i32> {
         self.metrics.kafka_error("produce");
         self.produce_failures = self.produce_failures.saturating_add(1);
         let (topic, partition, offset, hopeless) = match error {
@@ -1218,7 +1370,7 @@ impl<K: StageKind> Writer<K> {
                 offset,
                 ..
             } => (topic, *partition, *offset, true),
-            _ => return,
+            _ => return None,
         };
         if hopeless || self.produce_failures >= PRODUCE_FAILURES_UNREADY {
             if !self.readiness.is_raised(Reason::RecordUndeliverable) {
@@ -1227,18 +1379,22 @@ impl<K: StageKind> Writer<K> {
                     topic = %topic,
                     partition,
                     offset,
-                    "a record cannot be delivered: the stage is unready and keeps retrying"
+                    "a record cannot be delivered: its partition is held and retried; \
+                     the stage is unready until it goes out"
                 );
             }
             self.readiness.raise(
                 Reason::RecordUndeliverable,
                 &partition.to_string(),
                 Problem::new(format!(
-                    "{error}; the stage retries and commits nothing until it goes out"
+                    "{error}; partition {partition} is held from offset {offset} and retried \
+                     until it goes out, the other partitions go on"
                 ))
                 .at(partition, offset),
             );
+            return Some(partition);
         }
+        None
     }
 
     /// Runs the rights probe again after Redis refused a command for want of a right (or
@@ -1270,18 +1426,17 @@ impl<K: StageKind> Writer<K> {
     fn committed(&mut self) {
         self.backoff.reset();
         self.produce_failures = 0;
-        self.producer.batch_done();
+        let held = &self.held;
+        self.producer
+            .batch_done(|partition| held.contains_key(&partition));
         self.readiness.set_redis_connected(true);
         if self.readiness.is_raised(Reason::KeyWrongType) {
             info!("the blocking key is fixed; committing again");
         }
-        for reason in [
-            Reason::KeyWrongType,
-            Reason::RecordUndeliverable,
-            Reason::RedisPermissionDenied,
-        ] {
+        for reason in [Reason::KeyWrongType, Reason::RedisPermissionDenied] {
             self.readiness.clear_all(reason);
         }
+        self.clear_undeliverable();
         // Only the writer's own series: the consumer's stay its own.
         for label in self.blocked_series.drain(..) {
             self.metrics.blocked.remove(&label);
@@ -1342,7 +1497,15 @@ impl<K: StageKind> Writer<K> {
                             self.metrics.redis_error(kind_error.operation());
                         }
                         FlushError::Produce { .. } | FlushError::Oversize { .. } => {
-                            self.produce_failed(&error);
+                            if let Some(partition) = self.produce_failed(&error)
+                                && self.hold(partition)
+                            {
+                                self.produce_failures = 0;
+                                if self.batch.is_empty() {
+                                    return;
+                                }
+                                continue;
+                            }
                         }
                         FlushError::WrongType(wrong) => self.block(
                             Reason::KeyWrongType,
@@ -1380,9 +1543,11 @@ impl<K: StageKind> Writer<K> {
     /// Drops the batch unapplied. Only a drain deadline (a rebalance or a stop, after which
     /// the partitions are placed again from their checkpoints) or a halt gives a batch up.
     fn forget_batch(&mut self) {
-        self.producer.batch_done();
+        let held = &self.held;
+        self.producer
+            .batch_done(|partition| held.contains_key(&partition));
         self.produce_failures = 0;
-        self.readiness.clear_all(Reason::RecordUndeliverable);
+        self.clear_undeliverable();
         self.batch.clear();
     }
 
@@ -1529,6 +1694,9 @@ impl<K: StageKind> Writer<K> {
                 for (partition, checkpoint) in &advanced {
                     if let Some(position) = self.positions.get_mut(partition) {
                         position.committed(*checkpoint);
+                    }
+                    if self.held.remove(partition).is_some() {
+                        info!(partition, "the held partition went out; it flows again");
                     }
                 }
                 self.metrics.batches.inc();
@@ -1719,9 +1887,10 @@ impl Producer {
             .unwrap_or(self.default_limit)
     }
 
-    /// The batch committed or was given up: a next batch produces everything it has.
-    fn batch_done(&mut self) {
-        self.delivered.clear();
+    /// The batch committed or was given up: a next batch produces everything it has, except
+    /// what a held partition already had delivered (it is read again, not produced again).
+    fn batch_done(&mut self, held: impl Fn(i32) -> bool) {
+        self.delivered.retain(|(_, partition, _)| held(*partition));
     }
 
     /// Produces `outputs` to the output topic and `dead_letters` to the dead-letter topic
@@ -2060,6 +2229,26 @@ impl RateLimitedLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_partition_waits_five_seconds_doubling_to_a_minute() {
+        let delays: Vec<u64> = (1..=7)
+            .map(|attempt| hold_delay(attempt).as_secs())
+            .collect();
+        assert_eq!(delays, [5, 10, 20, 40, 60, 60, 60]);
+    }
+
+    #[test]
+    fn a_batch_knows_where_each_partition_starts_and_forgets_a_dropped_one() {
+        let mut batch = PendingBatch::<Rejected>::default();
+        for (partition, offset) in [(0, 5), (1, 9), (0, 4), (1, 12)] {
+            batch.note(partition, offset, None);
+        }
+        assert_eq!(batch.first_offsets, BTreeMap::from([(0, 4), (1, 9)]));
+        batch.drop_partition(1);
+        assert_eq!(batch.first_offsets, BTreeMap::from([(0, 4)]));
+        assert_eq!(batch.last_offsets.keys().copied().collect::<Vec<_>>(), [0]);
+    }
 
     #[test]
     fn batches_track_the_highest_offset_per_partition() {

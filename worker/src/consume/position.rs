@@ -346,6 +346,13 @@ impl Partition {
         self.seeking = false;
     }
 
+    /// Its records from `offset` on were given up for now (one could not go out): they are
+    /// read again from there, after a seek; until it is done, every record is skipped.
+    pub fn rewind(&mut self, offset: i64) {
+        self.highest = offset - 1;
+        self.seeking = true;
+    }
+
     /// Whether records are skipped until a seek in flight is done.
     #[cfg(test)]
     fn is_seeking(&self) -> bool {
@@ -513,6 +520,25 @@ mod tests {
         // Redis emptied: from the beginning.
         partition.committed(checkpoint(60, 2));
         assert_eq!(partition.on_checkpoint_read(None), Some(None));
+    }
+
+    #[test]
+    fn a_held_partition_is_read_again_from_where_it_was_held_as_new_records() {
+        let log = facts(0, 100);
+        let start = plan(&input(Some(checkpoint(9, 1)), &log));
+        let mut partition = Partition::new(&start, Some(checkpoint(9, 1)));
+        for offset in 10..20 {
+            assert_eq!(partition.admit(offset, Some(offset)), Admit::Take);
+        }
+        // Records 10..20 were given up for now: skipped until the seek back to 10 is done,
+        // then taken again, not read as offsets that went back.
+        partition.rewind(10);
+        assert_eq!(partition.admit(19, Some(19)), Admit::Stale);
+        partition.sought();
+        for offset in 10..20 {
+            assert_eq!(partition.admit(offset, Some(offset)), Admit::Take);
+        }
+        assert_eq!(partition.effective(partition.known), 9);
     }
 
     #[test]
