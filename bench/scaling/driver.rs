@@ -55,29 +55,17 @@ pub async fn run() {
     let prefix = format!("bscale{suffix}");
     let group = format!("bench-{prefix}");
     crate::create_topic(&topic).await;
-    let pipeline: Pipeline = serde_yaml::from_str(&format!(
-        r#"
-apiVersion: ferry.dev/v1alpha1
-kind: Pipeline
-metadata:
-  name: bench
-spec:
-  kafka: {{bootstrapServers: "{bootstrap}", topic: {topic}, consumerGroup: {group}}}
-  redis: {{host: "{host}", port: {port}, keyPrefix: {prefix}}}
-  format: dsdata
-  receiver:
-    storage: {{type: list, historyDepth: 10}}
-    scaling:
-      minReplicas: 1
-      maxReplicas: 4
-      lagThreshold: {THRESHOLD}
-      scaleDownStabilization: 10s
-      pollInterval: {poll}
-"#,
-        host = env.pod_host(),
-        port = env.redis_port(),
-    ))
-    .unwrap();
+    let receiver = format!(
+        "    scaling:\n      minReplicas: 1\n      maxReplicas: 4\n      \
+         lagThreshold: {THRESHOLD}\n      scaleDownStabilization: 10s\n      pollInterval: {poll}"
+    );
+    // Its consumer group is `bench-<prefix>`, the one `group` names.
+    let pipeline: Pipeline = support::StackPipeline {
+        history_depth: 10,
+        receiver_extra: &receiver,
+        ..support::StackPipeline::new("bench", &topic, &prefix)
+    }
+    .build();
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
     pipelines
         .create(&PostParams::default(), &pipeline)

@@ -14,9 +14,6 @@
 mod support;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -49,39 +46,16 @@ fn pipeline(
     max: i32,
     threshold: i64,
 ) -> Pipeline {
-    let env = StackEnv::load();
-    let host = env.pod_host();
-    let redis_port = env.redis_port();
-    let kafka = env.get("KAFKA_BOOTSTRAP").to_owned();
-    serde_yaml::from_str(&format!(
-        r#"
-apiVersion: ferry.dev/v1alpha1
-kind: Pipeline
-metadata:
-  name: {name}
-spec:
-  kafka:
-    bootstrapServers: {kafka}
-    topic: {topic}
-    consumerGroup: {name}-{prefix}
-  redis:
-    host: {host}
-    port: {redis_port}
-    keyPrefix: {prefix}
-  format: dsdata
-  receiver:
-    storage:
-      type: list
-      historyDepth: {depth}
-    scaling:
-      minReplicas: 1
-      maxReplicas: {max}
-      lagThreshold: {threshold}
-      scaleDownStabilization: 5s
-      pollInterval: 500ms
-"#
-    ))
-    .unwrap()
+    let receiver = format!(
+        "    scaling:\n      minReplicas: 1\n      maxReplicas: {max}\n      \
+         lagThreshold: {threshold}\n      scaleDownStabilization: 5s\n      pollInterval: 500ms"
+    );
+    support::StackPipeline {
+        history_depth: depth,
+        receiver_extra: &receiver,
+        ..support::StackPipeline::new(name, topic, prefix)
+    }
+    .build()
 }
 
 async fn create_topic(topic: &str) {
@@ -116,19 +90,8 @@ async fn burst(topic: &str, keys: usize, first: usize, count: usize, oracle: &mu
             text: format!("{key}#{sequence}"),
         })
         .unwrap();
-        let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    pending.push(delivery);
-                    break;
-                }
-                Err((_, returned)) => {
-                    record = returned;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        }
+        let record = FutureRecord::to(topic).key(&key).payload(&payload);
+        pending.push(ferry_test_support::enqueue(&producer, record).await);
         oracle.entry(key.clone()).or_default().push(payload.clone());
     }
     producer.flush(Duration::from_secs(120)).unwrap();
@@ -202,18 +165,7 @@ fn report(fault: &str, tally: &Tally, peak_kb: u64, note: &str) {
         tally.wrong_keys,
         peak_kb as f64 / 1024.0
     );
-    println!("FAULT ROW: {row}");
-    let path = std::env::var("FERRY_FAULT_REPORT").map_or_else(
-        |_| support::repo_root().join("target/fault-report.tsv"),
-        PathBuf::from,
-    );
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = writeln!(file, "{row}");
-    }
+    ferry_test_support::report_fault_row(&row);
 }
 
 /// Samples, every 500 ms, the VmHWM of the worker processes of the namespace's pods (found
@@ -365,11 +317,7 @@ async fn fault_rebalances_scale_1_4_1_twice_without_loss_or_duplicates() {
         .await
         .unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    eventually(Duration::from_secs(120), "one ready receiver", || async {
-        let d = deployments.get_opt("rebal-receiver").await.ok()??;
-        (d.status?.ready_replicas? >= 1).then_some(())
-    })
-    .await;
+    support::wait_ready(&deployments, "rebal-receiver", 1).await;
     let sampler = Sampler::start(client.clone(), &ns.name, "rebal-receiver");
     let mut oracle = Oracle::new();
     let started = Instant::now();
@@ -403,70 +351,6 @@ async fn fault_rebalances_scale_1_4_1_twice_without_loss_or_duplicates() {
     assert!(ups >= 2, "did not reach 4 replicas twice: {changes:?}");
 }
 
-/// The real operator with leader election, as replica `identity` of the test namespace.
-struct Elected {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Elected {
-    fn start(namespace: &str, identity: &str) -> Self {
-        let env = StackEnv::load();
-        let log_dir = support::repo_root().join("target/test-logs");
-        std::fs::create_dir_all(&log_dir).unwrap();
-        let log = log_dir.join(format!("operator-{namespace}-{identity}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ferry-operator"))
-            .args([
-                "run",
-                "--watch-namespace",
-                namespace,
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--leader-election",
-                "--lease-namespace",
-                namespace,
-                "--identity",
-                identity,
-            ])
-            .env("KUBECONFIG", env.kubeconfig())
-            .env("FERRY_WORKER_IMAGE", support::worker_image())
-            .env("RUST_LOG", "info,ferry_operator=debug")
-            .stdout(Stdio::from(file.try_clone().unwrap()))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap();
-        Self { child, log }
-    }
-
-    fn sigkill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Elected {
-    fn drop(&mut self) {
-        self.sigkill();
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("--- {} ---", self.log.display());
-            for line in text
-                .lines()
-                .rev()
-                .take(30)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-            {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
 async fn holder(leases: &Api<Lease>) -> Option<String> {
     leases
         .get_opt("ferry-operator")
@@ -480,7 +364,10 @@ async fn holder(leases: &Api<Lease>) -> Option<String> {
 async fn fault_operator_sigkilled_while_scaling_the_standby_takes_over() {
     install_crds();
     let ns = TestNamespace::new("faults-operator-kill");
-    let mut operators = [Elected::start(&ns.name, "a"), Elected::start(&ns.name, "b")];
+    let mut operators = [
+        support::OperatorProcess::start_elected(&ns.name, "a"),
+        support::OperatorProcess::start_elected(&ns.name, "b"),
+    ];
     let client = support::client().await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
     let leader = eventually(Duration::from_secs(60), "a leader", || holder(&leases)).await;
@@ -499,11 +386,7 @@ async fn fault_operator_sigkilled_while_scaling_the_standby_takes_over() {
         .await
         .unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    eventually(Duration::from_secs(120), "one ready receiver", || async {
-        let d = deployments.get_opt("opkill-receiver").await.ok()??;
-        (d.status?.ready_replicas? >= 1).then_some(())
-    })
-    .await;
+    support::wait_ready(&deployments, "opkill-receiver", 1).await;
     let sampler = Sampler::start(client.clone(), &ns.name, "opkill-receiver");
     let mut oracle = Oracle::new();
     burst(&topic, keys, 0, count, &mut oracle).await;

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
-use support::{OperatorProcess, StackEnv, TestNamespace, eventually, install_crds, random_suffix};
+use support::{OperatorProcess, StackEnv, TestNamespace, install_crds, random_suffix};
 
 const PARTITIONS: i32 = 6;
 
@@ -67,49 +67,24 @@ async fn steady_lag_at_half_the_threshold_never_scales() {
     let suffix = random_suffix();
     let topic = format!("noflap-{suffix}");
     let prefix = format!("noflap{suffix}");
-    let group = format!("noflap-{prefix}");
+    let group = format!("steady-{prefix}");
     support::create_topic(&bootstrap, &topic, PARTITIONS).await;
     // Measuring first: a threshold no lag reaches.
-    let pipeline: Pipeline = serde_yaml::from_str(&format!(
-        r#"
-apiVersion: ferry.dev/v1alpha1
-kind: Pipeline
-metadata:
-  name: steady
-spec:
-  kafka:
-    bootstrapServers: {bootstrap}
-    topic: {topic}
-    consumerGroup: {group}
-  redis:
-    host: {host}
-    port: {port}
-    keyPrefix: {prefix}
-  format: dsdata
-  receiver:
-    storage: {{type: list, historyDepth: 10}}
-    scaling:
-      minReplicas: 1
-      maxReplicas: 4
-      lagThreshold: 100000000
-      scaleDownStabilization: 30s
-      pollInterval: 1s
-"#,
-        host = env.pod_host(),
-        port = env.redis_port(),
-    ))
-    .unwrap();
+    let pipeline: Pipeline = support::StackPipeline {
+        history_depth: 10,
+        receiver_extra: "    scaling:\n      minReplicas: 1\n      maxReplicas: 4\n      \
+                         lagThreshold: 100000000\n      scaleDownStabilization: 30s\n      \
+                         pollInterval: 1s",
+        ..support::StackPipeline::new("steady", &topic, &prefix)
+    }
+    .build();
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
     pipelines
         .create(&PostParams::default(), &pipeline)
         .await
         .unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    eventually(Duration::from_secs(120), "one ready receiver", || async {
-        let d = deployments.get_opt("steady-receiver").await.ok()??;
-        (d.status?.ready_replicas? >= 1).then_some(())
-    })
-    .await;
+    support::wait_ready(&deployments, "steady-receiver", 1).await;
 
     // 100 sources × 20 records/s = 2,000 records/s, far below one receiver's rate.
     let mut simulator = Command::new(&worker_bin)

@@ -24,39 +24,16 @@ const SOURCES: u64 = 100;
 const RECORDS: u64 = 300_000;
 
 fn pipeline(name: &str, topic: &str, prefix: &str) -> Pipeline {
-    let env = StackEnv::load();
-    serde_yaml::from_str(&format!(
-        r#"
-apiVersion: ferry.dev/v1alpha1
-kind: Pipeline
-metadata:
-  name: {name}
-spec:
-  kafka:
-    bootstrapServers: {bootstrap}
-    topic: {topic}
-    consumerGroup: {name}-{prefix}
-  redis:
-    host: {host}
-    port: {port}
-    keyPrefix: {prefix}
-  format: dsdata
-  receiver:
-    storage:
-      type: list
-      historyDepth: 1000000
-    scaling:
-      minReplicas: 1
-      maxReplicas: {PARTITIONS}
-      lagThreshold: 5000
-      scaleDownStabilization: 10s
-      pollInterval: 1s
-"#,
-        bootstrap = env.get("KAFKA_BOOTSTRAP"),
-        host = env.pod_host(),
-        port = env.redis_port(),
-    ))
-    .unwrap()
+    let receiver = format!(
+        "    scaling:\n      minReplicas: 1\n      maxReplicas: {PARTITIONS}\n      \
+         lagThreshold: 5000\n      scaleDownStabilization: 10s\n      pollInterval: 1s"
+    );
+    support::StackPipeline {
+        history_depth: 1_000_000,
+        receiver_extra: &receiver,
+        ..support::StackPipeline::new(name, topic, prefix)
+    }
+    .build()
 }
 
 async fn spec_replicas(api: &Api<Deployment>, name: &str) -> Option<i32> {
@@ -90,11 +67,7 @@ async fn a_burst_scales_the_receiver_up_then_back_down_without_loss_or_duplicate
         .await
         .unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    eventually(Duration::from_secs(120), "one ready receiver", || async {
-        let d = deployments.get_opt("burst-receiver").await.ok()??;
-        (d.status?.ready_replicas? >= 1).then_some(())
-    })
-    .await;
+    support::wait_ready(&deployments, "burst-receiver", 1).await;
 
     // The burst: as fast as the broker takes.
     let started = Instant::now();

@@ -56,40 +56,18 @@ fn pipeline_with(
     spec_extra: &str,
     redis_port: Option<u16>,
 ) -> Pipeline {
-    let env = StackEnv::load();
-    serde_yaml::from_str(&format!(
-        r#"
-apiVersion: ferry.dev/v1alpha1
-kind: Pipeline
-metadata:
-  name: {name}
-spec:
-  kafka:
-    bootstrapServers: {bootstrap}
-    topic: {topic}
-    consumerGroup: {name}-{prefix}
-  redis:
-    host: {host}
-    port: {port}
-    keyPrefix: {prefix}
-{redis_extra}
-  format: dsdata
-  receiver:
-    storage:
-      type: list
-      historyDepth: 1000
-{receiver_extra}
-    scaling:
-      mode: manual
-      minReplicas: 1
-      maxReplicas: 1
-{spec_extra}
-"#,
-        bootstrap = env.get("KAFKA_BOOTSTRAP"),
-        host = env.pod_host(),
-        port = redis_port.map_or_else(|| env.redis_port(), |port| port.to_string()),
-    ))
-    .unwrap()
+    let receiver = format!(
+        "{receiver_extra}\n    scaling:\n      mode: manual\n      minReplicas: 1\n      \
+         maxReplicas: 1"
+    );
+    support::StackPipeline {
+        redis_extra,
+        receiver_extra: &receiver,
+        spec_extra,
+        redis_port,
+        ..support::StackPipeline::new(name, topic, prefix)
+    }
+    .build()
 }
 
 /// A valid dsdata record for `key`.

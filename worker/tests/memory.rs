@@ -85,19 +85,8 @@ async fn the_largest_records_at_default_batch_sizes_stay_under_the_memory_limit(
         .unwrap();
         assert_eq!(payload.len(), 36_880, "the largest valid dsdata record");
         let key = format!("big-{:02}", i % KEYS);
-        let mut record = FutureRecord::to(&topic).key(&key).payload(&payload);
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    pending.push(delivery);
-                    break;
-                }
-                Err((_, returned)) => {
-                    record = returned;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        }
+        let record = FutureRecord::to(&topic).key(&key).payload(&payload);
+        pending.push(ferry_test_support::enqueue(&producer, record).await);
     }
     for delivery in pending {
         let delivered = delivery.await.unwrap().expect("delivered");

@@ -121,6 +121,30 @@ pub trait RecordView {
     fn text(&self) -> Option<&str>;
 }
 
+/// A record in plain fields: for evaluating rules outside a stage (tests, fuzzing, tools).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlainRecord {
+    pub key: String,
+    pub timestamp_ms: i64,
+    pub values: Vec<f64>,
+    pub text: Option<String>,
+}
+
+impl RecordView for PlainRecord {
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn timestamp_ms(&self) -> i64 {
+        self.timestamp_ms
+    }
+    fn values(&self) -> &[f64] {
+        &self.values
+    }
+    fn text(&self) -> Option<&str> {
+        self.text.as_deref()
+    }
+}
+
 /// Answers LOOKUP: is `member` in the set, or a field of the hash, at `redis_key`?
 /// The runtime fetches the answers for a whole batch up front so evaluation stays pure.
 pub trait LookupSource {
@@ -639,28 +663,6 @@ mod tests {
 
     use super::*;
 
-    struct TestRecord {
-        key: String,
-        ts: i64,
-        values: Vec<f64>,
-        text: Option<String>,
-    }
-
-    impl RecordView for TestRecord {
-        fn key(&self) -> &str {
-            &self.key
-        }
-        fn timestamp_ms(&self) -> i64 {
-            self.ts
-        }
-        fn values(&self) -> &[f64] {
-            &self.values
-        }
-        fn text(&self) -> Option<&str> {
-            self.text.as_deref()
-        }
-    }
-
     #[derive(Default)]
     struct FakeLookups(HashMap<String, HashSet<String>>);
 
@@ -672,10 +674,10 @@ mod tests {
         }
     }
 
-    fn record() -> TestRecord {
-        TestRecord {
+    fn record() -> PlainRecord {
+        PlainRecord {
             key: "sensor-1".to_owned(),
-            ts: 1_700_000_000_000,
+            timestamp_ms: 1_700_000_000_000,
             values: vec![12.5, -3.0, f64::NAN, 7.0],
             text: Some("ok".to_owned()),
         }
@@ -880,13 +882,13 @@ mod tests {
         assert!(eval("NOT values[99] EQ 1"));
         assert!(eval("values[99] NOT IN RANGE 0 1"));
         // Empty text is NULL.
-        let empty = TestRecord {
+        let empty = PlainRecord {
             text: Some(String::new()),
             ..record()
         };
         let rule = parse("text NULL").unwrap();
         assert!(rule.evaluate(&empty, &FakeLookups::default()));
-        let none = TestRecord {
+        let none = PlainRecord {
             text: None,
             ..record()
         };
@@ -895,7 +897,7 @@ mod tests {
 
     #[test]
     fn mixed_types_compare_numerically_when_the_string_is_a_number() {
-        let numeric_key = TestRecord {
+        let numeric_key = PlainRecord {
             key: "42".to_owned(),
             ..record()
         };

@@ -166,3 +166,48 @@ pub fn corrupt_first_batch(topic: &str, partition: i32) {
     file.seek(SeekFrom::Start(22)).expect("seek");
     file.write_all(&[attributes_low]).expect("write");
 }
+
+/// Queues `record` on `producer`, waiting while its queue is full; the delivery to await.
+pub async fn enqueue<K, P>(
+    producer: &rdkafka::producer::FutureProducer,
+    mut record: rdkafka::producer::FutureRecord<'_, K, P>,
+) -> rdkafka::producer::DeliveryFuture
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return delivery,
+            Err((_, returned)) => {
+                record = returned;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+/// Prints a fault run's result row (`FAULT ROW: …`) and appends it to `$FERRY_FAULT_REPORT`,
+/// else to the tested checkout's `target/fault-report.tsv` (`make test-faults` gathers it).
+pub fn report_fault_row(row: &str) {
+    use std::io::Write;
+    println!("FAULT ROW: {row}");
+    let path = std::env::var("FERRY_FAULT_REPORT").map_or_else(
+        |_| {
+            // The test's package dir as cargo runs it (worker/ or operator/), not a path
+            // compiled into this crate, which another clone sharing the target dir may have
+            // built.
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+                .join("../target/fault-report.tsv")
+        },
+        PathBuf::from,
+    );
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(file, "{row}");
+    }
+}

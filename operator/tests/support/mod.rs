@@ -302,10 +302,29 @@ pub struct OperatorProcess {
 
 impl OperatorProcess {
     pub fn start(namespace: &str) -> Self {
+        Self::spawn(namespace, &format!("operator-{namespace}.log"), &[])
+    }
+
+    /// With leader election, as replica `identity`, its lease in the watched namespace.
+    pub fn start_elected(namespace: &str, identity: &str) -> Self {
+        Self::spawn(
+            namespace,
+            &format!("operator-{namespace}-{identity}.log"),
+            &[
+                "--leader-election",
+                "--lease-namespace",
+                namespace,
+                "--identity",
+                identity,
+            ],
+        )
+    }
+
+    fn spawn(namespace: &str, log_name: &str, extra_args: &[&str]) -> Self {
         let env = StackEnv::load();
         let log_dir = repo_root().join("target/test-logs");
         std::fs::create_dir_all(&log_dir).expect("log dir");
-        let log = log_dir.join(format!("operator-{namespace}.log"));
+        let log = log_dir.join(log_name);
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_ferry-operator"))
             .args([
@@ -317,6 +336,7 @@ impl OperatorProcess {
                 "--log-format",
                 "json",
             ])
+            .args(extra_args)
             .env("KUBECONFIG", env.kubeconfig())
             .env("FERRY_WORKER_IMAGE", worker_image())
             .env("RUST_LOG", "info,ferry_operator=debug")
@@ -327,6 +347,12 @@ impl OperatorProcess {
         Self { child, log }
     }
 
+    /// Kills the operator at once, as a node failure would.
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -334,8 +360,7 @@ impl OperatorProcess {
 
 impl Drop for OperatorProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.sigkill();
         if std::thread::panicking() {
             let text = self.log_text();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
@@ -412,4 +437,84 @@ pub fn committed_lag(
         lag += (high - at).max(0);
     }
     Some(lag)
+}
+
+/// A dsdata Pipeline with list storage against the local stack's Kafka and Redis (as pods
+/// reach them). Each test sets what it is about: the receiver's scaling, dead letters,
+/// processors, Redis credentials or another Redis port.
+#[derive(Debug, Clone)]
+pub struct StackPipeline<'a> {
+    pub name: &'a str,
+    pub topic: &'a str,
+    pub prefix: &'a str,
+    pub history_depth: usize,
+    /// YAML under `spec.redis`, indented four spaces (`username`, `passwordSecretRef`).
+    pub redis_extra: &'a str,
+    /// YAML under `spec.receiver`, indented four spaces (`scaling`, `deadLetter`).
+    pub receiver_extra: &'a str,
+    /// YAML under `spec`, indented two spaces (`processors`).
+    pub spec_extra: &'a str,
+    /// Another Redis port than the stack's (one nothing listens on, say).
+    pub redis_port: Option<u16>,
+}
+
+impl<'a> StackPipeline<'a> {
+    pub fn new(name: &'a str, topic: &'a str, prefix: &'a str) -> Self {
+        Self {
+            name,
+            topic,
+            prefix,
+            history_depth: 1000,
+            redis_extra: "",
+            receiver_extra: "",
+            spec_extra: "",
+            redis_port: None,
+        }
+    }
+
+    pub fn build(&self) -> ferry_operator::crd::Pipeline {
+        let env = StackEnv::load();
+        let yaml = format!(
+            "apiVersion: ferry.dev/v1alpha1\n\
+             kind: Pipeline\n\
+             metadata:\n  name: {name}\n\
+             spec:\n  \
+             kafka:\n    bootstrapServers: {bootstrap}\n    topic: {topic}\n    \
+             consumerGroup: {name}-{prefix}\n  \
+             redis:\n    host: {host}\n    port: {port}\n    keyPrefix: {prefix}\n{redis_extra}\n  \
+             format: dsdata\n  \
+             receiver:\n    storage:\n      type: list\n      historyDepth: {depth}\n{receiver_extra}\n\
+             {spec_extra}\n",
+            name = self.name,
+            topic = self.topic,
+            prefix = self.prefix,
+            bootstrap = env.get("KAFKA_BOOTSTRAP"),
+            host = env.pod_host(),
+            port = self
+                .redis_port
+                .map_or_else(|| env.redis_port(), |port| port.to_string()),
+            depth = self.history_depth,
+            redis_extra = self.redis_extra,
+            receiver_extra = self.receiver_extra,
+            spec_extra = self.spec_extra,
+        );
+        serde_yaml::from_str(&yaml).unwrap_or_else(|error| panic!("{error}:\n{yaml}"))
+    }
+}
+
+/// Waits up to two minutes until Deployment `name` has at least `ready` ready replicas.
+pub async fn wait_ready(
+    deployments: &kube::Api<k8s_openapi::api::apps::v1::Deployment>,
+    name: &str,
+    ready: i32,
+) {
+    eventually(
+        Duration::from_secs(120),
+        &format!("{ready} ready replica(s) of {name}"),
+        || async {
+            let deployment = deployments.get_opt(name).await.ok()??;
+            (deployment.status?.ready_replicas? >= ready).then_some(())
+        },
+    )
+    .await;
 }

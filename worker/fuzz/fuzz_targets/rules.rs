@@ -6,30 +6,8 @@
 //! and text come from the rule's own words so comparisons sometimes match.
 #![no_main]
 
-use ferry_config::rules::{self, Expr, LookupSource, RecordView};
+use ferry_config::rules::{self, Expr, LookupSource, PlainRecord};
 use libfuzzer_sys::fuzz_target;
-
-struct Record {
-    key: String,
-    ts: i64,
-    values: Vec<f64>,
-    text: Option<String>,
-}
-
-impl RecordView for Record {
-    fn key(&self) -> &str {
-        &self.key
-    }
-    fn timestamp_ms(&self) -> i64 {
-        self.ts
-    }
-    fn values(&self) -> &[f64] {
-        &self.values
-    }
-    fn text(&self) -> Option<&str> {
-        self.text.as_deref()
-    }
-}
 
 /// Deterministic answers: a member is "in" a key when their lengths share parity.
 struct Lookups;
@@ -51,9 +29,9 @@ fuzz_target!(|data: &[u8]| {
         bytes
     };
     let mut chunks = tail.chunks(8);
-    let record = Record {
+    let record = PlainRecord {
         key: words.next().unwrap_or("sensor-1").to_owned(),
-        ts: chunks.next().map_or(0, |c| i64::from_le_bytes(chunk(c))),
+        timestamp_ms: chunks.next().map_or(0, |c| i64::from_le_bytes(chunk(c))),
         values: chunks.map(|c| f64::from_le_bytes(chunk(c))).collect(),
         text: words.last().map(str::to_owned),
     };

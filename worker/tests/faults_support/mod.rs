@@ -3,7 +3,6 @@
 //! found, lost, duplicated) that `e2e/faults.sh` prints as one table.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -354,23 +353,7 @@ pub fn report(fault: &str, verdict: &Verdict, peak_rss_kb: u64, note: &str) {
         verdict.wrong.len(),
         peak_rss_kb as f64 / 1024.0
     );
-    println!("FAULT ROW: {row}");
-    let path = std::env::var("FERRY_FAULT_REPORT").map_or_else(
-        |_| {
-            // The checkout under test (see security.rs): not another clone's compiled-in path.
-            std::env::var_os("CARGO_MANIFEST_DIR")
-                .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-                .join("../target/fault-report.tsv")
-        },
-        PathBuf::from,
-    );
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = writeln!(file, "{row}");
-    }
+    ferry_test_support::report_fault_row(&row);
 }
 
 /// Sum of the checkpoints against the last offsets: records still to apply.

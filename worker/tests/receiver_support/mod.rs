@@ -137,22 +137,11 @@ pub async fn produce_with(
         let timestamp_ms = crate::oracle::scrambled_ts(ts, sequence);
         let payload = value(&key, sequence, timestamp_ms);
         *oracle.per_key.entry(key.clone()).or_default() += 1;
-        let mut record = FutureRecord::to(topic)
+        let record = FutureRecord::to(topic)
             .key(&key)
             .payload(&payload)
             .timestamp(timestamp_ms);
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    pending.push(delivery);
-                    break;
-                }
-                Err((_, returned)) => {
-                    record = returned;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        }
+        pending.push(ferry_test_support::enqueue(producer, record).await);
     }
     producer.flush(Duration::from_secs(240)).unwrap();
     for delivery in pending {
