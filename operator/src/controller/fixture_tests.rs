@@ -11,7 +11,9 @@ use k8s_openapi::api::core::v1::PodSpec;
 
 use super::build::{self, ANNOTATION_CONFIG_HASH, Children};
 use super::dereference::{Bootstrap, Dereferenced};
-use super::validate::{OperatorDefaults, ValidateError, ValidatedPipeline, validate};
+use super::validate::{
+    ImageAllowList, OperatorDefaults, ValidateError, ValidatedPipeline, validate,
+};
 use crate::crd::Pipeline;
 use crate::scaling::DesiredReplicas;
 
@@ -41,7 +43,9 @@ fn validated(pipeline: &Pipeline) -> ValidatedPipeline {
             bootstrap: Bootstrap::Resolved(bootstrap),
         },
         &OperatorDefaults {
-            worker_image: "ferry/worker:test".to_owned(),
+            // The full fixture names its own image.
+            allowed_images: ImageAllowList::new(["registry.example/ferry/worker:*".to_owned()]),
+            ..OperatorDefaults::new("ferry/worker:test")
         },
     )
     .unwrap()
@@ -504,9 +508,7 @@ fn a_processor_named_receiver_is_refused() {
         &Dereferenced {
             bootstrap: Bootstrap::Resolved("x:1".to_owned()),
         },
-        &OperatorDefaults {
-            worker_image: "w".to_owned(),
-        },
+        &OperatorDefaults::new("w"),
     )
     .unwrap_err();
     assert!(matches!(err, ValidateError::ReservedProcessorName { .. }));
@@ -529,7 +531,7 @@ fn strimzi_bootstrap_reaches_the_worker_config() {
 }
 
 #[test]
-fn create_topic_builds_an_owned_strimzi_kafka_topic() {
+fn create_topic_builds_a_labelled_strimzi_kafka_topic_nothing_owns() {
     let yaml = SAMPLE.replace(
         "bootstrapServers: 10.244.0.1:19092",
         "strimzi: {cluster: my-cluster}\n    createTopic: {partitions: 12, replicas: 3, config: {retention.ms: \"3600000\"}}",
@@ -547,13 +549,17 @@ fn create_topic_builds_an_owned_strimzi_kafka_topic() {
         topic.metadata.labels.as_ref().unwrap()["strimzi.io/cluster"],
         "my-cluster"
     );
-    assert_eq!(topic.metadata.owner_references.as_ref().unwrap().len(), 1);
+    // Never owned: the garbage collector would delete it, and Strimzi the topic's records.
+    assert!(topic.metadata.owner_references.is_none());
+    let labels = topic.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["app.kubernetes.io/instance"], "sensors");
+    assert_eq!(labels["ferry.dev/pipeline-namespace"], "default");
     assert_eq!(topic.data["spec"]["topicName"], "sensors");
     assert_eq!(topic.data["spec"]["partitions"], 12);
     assert_eq!(topic.data["spec"]["replicas"], 3);
     assert_eq!(topic.data["spec"]["config"]["retention.ms"], "3600000");
 
-    // Beside a Kafka in another namespace it cannot be owned, so it outlives the Pipeline.
+    // Beside a Kafka in another namespace, its labels name the Pipeline's namespace.
     let elsewhere = yaml.replace(
         "{cluster: my-cluster}",
         "{cluster: my-cluster, namespace: kafka}",
@@ -562,6 +568,18 @@ fn create_topic_builds_an_owned_strimzi_kafka_topic() {
     let topic = children.kafka_topic.unwrap();
     assert_eq!(topic.metadata.namespace.as_deref(), Some("kafka"));
     assert!(topic.metadata.owner_references.is_none());
+    assert_eq!(
+        topic.metadata.labels.as_ref().unwrap()["ferry.dev/pipeline-namespace"],
+        "default"
+    );
+
+    // Without replicas, Strimzi uses the Kafka cluster's default.replication.factor.
+    let (_, children) = built(&yaml.replace("replicas: 3, ", ""));
+    assert!(
+        children.kafka_topic.unwrap().data["spec"]
+            .get("replicas")
+            .is_none()
+    );
 
     let (_, children) = built(SAMPLE);
     assert!(children.kafka_topic.is_none());
@@ -581,9 +599,7 @@ fn a_rule_that_does_not_parse_is_an_invalid_spec() {
         &Dereferenced {
             bootstrap: Bootstrap::Resolved("x:1".to_owned()),
         },
-        &OperatorDefaults {
-            worker_image: "w".to_owned(),
-        },
+        &OperatorDefaults::new("w"),
     ) else {
         panic!("a Pipeline whose rule does not parse passed validate: its pods would crash-loop");
     };
