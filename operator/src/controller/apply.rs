@@ -539,6 +539,72 @@ mod tests {
         assert!(!applied_as_built(&deleting, "h1"));
     }
 
+    fn meta(namespace: &str, labels: &[(&str, &str)], manager: &str) -> ObjectMeta {
+        ObjectMeta {
+            namespace: Some(namespace.to_owned()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            managed_fields: Some(vec![ManagedFieldsEntry {
+                manager: Some(manager.to_owned()),
+                ..ManagedFieldsEntry::default()
+            }]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn only_what_this_pipeline_created_is_its_own() {
+        let ours = [(LABEL_MANAGED_BY, MANAGED_BY), (LABEL_INSTANCE, "orders")];
+        assert!(created_by(
+            &meta("apps", &ours, FIELD_MANAGER),
+            "apps",
+            "orders"
+        ));
+        // Someone else's object, or ours for another Pipeline.
+        assert!(!created_by(
+            &meta("apps", &[], "kubectl-create"),
+            "apps",
+            "orders"
+        ));
+        assert!(!created_by(
+            &meta("apps", &ours, FIELD_MANAGER),
+            "apps",
+            "billing"
+        ));
+        // Ferry's labels, but never written by the operator.
+        assert!(!created_by(
+            &meta("apps", &ours, "kubectl-edit"),
+            "apps",
+            "orders"
+        ));
+        // A KafkaTopic beside the Kafka: the labelled Pipeline namespace decides.
+        let topic = [
+            (LABEL_MANAGED_BY, MANAGED_BY),
+            (LABEL_INSTANCE, "orders"),
+            (LABEL_PIPELINE_NAMESPACE, "apps"),
+        ];
+        assert!(created_by(
+            &meta("kafka", &topic, FIELD_MANAGER),
+            "apps",
+            "orders"
+        ));
+        assert!(!created_by(
+            &meta("kafka", &topic, FIELD_MANAGER),
+            "shop",
+            "orders"
+        ));
+        // Without that label, only an object in the Pipeline's own namespace is its own.
+        assert!(!created_by(
+            &meta("kafka", &ours, FIELD_MANAGER),
+            "apps",
+            "orders"
+        ));
+    }
+
     #[test]
     fn the_build_hash_follows_the_object() {
         let mut a = ConfigMap::default();

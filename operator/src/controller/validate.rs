@@ -551,3 +551,26 @@ fn processor_config(processor: &ProcessorSpec) -> ProcessorConfig {
         batch: batch_config(&processor.batch),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ImageAllowList;
+
+    #[test]
+    fn the_allow_list_takes_exact_images_and_prefixes() {
+        let default = "ferry/worker:0.1.0";
+        let none = ImageAllowList::default();
+        assert!(none.allows(default, default));
+        assert!(!none.allows("ferry/worker:latest", default));
+        let list = ImageAllowList::new([
+            "registry.example/ferry/worker:*".to_owned(),
+            " ferry/worker:0.2.0 ".to_owned(),
+            String::new(),
+        ]);
+        assert!(list.allows("registry.example/ferry/worker:1.2.3", default));
+        assert!(list.allows("ferry/worker:0.2.0", default));
+        assert!(!list.allows("registry.example/other:1", default));
+        assert!(!list.allows("ferry/worker:0.2.0-evil", default));
+        assert!(ImageAllowList::new(["*".to_owned()]).allows("anything:1", default));
+    }
+}
