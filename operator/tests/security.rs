@@ -693,6 +693,67 @@ mod safety {
         );
     }
 
+    /// Two namespaces with a Pipeline of the same name, both creating their topic beside one
+    /// Kafka: the second may not write over the first one's `KafkaTopic`.
+    #[tokio::test]
+    async fn a_same_named_pipeline_of_another_namespace_cannot_take_a_kafka_topic() {
+        install_crds();
+        support::install_strimzi_crds();
+        let first_ns = TestNamespace::new("topic-first");
+        let second_ns = TestNamespace::new("topic-second");
+        let kafka_ns = TestNamespace::new("topic-kafka");
+        let client = support::client().await;
+        ready_kafka(&client, &kafka_ns.name).await;
+        let topics = kafka_topics(&client, &kafka_ns.name);
+
+        let _first = Operator::start(&first_ns.name, "first", &[]);
+        let mut first = strimzi_pipeline("shared", &kafka_ns.name);
+        first["spec"]["kafka"]["createTopic"] = json!({"partitions": 3});
+        let first_topic = first["spec"]["kafka"]["topic"].clone();
+        create_pipeline(&client, &first_ns.name, first).await;
+        let made = eventually(SHORT, "the first Pipeline's KafkaTopic", || async {
+            topics.get_opt("shared-topic").await.ok()?
+        })
+        .await;
+        assert_eq!(made.data["spec"]["topicName"], first_topic);
+
+        let _second = Operator::start(&second_ns.name, "second", &[]);
+        let mut second = strimzi_pipeline("shared", &kafka_ns.name);
+        second["spec"]["kafka"]["createTopic"] = json!({"partitions": 6});
+        create_pipeline(&client, &second_ns.name, second).await;
+        let ready = eventually(
+            SHORT,
+            "an ObjectNotOwned condition or the topic taken over",
+            || async {
+                let topic = topics.get("shared-topic").await.ok()?;
+                assert_eq!(
+                    (
+                        &topic.data["spec"]["topicName"],
+                        &topic.data["spec"]["partitions"]
+                    ),
+                    (&first_topic, &json!(3)),
+                    "the second namespace's Pipeline wrote over the first one's KafkaTopic: {}",
+                    fingerprint(&topic)
+                );
+                condition(&client, &second_ns.name, "shared", "Ready")
+                    .await
+                    .filter(|c| c["reason"] == "ObjectNotOwned")
+            },
+        )
+        .await;
+        let message = ready["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("KafkaTopic {}/shared-topic", kafka_ns.name)),
+            "{message}"
+        );
+        let topic = topics.get("shared-topic").await.unwrap();
+        assert_eq!(topic.data["spec"]["topicName"], first_topic);
+        assert_eq!(
+            topic.labels().get("ferry.dev/pipeline-namespace"),
+            Some(&first_ns.name)
+        );
+    }
+
     /// An operator allowing only the test's worker image: a Pipeline naming another image
     /// gets no Deployment, and a condition naming the image.
     #[tokio::test]
