@@ -462,7 +462,7 @@ mod safety {
     use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
     use k8s_openapi::api::core::v1::{ConfigMap, Pod};
     use kube::ResourceExt;
-    use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+    use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
     use serde_json::json;
 
     use super::support::ownership::{
@@ -571,6 +571,57 @@ mod safety {
             "createTopic without replicas must leave replicas to the Kafka cluster's default, got {}",
             kept.data["spec"]
         );
+    }
+
+    /// A `KafkaTopic` as an operator without the retention rule left it (an owner reference
+    /// to its Pipeline, applied by the same field manager): the next apply drops the owner
+    /// reference, so the topic no longer goes with the Pipeline.
+    #[tokio::test]
+    async fn a_kafka_topic_an_older_operator_owned_loses_its_owner_reference() {
+        install_crds();
+        support::install_strimzi_crds();
+        let ns = TestNamespace::new("retain-upgrade");
+        let client = support::client().await;
+        ready_kafka(&client, &ns.name).await;
+        let mut old = strimzi_pipeline("old", &ns.name);
+        old["spec"]["kafka"]["createTopic"] = json!({"partitions": 3});
+        let topic_name = old["spec"]["kafka"]["topic"].clone();
+        let pipeline = create_pipeline(&client, &ns.name, old).await;
+        let topics = kafka_topics(&client, &ns.name);
+        let owned: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kafka.strimzi.io/v1",
+            "kind": "KafkaTopic",
+            "metadata": {
+                "name": "old-topic",
+                "labels": {
+                    "app.kubernetes.io/instance": "old",
+                    "app.kubernetes.io/managed-by": "ferry-operator",
+                    "strimzi.io/cluster": "my-cluster"
+                },
+                "ownerReferences": [{
+                    "apiVersion": "ferry.dev/v1alpha1", "kind": "Pipeline", "name": "old",
+                    "uid": pipeline.uid().unwrap(), "controller": true
+                }]
+            },
+            "spec": {"topicName": topic_name, "partitions": 3, "replicas": 1}
+        }))
+        .unwrap();
+        topics
+            .patch(
+                "old-topic",
+                &PatchParams::apply("ferry-operator").force(),
+                &Patch::Apply(&owned),
+            )
+            .await
+            .unwrap();
+
+        let _operator = Operator::start(&ns.name, "retain-upgrade", &[]);
+        let topic = eventually(SHORT, "the KafkaTopic without owner references", || async {
+            let topic = topics.get("old-topic").await.ok()?;
+            topic.owner_references().is_empty().then_some(topic)
+        })
+        .await;
+        assert_eq!(topic.data["spec"]["topicName"], topic_name);
     }
 
     /// A KafkaTopic (in the Kafka's own namespace), a ConfigMap and a Deployment with a
