@@ -259,6 +259,37 @@ fn secrets_arrive_as_references_and_never_in_the_config_map() {
         .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
         .collect();
     assert_eq!(secret_volumes, ["kafka-ca", "kafka-client", "redis-ca"]);
+    // Only the referenced keys: a Secret may hold more than Ferry needs.
+    let keys: Vec<(String, Vec<String>)> = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter_map(|v| {
+            let secret = v.secret.as_ref()?;
+            let items = secret.items.as_ref()?;
+            Some((
+                secret.secret_name.clone()?,
+                items
+                    .iter()
+                    .map(|i| format!("{}->{}", i.key, i.path))
+                    .collect(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        keys.len(),
+        3,
+        "every Secret volume lists its items: {keys:?}"
+    );
+    for (secret, items) in &keys {
+        let want: &[&str] = if secret == "kafka-client" {
+            &["tls.crt->tls.crt", "tls.key->tls.key"]
+        } else {
+            &["ca.crt->ca.crt"]
+        };
+        assert_eq!(items, want, "{secret}");
+    }
 
     // The ConfigMap names the variables, never the values or Secret names' contents.
     for yaml in children.config_map.data.as_ref().unwrap().values() {
@@ -453,6 +484,71 @@ fn image_defaults_from_the_operator_and_can_be_overridden() {
         image(deployment(&children, "orders-receiver")),
         "registry.example/ferry/worker:1.2.3"
     );
+}
+
+#[test]
+fn another_operator_version_or_image_policy_leaves_the_pod_templates_alone() {
+    let pipeline = with_metadata(FULL);
+    let build_with = |defaults: &OperatorDefaults| {
+        let validated = validate(
+            &pipeline,
+            &Dereferenced {
+                bootstrap: Bootstrap::Resolved("resolved:9092".to_owned()),
+            },
+            defaults,
+        )
+        .unwrap();
+        build::build(&validated, &DesiredReplicas::default()).unwrap()
+    };
+    let allowed = ImageAllowList::new(["registry.example/ferry/worker:*".to_owned()]);
+    let before = build_with(&OperatorDefaults {
+        allowed_images: allowed.clone(),
+        operator_version: "1.0.0".to_owned(),
+        ..OperatorDefaults::new("ferry/worker:test")
+    });
+    let after = build_with(&OperatorDefaults {
+        allowed_images: ImageAllowList::new(["*".to_owned()]),
+        operator_version: "2.0.0".to_owned(),
+        ..OperatorDefaults::new("ferry/worker:test")
+    });
+    for (old, new) in before.deployments.iter().zip(&after.deployments) {
+        let template = |d: &Deployment| d.spec.as_ref().unwrap().template.clone();
+        assert_eq!(
+            template(old),
+            template(new),
+            "an upgrade would roll the pods"
+        );
+        assert_eq!(
+            old.metadata.labels.as_ref().unwrap()["app.kubernetes.io/version"],
+            "1.0.0"
+        );
+        assert!(
+            !template(old)
+                .metadata
+                .unwrap()
+                .labels
+                .unwrap()
+                .contains_key("app.kubernetes.io/version")
+        );
+    }
+}
+
+#[test]
+fn an_image_outside_the_allow_list_is_refused() {
+    let pipeline = with_metadata(FULL);
+    let err = validate(
+        &pipeline,
+        &Dereferenced {
+            bootstrap: Bootstrap::Resolved("resolved:9092".to_owned()),
+        },
+        &OperatorDefaults::new("ferry/worker:test"),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ValidateError::ImageNotAllowed { image, .. } if image == "registry.example/ferry/worker:1.2.3"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("ferry/worker:test"), "{err}");
 }
 
 #[test]
