@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Checks the RBAC objects of a rendered chart for least privilege.
 
-  helm template ... | e2e/chart/check-rbac.py [--namespaced] [--expect-scale] [--expect-topics]
+  helm template ... | e2e/chart/check-rbac.py [--namespaced] [--expect-scale]
+                                              [--expect-topics NS[,NS...]]
                                               [--expect-lease] [--expect-strimzi] [FILE...]
 
 Fails when:
@@ -13,7 +14,10 @@ Fails when:
     release namespace (given by the Lease Role's own namespace: every Lease Role must share it);
   - with --namespaced (single-namespace mode): any ClusterRole or ClusterRoleBinding exists;
   - a Pipeline-operator permission the operator needs is missing, or one it does not need
-    for the given options (pipelines/scale, kafkatopics writes, kafkas reads, leases) is present.
+    for the given options (pipelines/scale, kafkatopics writes, kafkas reads, leases) is present;
+  - KafkaTopics are granted in a ClusterRole, in a namespace outside --expect-topics, not in
+    one of those, or with verbs beyond get, create, patch and delete (the scope that keeps a
+    Pipeline from having a topic written into any namespace it likes).
 """
 
 import argparse
@@ -33,6 +37,9 @@ SENSITIVE = {
 }
 DANGEROUS_VERBS = {"escalate", "bind", "impersonate", "deletecollection"}
 WRITE_VERBS = {"create", "update", "patch", "delete"}
+# KafkaTopics: get (the ownership check), create and patch (server-side apply), delete
+# (deletionPolicy: delete). Never list or watch, never cluster-wide.
+TOPIC_VERBS = {"get", "create", "patch", "delete"}
 
 # (group, resource) -> verbs the operator needs in every configuration.
 REQUIRED = {
@@ -107,10 +114,36 @@ def check(objects, args):
         if missing:
             problems.append(f"missing {key[0] or 'core'}/{key[1]} verbs {sorted(missing)} the operator needs")
 
+    topic_namespaces = set(filter(None, (args.expect_topics or "").split(",")))
+    topic_grants = {}
+    for obj, _rule, group, resource, verbs in grants(roles):
+        if group != "kafka.strimzi.io" or resource.split("/")[0] != "kafkatopics":
+            continue
+        if obj["kind"] == "ClusterRole":
+            problems.append(f"{name_of(obj)}: KafkaTopics in a ClusterRole; grant them by a Role in each Kafka namespace")
+            continue
+        ns = obj["metadata"].get("namespace")
+        topic_grants.setdefault(ns, set()).update(verbs)
+        extra = verbs - TOPIC_VERBS
+        if extra:
+            problems.append(f"{name_of(obj)}: KafkaTopic verbs {sorted(extra)} the operator does not use")
+    for ns in sorted(set(topic_grants) - topic_namespaces):
+        problems.append(f"KafkaTopic writes in namespace {ns}, which is not one of the Kafka namespaces {sorted(topic_namespaces)}")
+    for ns in sorted(topic_namespaces - set(topic_grants)):
+        problems.append(f"no KafkaTopic grant in Kafka namespace {ns}")
+    for ns, verbs in sorted(topic_grants.items()):
+        missing = TOPIC_VERBS - verbs
+        if ns in topic_namespaces and missing:
+            problems.append(f"KafkaTopic verbs {sorted(missing)} missing in namespace {ns}")
+    if args.expect_topics and "patch" not in granted.get(("ferry.dev", "pipelines"), set()):
+        problems.append("no patch on pipelines.ferry.dev: the finalizer of deletionPolicy: delete needs it")
+    if not args.expect_topics and WRITE_VERBS & granted.get(("ferry.dev", "pipelines"), set()):
+        problems.append("writes on pipelines.ferry.dev without manageTopics: only the topic finalizer needs them")
+
     optional = {
         ("ferry.dev", "pipelines/scale"): args.expect_scale,
-        ("kafka.strimzi.io", "kafkas"): args.expect_strimzi or args.expect_topics,
-        ("kafka.strimzi.io", "kafkatopics"): args.expect_topics,
+        ("kafka.strimzi.io", "kafkas"): args.expect_strimzi or bool(args.expect_topics),
+        ("kafka.strimzi.io", "kafkatopics"): bool(args.expect_topics),
         ("coordination.k8s.io", "leases"): args.expect_lease,
     }
     for key, expected in optional.items():
@@ -135,7 +168,8 @@ def main():
     parser.add_argument("files", nargs="*")
     parser.add_argument("--namespaced", action="store_true", help="single-namespace mode: no cluster-wide RBAC allowed")
     parser.add_argument("--expect-scale", action="store_true", help="manualScaling is on")
-    parser.add_argument("--expect-topics", action="store_true", help="strimzi.manageTopics is on")
+    parser.add_argument("--expect-topics", metavar="NS[,NS...]", default="",
+                        help="strimzi.manageTopics is on, with these Kafka namespaces")
     parser.add_argument("--expect-strimzi", action="store_true", help="strimzi.enabled is on")
     parser.add_argument("--expect-lease", action="store_true", help="leader election is on")
     args = parser.parse_args()

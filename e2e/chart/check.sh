@@ -51,8 +51,9 @@ fi
 # name | helm args | check-rbac.py flags
 scenarios=(
   "defaults||--expect-strimzi"
-  "ha-all-options|--set replicaCount=2 --set manualScaling=true --set strimzi.manageTopics=true --set metrics.serviceMonitor.enabled=true --set networkPolicy.enabled=true --set networkPolicy.egress.enabled=true --set-json networkPolicy.metricsFrom=[{\"namespaceSelector\":{\"matchLabels\":{\"kubernetes.io/metadata.name\":\"monitoring\"}}}]|--expect-strimzi --expect-lease --expect-scale --expect-topics"
+  "ha-all-options|--set replicaCount=2 --set manualScaling=true --set strimzi.manageTopics=true --set strimzi.kafkaNamespaces={kafka,kafka-eu} --set worker.allowedImages={registry.example/ferry/worker:*} --set metrics.serviceMonitor.enabled=true --set networkPolicy.enabled=true --set networkPolicy.egress.enabled=true --set-json networkPolicy.metricsFrom=[{\"namespaceSelector\":{\"matchLabels\":{\"kubernetes.io/metadata.name\":\"monitoring\"}}}]|--expect-strimzi --expect-lease --expect-scale --expect-topics kafka,kafka-eu"
   "single-namespace|--set watchNamespace=apps --set strimzi.enabled=false --set leaderElection.enabled=true|--namespaced --expect-lease"
+  "single-namespace-topics|--set watchNamespace=apps --set strimzi.manageTopics=true|--namespaced --expect-strimzi --expect-topics apps"
   "no-rbac-no-sa|--set rbac.create=false --set serviceAccount.create=false --set serviceAccount.name=ferry-admin-made|"
   "kind-path|-f $REPO_ROOT/e2e/kind/ferry-values.yaml|--expect-strimzi"
 )
@@ -116,12 +117,15 @@ for dep, want in ((ha, "true"), (default, "false")):
         problems.append("probes are not on /healthz and /readyz")
     if e.get("FERRY_WORKER_IMAGE") != "ferry/worker:0.1.0" or c["image"] != "ferry/operator:0.1.0":
         problems.append(f"images default wrongly: {c['image']}, worker {e.get('FERRY_WORKER_IMAGE')}")
+    allowed = "registry.example/ferry/worker:*" if dep is ha else None
+    if e.get("FERRY_ALLOWED_WORKER_IMAGES") != allowed:
+        problems.append(f"FERRY_ALLOWED_WORKER_IMAGES={e.get('FERRY_ALLOWED_WORKER_IMAGES')}, want {allowed} (worker.allowedImages)")
 for p in problems:
     print(p, file=sys.stderr)
 sys.exit(1 if problems else 0)
 PY
 then
-  pass "operator Deployment: hardened pod, probes, downward API, default images, leader election follows replicaCount"
+  pass "operator Deployment: hardened pod, probes, downward API, default images, the worker image allow-list, leader election follows replicaCount"
 else
   fail "operator Deployment wiring"
 fi
@@ -137,6 +141,8 @@ rejections=(
   "--set strimzi.manageTopics=yes|/strimzi/manageTopics"
   "--set metrics.serviceMonitor.enabled=true --set metrics.service.enabled=false|needs metrics.service.enabled"
   "--set strimzi.manageTopics=true --set strimzi.enabled=false|needs strimzi.enabled"
+  "--set strimzi.manageTopics=true|strimzi.manageTopics needs strimzi.kafkaNamespaces"
+  "--set strimzi.kafkaNamespaces={Not_A_Namespace}|/strimzi/kafkaNamespaces/0"
   "--set replicaCount=3 --set leaderElection.enabled=false|several active operators"
   "--set httpPort=80|/httpPort"
 )

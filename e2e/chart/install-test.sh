@@ -5,6 +5,8 @@
 #   1. helm install --dry-run=server accepts the chart;
 #   2. a real install with 2 replicas rolls out: both pods pass /readyz, one holds the Lease;
 #   3. the ServiceAccount can do what the operator needs and nothing more (kubectl auth can-i);
+#      cluster-wide with strimzi.manageTopics, KafkaTopics only in strimzi.kafkaNamespaces:
+#      a real create as the ServiceAccount is refused in any other namespace;
 #   4. the operator reconciles a Pipeline with the chart's RBAC: ConfigMap, receiver
 #      Deployment and status are written;
 #   5. helm uninstall removes every object the chart made (the CRD stays, as Helm intends).
@@ -75,6 +77,29 @@ else
   rm -rf "$copy_dir"
 fi
 
+# The Strimzi CRDs, for the KafkaTopic checks (the same set and field manager as the
+# operator tests, so either may install them first).
+choose_strimzi_crds
+for crd in "${STRIMZI_CRDS[@]}"; do
+  k apply --server-side --force-conflicts --field-manager "$STRIMZI_CRDS_FIELD_MANAGER" -f "$crd" >/dev/null
+done
+k wait --for=condition=Established crd/kafkatopics.kafka.strimzi.io --timeout=60s >/dev/null
+
+# kafka_topic NAMESPACE: a KafkaTopic manifest in NAMESPACE.
+kafka_topic() {
+  cat <<EOF
+apiVersion: kafka.strimzi.io/v1
+kind: KafkaTopic
+metadata:
+  name: chart-it-$suffix
+  namespace: $1
+  labels:
+    strimzi.io/cluster: my-cluster
+spec:
+  partitions: 1
+EOF
+}
+
 # scenario MODE: MODE is `cluster` (every namespace, ClusterRole) or `namespaced`
 # (watchNamespace set to a second namespace: Roles and RoleBindings only).
 scenario() {
@@ -83,7 +108,14 @@ scenario() {
   ns="ferry-it-$mode-$suffix"
   sa="$release" # the full name: the release name already contains the chart name
   watch_ns="$ns"
-  local extra=() watching="every namespace"
+  local extra=() watching="every namespace" kafka_ns=""
+  if [[ "$mode" == cluster ]]; then
+    # KafkaTopics may be written here and nowhere else.
+    kafka_ns="$ns-kafka"
+    k create namespace "$kafka_ns" >/dev/null
+    namespaces+=("$kafka_ns")
+    extra=(--set strimzi.manageTopics=true --set "strimzi.kafkaNamespaces={$kafka_ns}")
+  fi
   if [[ "$mode" == namespaced ]]; then
     watch_ns="$ns-apps"
     k create namespace "$watch_ns" >/dev/null
@@ -171,7 +203,12 @@ scenario() {
     "patch leases.coordination.k8s.io/other -n $ns" "create kafkatopics.kafka.strimzi.io $scope"
     "patch pipelines.ferry.dev --subresource=scale $scope" "create pods $scope" "get nodes" "create clusterroles")
   if [[ "$mode" == cluster ]]; then
-    allow+=("list pipelines.ferry.dev -A" "watch deployments.apps -A")
+    allow+=("list pipelines.ferry.dev -A" "watch deployments.apps -A"
+      "get kafkatopics.kafka.strimzi.io -n $kafka_ns" "create kafkatopics.kafka.strimzi.io -n $kafka_ns"
+      "patch kafkatopics.kafka.strimzi.io -n $kafka_ns" "delete kafkatopics.kafka.strimzi.io -n $kafka_ns"
+      "patch pipelines.ferry.dev $scope")
+    deny+=("create kafkatopics.kafka.strimzi.io -n default" "create kafkatopics.kafka.strimzi.io -A"
+      "list kafkatopics.kafka.strimzi.io -n $kafka_ns")
   else
     deny+=("list pipelines.ferry.dev -A" "list pipelines.ferry.dev -n default" "create deployments.apps -n default")
   fi
@@ -184,9 +221,36 @@ scenario() {
     if can $denied; then rbac_ok=0; say "ServiceAccount may, but should not: $denied" >&2; fi
   done
   if ((rbac_ok)); then
-    pass "kubectl auth can-i: ${#allow[@]} needed permissions granted, ${#deny[@]} others denied (Secrets, other Leases, topics, scale, pods, nodes, RBAC${extra[*]:+, other namespaces})"
+    pass "kubectl auth can-i: ${#allow[@]} needed permissions granted, ${#deny[@]} others denied (Secrets, other Leases, topics${kafka_ns:+ outside $kafka_ns}, scale, pods, nodes, RBAC${extra[*]:+, other namespaces})"
   else
     fail "ServiceAccount permissions"
+  fi
+
+  # 3b. a real KafkaTopic create as the ServiceAccount: refused outside the Kafka namespace.
+  if [[ -n "$kafka_ns" ]]; then
+    local topic_out topic_ok=1 target
+    for target in "$watch_ns" default; do
+      if topic_out="$(kafka_topic "$target" | k create "${as[@]}" -f - 2>&1)"; then
+        topic_ok=0
+        say "the ServiceAccount created a KafkaTopic in $target, outside strimzi.kafkaNamespaces" >&2
+        k -n "$target" delete kafkatopic "chart-it-$suffix" --wait=false >/dev/null 2>&1 || true
+      elif ! grep -qi forbidden <<<"$topic_out"; then
+        topic_ok=0
+        say "creating a KafkaTopic in $target failed, but not for RBAC: $topic_out" >&2
+      fi
+    done
+    if ! topic_out="$(kafka_topic "$kafka_ns" | k create "${as[@]}" -f - 2>&1)"; then
+      topic_ok=0
+      say "the ServiceAccount cannot create a KafkaTopic in $kafka_ns: $topic_out" >&2
+    elif ! k -n "$kafka_ns" delete kafkatopic "chart-it-$suffix" "${as[@]}" >/dev/null 2>&1; then
+      topic_ok=0
+      say "the ServiceAccount cannot delete its KafkaTopic in $kafka_ns" >&2
+    fi
+    if ((topic_ok)); then
+      pass "as the ServiceAccount: a KafkaTopic create is forbidden in $watch_ns and default, allowed (and its delete) in $kafka_ns"
+    else
+      fail "KafkaTopic scope"
+    fi
   fi
 
   # 4. the operator reconciles a Pipeline with these permissions

@@ -85,6 +85,22 @@ pub struct PipelineSpec {
     /// Keeps every object but scales all stages to zero.
     #[serde(default)]
     pub paused: bool,
+    /// What deleting the Pipeline does to the `KafkaTopic` that `spec.kafka.createTopic`
+    /// made: `retain` (the default) leaves it and the topic's records; `delete` removes it,
+    /// and Strimzi then deletes the topic and its records.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// What deleting a Pipeline does to the data it created.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeletionPolicy {
+    /// Keep the `KafkaTopic` (and so the topic's records).
+    #[default]
+    Retain,
+    /// Delete the `KafkaTopic` Ferry created, through a finalizer on the Pipeline.
+    Delete,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -126,7 +142,8 @@ pub struct KafkaSpec {
     pub tls: Option<TlsSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl: Option<SaslSpec>,
-    /// Create and own a Strimzi `KafkaTopic` for `topic`.
+    /// Create a Strimzi `KafkaTopic` for `topic`. Deleting the Pipeline leaves it unless
+    /// `spec.deletionPolicy` is `delete`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_topic: Option<CreateTopicSpec>,
 }
@@ -160,12 +177,15 @@ fn default_listener() -> String {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateTopicSpec {
+    /// Partitions of the topic.
     #[serde(default = "default_partitions")]
     #[schemars(range(min = 1, max = 10000))]
     pub partitions: i32,
-    #[serde(default = "default_topic_replicas")]
+    /// Replicas of each partition; the Kafka cluster's `default.replication.factor` when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 32))]
-    pub replicas: i32,
+    pub replicas: Option<i32>,
     /// Topic configuration, e.g. `retention.ms`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
@@ -173,10 +193,6 @@ pub struct CreateTopicSpec {
 
 fn default_partitions() -> i32 {
     6
-}
-
-fn default_topic_replicas() -> i32 {
-    1
 }
 
 /// A key in a Secret in the Pipeline's namespace.

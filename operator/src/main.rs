@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use ferry_operator::controller::{self, Context, validate::OperatorDefaults};
+use ferry_operator::controller::validate::{ImageAllowList, OperatorDefaults};
+use ferry_operator::controller::{self, Context};
 use ferry_operator::http::{self, HttpState};
 use ferry_operator::metrics::Metrics;
 use ferry_operator::telemetry::{self, LogFormat};
@@ -34,6 +35,15 @@ struct RunArgs {
     /// Worker image for Pipelines that don't name one.
     #[arg(long, env = "FERRY_WORKER_IMAGE", default_value = concat!("ferry/worker:", env!("CARGO_PKG_VERSION")))]
     worker_image: String,
+    /// Images a Pipeline may name in spec.receiver.image besides --worker-image:
+    /// comma-separated references, each exact or a prefix ending in `*` (`*` alone allows
+    /// any). Empty: only --worker-image. A Pipeline naming another image is refused.
+    #[arg(long, env = "FERRY_ALLOWED_WORKER_IMAGES", value_delimiter = ',')]
+    allowed_worker_images: Vec<String>,
+    /// The app.kubernetes.io/version label of the objects the operator writes (never of their
+    /// pods); this build's version by default.
+    #[arg(long, env = "FERRY_OPERATOR_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
+    operator_version: String,
     /// Serves /metrics, /healthz and /readyz.
     #[arg(long, env = "FERRY_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -111,6 +121,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         client.clone(),
         OperatorDefaults {
             worker_image: args.worker_image.clone(),
+            allowed_images: ImageAllowList::new(args.allowed_worker_images.clone()),
+            operator_version: args.operator_version.clone(),
         },
         metrics,
         identity.clone(),

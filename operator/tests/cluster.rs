@@ -534,7 +534,7 @@ async fn a_strimzi_kafka_without_status_is_reported_in_a_condition() {
 }
 
 #[tokio::test]
-async fn create_topic_makes_an_owned_kafka_topic_and_waits_for_it_to_be_ready() {
+async fn create_topic_makes_a_labelled_kafka_topic_and_waits_for_it_to_be_ready() {
     support::install_strimzi_crds();
     let (client, ns, _operator) = setup("strimzi-topic").await;
     let kafka_api: Api<kube::api::DynamicObject> = Api::namespaced_with(
@@ -563,7 +563,7 @@ async fn create_topic_makes_an_owned_kafka_topic_and_waits_for_it_to_be_ready() 
     let mut pipeline = strimzi_pipeline("sensors");
     pipeline.spec.kafka.create_topic = Some(ferry_operator::crd::CreateTopicSpec {
         partitions: 12,
-        replicas: 1,
+        replicas: Some(1),
         config: [("retention.ms".to_owned(), "3600000".to_owned())].into(),
     });
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
@@ -587,9 +587,11 @@ async fn create_topic_makes_an_owned_kafka_topic_and_waits_for_it_to_be_ready() 
         topic.metadata.labels.as_ref().unwrap()["strimzi.io/cluster"],
         "my-cluster"
     );
+    // Labelled, never owned: the garbage collector must not delete it with the Pipeline.
+    assert!(topic.owner_references().is_empty());
     assert_eq!(
-        topic.metadata.owner_references.as_ref().unwrap()[0].uid,
-        created.uid().unwrap()
+        topic.labels()["app.kubernetes.io/instance"],
+        created.name_any()
     );
 
     // Until Strimzi's Topic Operator marks it Ready, the Pipeline says so.

@@ -18,7 +18,7 @@ use std::time::Duration;
 use ferry_config::config::{KAFKA_SASL_PASSWORD_ENV, REDIS_PASSWORD_ENV};
 use ferry_operator::controller::build::{self, Children};
 use ferry_operator::controller::dereference::{Bootstrap, Dereferenced};
-use ferry_operator::controller::validate::{OperatorDefaults, validate};
+use ferry_operator::controller::validate::{ImageAllowList, OperatorDefaults, validate};
 use ferry_operator::crd::Pipeline;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::PodSpec;
@@ -68,7 +68,9 @@ fn build_file(path: &Path) -> Vec<Children> {
                 bootstrap: Bootstrap::Resolved(bootstrap),
             },
             &OperatorDefaults {
-                worker_image: "ferry/worker:test".to_owned(),
+                // The full fixture names its own image.
+                allowed_images: ImageAllowList::new(["registry.example/ferry/worker:*".to_owned()]),
+                ..OperatorDefaults::new("ferry/worker:test")
             },
         )
         .unwrap_or_else(|err| panic!("{}: does not validate: {err}", path.display()));
@@ -446,4 +448,563 @@ async fn secret_values_never_reach_logs_events_config_maps_status_or_deployments
         assert_eq!(pod_problems(pod_spec(&deployment)), Vec::<String>::new());
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Data safety and tenancy (issue 17), against the real API server, its garbage collector
+// and kubelet, and the real operator binary. Strimzi's CRDs are installed, its operators
+// are not: the tests look at the objects, their owners, labels and writers.
+
+mod safety {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    use kube::ResourceExt;
+    use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+    use serde_json::json;
+
+    use super::support::ownership::{
+        self, Operator, SHORT, condition, create_pipeline, fingerprint, kafka_topics, pipelines,
+        ready_kafka, strimzi_pipeline,
+    };
+    use super::support::{self, TestNamespace, eventually, install_crds, kubectl_ok};
+
+    const VERSION_LABEL: &str = "app.kubernetes.io/version";
+
+    /// `createTopic` without `deletionPolicy`: deleting the Pipeline leaves its KafkaTopic
+    /// (Strimzi would delete the topic's records with it); `deletionPolicy: delete` removes it.
+    #[tokio::test]
+    async fn a_deleted_pipeline_keeps_its_kafka_topic_unless_its_policy_is_delete() {
+        install_crds();
+        support::install_strimzi_crds();
+        let ns = TestNamespace::new("retain");
+        let client = support::client().await;
+        ready_kafka(&client, &ns.name).await;
+        let _operator = Operator::start(&ns.name, "retain", &[]);
+
+        let mut keep = strimzi_pipeline("keep", &ns.name);
+        keep["spec"]["kafka"]["createTopic"] = json!({"partitions": 3});
+        let mut drop = strimzi_pipeline("drop", &ns.name);
+        drop["spec"]["kafka"]["createTopic"] = json!({"partitions": 3, "replicas": 1});
+        drop["spec"]["deletionPolicy"] = json!("delete");
+        create_pipeline(&client, &ns.name, keep).await;
+        create_pipeline(&client, &ns.name, drop).await;
+
+        let topics = kafka_topics(&client, &ns.name);
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+        for name in ["keep", "drop"] {
+            // The ConfigMap is applied after the topic: the round went through.
+            eventually(
+                SHORT,
+                &format!("{name}'s KafkaTopic and ConfigMap"),
+                || async {
+                    topics.get_opt(&format!("{name}-topic")).await.ok()??;
+                    config_maps.get_opt(&format!("{name}-config")).await.ok()?
+                },
+            )
+            .await;
+        }
+        let kept = topics.get("keep-topic").await.unwrap();
+        eprintln!("keep-topic before the delete: {}", fingerprint(&kept));
+
+        let api = pipelines(&client, &ns.name);
+        for name in ["keep", "drop"] {
+            api.delete(name, &DeleteParams::background()).await.unwrap();
+        }
+        eventually(
+            SHORT,
+            "both Pipelines and their ConfigMaps to be gone",
+            || async {
+                for name in ["keep", "drop"] {
+                    if api.get_opt(name).await.ok()?.is_some()
+                        || config_maps
+                            .get_opt(&format!("{name}-config"))
+                            .await
+                            .ok()?
+                            .is_some()
+                    {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
+        // The garbage collector has run (the ConfigMaps are gone); give it a moment more.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let kept = topics.get_opt("keep-topic").await.unwrap();
+        assert!(
+            kept.is_some(),
+            "KafkaTopic keep-topic was deleted with its Pipeline (deletionPolicy retain, the default)"
+        );
+        eventually(
+            SHORT,
+            "KafkaTopic drop-topic to be removed (deletionPolicy: delete)",
+            || async {
+                topics
+                    .get_opt("drop-topic")
+                    .await
+                    .ok()?
+                    .is_none()
+                    .then_some(())
+            },
+        )
+        .await;
+        // Retained because nothing owns it: Ferry labels it, and leaves replicas to Kafka.
+        let kept = kept.unwrap();
+        assert!(
+            kept.owner_references().is_empty(),
+            "KafkaTopic keep-topic has owner references {:?}: deleting the Pipeline garbage-collects it",
+            kept.owner_references()
+        );
+        assert_eq!(
+            kept.labels()
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str),
+            Some("ferry-operator"),
+            "Ferry's topics carry its label"
+        );
+        assert!(
+            kept.data["spec"].get("replicas").is_none(),
+            "createTopic without replicas must leave replicas to the Kafka cluster's default, got {}",
+            kept.data["spec"]
+        );
+    }
+
+    /// A `KafkaTopic` as an operator without the retention rule left it (an owner reference
+    /// to its Pipeline, applied by the same field manager): the next apply drops the owner
+    /// reference, so the topic no longer goes with the Pipeline.
+    #[tokio::test]
+    async fn a_kafka_topic_an_older_operator_owned_loses_its_owner_reference() {
+        install_crds();
+        support::install_strimzi_crds();
+        let ns = TestNamespace::new("retain-upgrade");
+        let client = support::client().await;
+        ready_kafka(&client, &ns.name).await;
+        let mut old = strimzi_pipeline("old", &ns.name);
+        old["spec"]["kafka"]["createTopic"] = json!({"partitions": 3});
+        let topic_name = old["spec"]["kafka"]["topic"].clone();
+        let pipeline = create_pipeline(&client, &ns.name, old).await;
+        let topics = kafka_topics(&client, &ns.name);
+        let owned: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kafka.strimzi.io/v1",
+            "kind": "KafkaTopic",
+            "metadata": {
+                "name": "old-topic",
+                "labels": {
+                    "app.kubernetes.io/instance": "old",
+                    "app.kubernetes.io/managed-by": "ferry-operator",
+                    "strimzi.io/cluster": "my-cluster"
+                },
+                "ownerReferences": [{
+                    "apiVersion": "ferry.dev/v1alpha1", "kind": "Pipeline", "name": "old",
+                    "uid": pipeline.uid().unwrap(), "controller": true
+                }]
+            },
+            "spec": {"topicName": topic_name, "partitions": 3, "replicas": 1}
+        }))
+        .unwrap();
+        topics
+            .patch(
+                "old-topic",
+                &PatchParams::apply("ferry-operator").force(),
+                &Patch::Apply(&owned),
+            )
+            .await
+            .unwrap();
+
+        let _operator = Operator::start(&ns.name, "retain-upgrade", &[]);
+        let topic = eventually(SHORT, "the KafkaTopic without owner references", || async {
+            let topic = topics.get("old-topic").await.ok()?;
+            topic.owner_references().is_empty().then_some(topic)
+        })
+        .await;
+        assert_eq!(topic.data["spec"]["topicName"], topic_name);
+    }
+
+    /// A KafkaTopic (in the Kafka's own namespace), a ConfigMap and a Deployment with a
+    /// Pipeline's names, made by someone else before it: none is touched, and the Pipeline's
+    /// condition names each.
+    #[tokio::test]
+    async fn objects_with_a_pipelines_names_made_by_someone_else_are_left_untouched() {
+        install_crds();
+        support::install_strimzi_crds();
+        let ns = TestNamespace::new("takeover");
+        let kafka_ns = TestNamespace::new("takeover-kafka");
+        let client = support::client().await;
+        ready_kafka(&client, &kafka_ns.name).await;
+
+        kubectl_ok(&[
+            "create",
+            "configmap",
+            "taken-config",
+            "-n",
+            &ns.name,
+            "--from-literal=owner=someone-else",
+        ]);
+        kubectl_ok(&[
+            "create",
+            "deployment",
+            "taken-receiver",
+            "-n",
+            &ns.name,
+            "--image=registry.invalid/someone/else:1",
+            "--replicas=0",
+        ]);
+        let topics = kafka_topics(&client, &kafka_ns.name);
+        let foreign: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kafka.strimzi.io/v1",
+            "kind": "KafkaTopic",
+            "metadata": {"name": "taken-topic", "labels": {"strimzi.io/cluster": "my-cluster"}},
+            "spec": {"topicName": "someone-elses-topic", "partitions": 1, "replicas": 1}
+        }))
+        .unwrap();
+        topics
+            .create(
+                &PostParams {
+                    field_manager: Some("someone-else".into()),
+                    ..Default::default()
+                },
+                &foreign,
+            )
+            .await
+            .unwrap();
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+        let snapshot = || async {
+            vec![
+                (
+                    format!("KafkaTopic {}/taken-topic", kafka_ns.name),
+                    fingerprint(&topics.get("taken-topic").await.unwrap()),
+                ),
+                (
+                    format!("ConfigMap {}/taken-config", ns.name),
+                    fingerprint(&config_maps.get("taken-config").await.unwrap()),
+                ),
+                (
+                    format!("Deployment {}/taken-receiver", ns.name),
+                    fingerprint(&deployments.get("taken-receiver").await.unwrap()),
+                ),
+            ]
+        };
+        let before = snapshot().await;
+
+        let _operator = Operator::start(&ns.name, "takeover", &[]);
+        let mut taken = strimzi_pipeline("taken", &kafka_ns.name);
+        taken["spec"]["kafka"]["createTopic"] = json!({"partitions": 3});
+        create_pipeline(&client, &ns.name, taken).await;
+
+        // Until the operator says it won't, or has written over one of them.
+        let ready = eventually(
+            SHORT,
+            "an ObjectNotOwned condition or a taken-over object",
+            || async {
+                let ready = condition(&client, &ns.name, "taken", "Ready").await;
+                if ready
+                    .as_ref()
+                    .is_some_and(|c| c["reason"] == "ObjectNotOwned")
+                {
+                    return Some(ready);
+                }
+                (snapshot().await != before).then_some(None)
+            },
+        )
+        .await;
+        // A moment more: a later round must not write either.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = snapshot().await;
+        let taken: Vec<String> = before
+            .iter()
+            .zip(&after)
+            .filter(|((_, was), (_, now))| was != now)
+            .map(|((what, was), (_, now))| format!("{what}\n  before: {was}\n  after:  {now}"))
+            .collect();
+        assert!(
+            taken.is_empty(),
+            "the operator wrote over objects it did not create:\n{}",
+            taken.join("\n")
+        );
+        let ready = ready.expect("a Ready condition");
+        assert_eq!(ready["status"], "False", "{ready}");
+        let message = ready["message"].as_str().unwrap_or_default();
+        for (what, _) in &before {
+            assert!(
+                message.contains(what.as_str()),
+                "the condition does not name {what}: {message}"
+            );
+        }
+        let degraded = condition(&client, &ns.name, "taken", "Degraded")
+            .await
+            .unwrap();
+        assert_eq!(
+            (degraded["status"].as_str(), degraded["reason"].as_str()),
+            (Some("True"), Some("ObjectNotOwned"))
+        );
+    }
+
+    /// Two namespaces with a Pipeline of the same name, both creating their topic beside one
+    /// Kafka: the second may not write over the first one's `KafkaTopic`.
+    #[tokio::test]
+    async fn a_same_named_pipeline_of_another_namespace_cannot_take_a_kafka_topic() {
+        install_crds();
+        support::install_strimzi_crds();
+        let first_ns = TestNamespace::new("topic-first");
+        let second_ns = TestNamespace::new("topic-second");
+        let kafka_ns = TestNamespace::new("topic-kafka");
+        let client = support::client().await;
+        ready_kafka(&client, &kafka_ns.name).await;
+        let topics = kafka_topics(&client, &kafka_ns.name);
+
+        let _first = Operator::start(&first_ns.name, "first", &[]);
+        let mut first = strimzi_pipeline("shared", &kafka_ns.name);
+        first["spec"]["kafka"]["createTopic"] = json!({"partitions": 3});
+        let first_topic = first["spec"]["kafka"]["topic"].clone();
+        create_pipeline(&client, &first_ns.name, first).await;
+        let made = eventually(SHORT, "the first Pipeline's KafkaTopic", || async {
+            topics.get_opt("shared-topic").await.ok()?
+        })
+        .await;
+        assert_eq!(made.data["spec"]["topicName"], first_topic);
+
+        let _second = Operator::start(&second_ns.name, "second", &[]);
+        let mut second = strimzi_pipeline("shared", &kafka_ns.name);
+        second["spec"]["kafka"]["createTopic"] = json!({"partitions": 6});
+        create_pipeline(&client, &second_ns.name, second).await;
+        let ready = eventually(
+            SHORT,
+            "an ObjectNotOwned condition or the topic taken over",
+            || async {
+                let topic = topics.get("shared-topic").await.ok()?;
+                assert_eq!(
+                    (
+                        &topic.data["spec"]["topicName"],
+                        &topic.data["spec"]["partitions"]
+                    ),
+                    (&first_topic, &json!(3)),
+                    "the second namespace's Pipeline wrote over the first one's KafkaTopic: {}",
+                    fingerprint(&topic)
+                );
+                condition(&client, &second_ns.name, "shared", "Ready")
+                    .await
+                    .filter(|c| c["reason"] == "ObjectNotOwned")
+            },
+        )
+        .await;
+        let message = ready["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("KafkaTopic {}/shared-topic", kafka_ns.name)),
+            "{message}"
+        );
+        let topic = topics.get("shared-topic").await.unwrap();
+        assert_eq!(topic.data["spec"]["topicName"], first_topic);
+        assert_eq!(
+            topic.labels().get("ferry.dev/pipeline-namespace"),
+            Some(&first_ns.name)
+        );
+    }
+
+    /// An operator allowing only the test's worker image: a Pipeline naming another image
+    /// gets no Deployment, and a condition naming the image.
+    #[tokio::test]
+    async fn an_image_outside_the_allow_list_is_refused() {
+        install_crds();
+        let ns = TestNamespace::new("allow-list");
+        let client = support::client().await;
+        let image = support::worker_image();
+        let _operator = Operator::start(
+            &ns.name,
+            "allow-list",
+            &[("FERRY_ALLOWED_WORKER_IMAGES", image.as_str())],
+        );
+        let foreign_image = "registry.invalid/ferry/worker:not-allowed";
+        let mut odd = ownership::pipeline("odd", 0);
+        odd["spec"]["receiver"]["image"] = json!(foreign_image);
+        create_pipeline(&client, &ns.name, odd).await;
+
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+        let refused = eventually(
+            SHORT,
+            "an ImageNotAllowed condition or a Deployment for odd",
+            || async {
+                if let Some(deployment) = deployments.get_opt("odd-receiver").await.ok()? {
+                    let made = deployment.spec?.template.spec?.containers[0].image.clone();
+                    panic!(
+                        "the operator made Deployment odd-receiver with image {made:?}, outside the allow-list [{image}]"
+                    );
+                }
+                condition(&client, &ns.name, "odd", "Ready")
+                    .await
+                    .filter(|c| c["reason"] == "ImageNotAllowed")
+            },
+        )
+        .await;
+        assert_eq!(refused["status"], "False");
+        assert!(
+            refused["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(foreign_image),
+            "{refused}"
+        );
+    }
+
+    /// TLS Secrets that hold more keys than the Pipeline references: the pod's Secret
+    /// volumes, as the kubelet wrote them, hold only the referenced keys.
+    #[tokio::test]
+    async fn only_the_referenced_keys_of_a_tls_secret_reach_the_pod() {
+        install_crds();
+        let ns = TestNamespace::new("secret-keys");
+        let client = support::client().await;
+        kubectl_ok(&[
+            "create",
+            "secret",
+            "generic",
+            "kafka-ca",
+            "-n",
+            &ns.name,
+            "--from-literal=ca.crt=not-a-real-certificate",
+            "--from-literal=ca.key=the-cas-private-key",
+        ]);
+        kubectl_ok(&[
+            "create",
+            "secret",
+            "generic",
+            "redis-client",
+            "-n",
+            &ns.name,
+            "--type=kubernetes.io/tls",
+            "--from-literal=tls.crt=cert",
+            "--from-literal=tls.key=key",
+            "--from-literal=admin-password=not-for-ferry",
+        ]);
+        let _operator = Operator::start(&ns.name, "secret-keys", &[]);
+        let mut tls = ownership::pipeline("tls", 1);
+        tls["spec"]["kafka"]["tls"] = json!({"caSecretRef": {"name": "kafka-ca", "key": "ca.crt"}});
+        tls["spec"]["redis"]["tls"] = json!({"clientSecretRef": {"name": "redis-client"}});
+        create_pipeline(&client, &ns.name, tls).await;
+
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+        let pod = eventually(Duration::from_secs(60), "a pod of Pipeline tls", || async {
+            pods.list(&ListParams::default().labels("app.kubernetes.io/instance=tls"))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()
+        })
+        .await;
+        let uid = pod.uid().unwrap();
+        for (volume, want) in [
+            ("kafka-ca", vec!["ca.crt"]),
+            ("redis-client", vec!["tls.crt", "tls.key"]),
+        ] {
+            let files = eventually(
+                Duration::from_secs(60),
+                &format!("the kubelet to mount {volume}"),
+                || async { ownership::secret_volume_files(&uid, volume) },
+            )
+            .await;
+            assert_eq!(
+                files,
+                want,
+                "Secret volume {volume} of pod {} holds keys the Pipeline never referenced",
+                pod.name_any()
+            );
+        }
+    }
+
+    /// Restarting the operator under another version changes the Deployments' labels but no
+    /// pod template, so no worker pod is replaced (a replacement is a consumer-group rebalance).
+    #[tokio::test]
+    async fn an_operator_restart_with_a_new_version_label_replaces_no_worker_pod() {
+        install_crds();
+        let ns = TestNamespace::new("upgrade");
+        let client = support::client().await;
+        let first = Operator::start(
+            &ns.name,
+            "first",
+            &[("FERRY_OPERATOR_VERSION", "1.0.0-first")],
+        );
+        create_pipeline(&client, &ns.name, ownership::pipeline("steady", 2)).await;
+
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+        let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns.name);
+        let selector = ListParams::default().labels("app.kubernetes.io/instance=steady");
+        let pod_uids = || async {
+            let mut uids: Vec<String> = pods
+                .list(&selector)
+                .await
+                .ok()?
+                .items
+                .iter()
+                .filter_map(|p| p.uid())
+                .collect();
+            uids.sort();
+            Some(uids)
+        };
+        let before = eventually(
+            Duration::from_secs(60),
+            "2 pods of Pipeline steady",
+            || async { pod_uids().await.filter(|uids| uids.len() == 2) },
+        )
+        .await;
+        let deployment = deployments.get("steady-receiver").await.unwrap();
+        let template_labels: BTreeMap<String, String> = deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .clone()
+            .unwrap_or_default();
+        eprintln!("pod template labels: {template_labels:?}");
+        assert!(
+            !template_labels.contains_key(VERSION_LABEL),
+            "the pod template carries the operator's {VERSION_LABEL}={}: every operator upgrade replaces every worker pod",
+            template_labels[VERSION_LABEL]
+        );
+        first.stop();
+        // After the first operator stopped: what the second may not change.
+        let spec_before =
+            serde_json::to_value(deployments.get("steady-receiver").await.unwrap().spec).unwrap();
+
+        let _second = Operator::start(
+            &ns.name,
+            "second",
+            &[("FERRY_OPERATOR_VERSION", "2.0.0-second")],
+        );
+        eventually(
+            SHORT,
+            "the new operator's version label on Deployment steady-receiver",
+            || async {
+                let deployment = deployments.get("steady-receiver").await.ok()?;
+                (deployment.labels().get(VERSION_LABEL).map(String::as_str) == Some("2.0.0-second"))
+                    .then_some(())
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let deployment = deployments.get("steady-receiver").await.unwrap();
+        assert_eq!(
+            replica_sets.list(&selector).await.unwrap().items.len(),
+            1,
+            "a second ReplicaSet: the pods roll"
+        );
+        assert_eq!(
+            pod_uids().await.unwrap(),
+            before,
+            "worker pods were replaced"
+        );
+        assert_eq!(
+            serde_json::to_value(&deployment.spec).unwrap(),
+            spec_before,
+            "the new operator changed the Deployment's spec"
+        );
+    }
 }

@@ -51,6 +51,18 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
+{{/* The namespaces where the operator may write KafkaTopics, as a JSON list:
+strimzi.kafkaNamespaces, else the watched namespace in single-namespace mode. */}}
+{{- define "ferry.topicNamespaces" -}}
+{{- if .Values.strimzi.kafkaNamespaces }}
+{{- .Values.strimzi.kafkaNamespaces | uniq | toJson }}
+{{- else if .Values.watchNamespace }}
+{{- list .Values.watchNamespace | toJson }}
+{{- else }}
+{{- list | toJson }}
+{{- end }}
+{{- end }}
+
 {{/* Cross-field checks that values.schema.json cannot phrase clearly. */}}
 {{- define "ferry.validate" -}}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) }}
@@ -58,6 +70,9 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- if and .Values.strimzi.manageTopics (not .Values.strimzi.enabled) }}
 {{- fail "strimzi.manageTopics needs strimzi.enabled: topics are Strimzi KafkaTopic resources" }}
+{{- end }}
+{{- if and .Values.strimzi.manageTopics (not .Values.strimzi.kafkaNamespaces) (not .Values.watchNamespace) }}
+{{- fail "strimzi.manageTopics needs strimzi.kafkaNamespaces: the namespaces of your Strimzi Kafka clusters, where the operator may write KafkaTopics (a Role in each, never cluster-wide)" }}
 {{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (eq (include "ferry.leaderElection" .) "false") }}
 {{- fail "replicaCount > 1 with leaderElection.enabled=false would run several active operators: leave leaderElection.enabled null or true" }}

@@ -6,20 +6,28 @@
 //! written since (its `managedFields` name only this operator, bar the status) with the same
 //! hash is already what the apply would make. So the wakeups that only refresh status (a
 //! Deployment's ready count, the lag) cost no writes; any edit by someone else is undone.
+//!
+//! Nothing is applied over an object this operator did not create. Forced apply would adopt
+//! it (and an owner reference would then delete it with the Pipeline), so before any apply
+//! each child that exists is checked for Ferry's labels and field manager; when one lacks
+//! them, the round applies nothing and names them all.
 
 use std::collections::BTreeSet;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use super::build::{Children, owned_children_selector};
+use super::build::{
+    Children, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_PIPELINE_NAMESPACE, MANAGED_BY,
+    owned_children_selector,
+};
 use super::dereference::kafka_topic_api_resource;
 
 pub const FIELD_MANAGER: &str = "ferry-operator";
@@ -56,6 +64,31 @@ pub enum ApplyError {
         name: String,
         source: kube::Error,
     },
+    #[error("cannot delete {kind} {namespace}/{name} (deletionPolicy: delete): {source}")]
+    DeleteKafkaTopic {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("cannot update the finalizers of Pipeline {namespace}/{name}: {source}")]
+    PatchFinalizers {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("cannot read {kind} {namespace}/{name}: {source}")]
+    GetObject {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error(
+        "nothing applied: {} already exist and were not created by this Pipeline (they lack the labels {LABEL_MANAGED_BY}={MANAGED_BY} and {LABEL_INSTANCE}=<pipeline>, or were never written by field manager {FIELD_MANAGER}); Ferry does not take over objects: remove or rename them, or rename the Pipeline",
+        objects.join(", ")
+    )]
+    NotOwned { objects: Vec<String> },
 }
 
 /// What the API server returned for each applied child; status reads from these.
@@ -82,6 +115,19 @@ pub async fn apply(
         config_map,
         deployments,
     } = children;
+    let foreign = not_owned(
+        client,
+        caches,
+        namespace,
+        pipeline,
+        kafka_topic.as_ref(),
+        &config_map,
+        &deployments,
+    )
+    .await?;
+    if !foreign.is_empty() {
+        return Err(ApplyError::NotOwned { objects: foreign });
+    }
     let params = PatchParams::apply(FIELD_MANAGER).force();
 
     // The topic first, so workers find it. Removing createTopic later leaves the topic (and
@@ -146,6 +192,166 @@ pub async fn apply(
         deployments: applied_deployments,
         deleted,
     })
+}
+
+/// The children that exist but were not created by Pipeline `namespace/pipeline`, as
+/// `Kind namespace/name`. A child the watch cache holds is checked there; any other is read.
+async fn not_owned(
+    client: &Client,
+    caches: Option<&ChildCaches>,
+    namespace: &str,
+    pipeline: &str,
+    kafka_topic: Option<&DynamicObject>,
+    config_map: &ConfigMap,
+    deployments: &[Deployment],
+) -> Result<Vec<String>, ApplyError> {
+    let mut foreign = Vec::new();
+    if let Some(topic) = kafka_topic {
+        let name = topic.name_any();
+        let topic_namespace = topic.namespace().unwrap_or_default();
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            &topic_namespace,
+            &kafka_topic_api_resource(),
+        );
+        let live = api
+            .get_opt(&name)
+            .await
+            .map_err(|source| ApplyError::GetObject {
+                kind: "KafkaTopic",
+                namespace: topic_namespace.clone(),
+                name: name.clone(),
+                source,
+            })?;
+        if let Some(live) = live
+            && !created_by(&live.metadata, namespace, pipeline)
+        {
+            foreign.push(format!("KafkaTopic {topic_namespace}/{name}"));
+        }
+    }
+    let config_map_name = config_map.name_any();
+    if let Some(live) = live_meta(
+        client,
+        caches.map(|c| &c.config_maps),
+        namespace,
+        "ConfigMap",
+        &config_map_name,
+    )
+    .await?
+        && !created_by(&live, namespace, pipeline)
+    {
+        foreign.push(format!("ConfigMap {namespace}/{config_map_name}"));
+    }
+    for deployment in deployments {
+        let name = deployment.name_any();
+        if let Some(live) = live_meta(
+            client,
+            caches.map(|c| &c.deployments),
+            namespace,
+            "Deployment",
+            &name,
+        )
+        .await?
+            && !created_by(&live, namespace, pipeline)
+        {
+            foreign.push(format!("Deployment {namespace}/{name}"));
+        }
+    }
+    Ok(foreign)
+}
+
+/// The metadata of `name` as the watch cache holds it, or as the API server returns it when
+/// the cache does not (the cache holds only objects labelled as Ferry's).
+async fn live_meta<K>(
+    client: &Client,
+    cache: Option<&Store<K>>,
+    namespace: &str,
+    kind: &'static str,
+    name: &str,
+) -> Result<Option<ObjectMeta>, ApplyError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned,
+{
+    if let Some(live) = cache.and_then(|c| c.get(&ObjectRef::new(name).within(namespace))) {
+        return Ok(Some(live.meta().clone()));
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    api.get_opt(name)
+        .await
+        .map(|live| live.map(|object| object.meta().clone()))
+        .map_err(|source| ApplyError::GetObject {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            source,
+        })
+}
+
+/// Whether this operator created the object for Pipeline `namespace/pipeline`: it carries
+/// Ferry's labels for that Pipeline and was written by Ferry's field manager. A `KafkaTopic`
+/// in another namespace must name the Pipeline's namespace too (a same-named Pipeline of
+/// another namespace may share the Kafka); one in the Pipeline's own namespace, made before
+/// that label existed, needs not.
+pub fn created_by(meta: &ObjectMeta, namespace: &str, pipeline: &str) -> bool {
+    let labels = meta.labels.clone().unwrap_or_default();
+    let label = |key: &str| labels.get(key).map(String::as_str);
+    let ours =
+        label(LABEL_MANAGED_BY) == Some(MANAGED_BY) && label(LABEL_INSTANCE) == Some(pipeline);
+    let same_pipeline_namespace = match label(LABEL_PIPELINE_NAMESPACE) {
+        Some(labelled) => labelled == namespace,
+        None => meta.namespace.as_deref() == Some(namespace),
+    };
+    let written_by_us = meta
+        .managed_fields
+        .iter()
+        .flatten()
+        .any(|entry| entry.manager.as_deref() == Some(FIELD_MANAGER));
+    ours && same_pipeline_namespace && written_by_us
+}
+
+/// Deletes the `KafkaTopic` `namespace/name` if Pipeline `pipeline_namespace/pipeline` created
+/// it; returns whether it deleted one. An object someone else made is left alone.
+pub async fn delete_kafka_topic(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    pipeline_namespace: &str,
+    pipeline: &str,
+) -> Result<bool, ApplyError> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &kafka_topic_api_resource());
+    let live = match api.get_opt(name).await {
+        Ok(live) => live,
+        // Strimzi's CRDs are gone: so is every KafkaTopic.
+        Err(kube::Error::Api(status)) if status.code == 404 => None,
+        Err(source) => {
+            return Err(ApplyError::GetObject {
+                kind: "KafkaTopic",
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                source,
+            });
+        }
+    };
+    let Some(live) = live else {
+        return Ok(false);
+    };
+    if !created_by(&live.metadata, pipeline_namespace, pipeline) {
+        return Ok(false);
+    }
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(source) => Err(ApplyError::DeleteKafkaTopic {
+            kind: "KafkaTopic",
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            source,
+        }),
+    }
 }
 
 async fn apply_kafka_topic(
@@ -331,6 +537,72 @@ mod tests {
                 k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
             ));
         assert!(!applied_as_built(&deleting, "h1"));
+    }
+
+    fn meta(namespace: &str, labels: &[(&str, &str)], manager: &str) -> ObjectMeta {
+        ObjectMeta {
+            namespace: Some(namespace.to_owned()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            managed_fields: Some(vec![ManagedFieldsEntry {
+                manager: Some(manager.to_owned()),
+                ..ManagedFieldsEntry::default()
+            }]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn only_what_this_pipeline_created_is_its_own() {
+        let ours = [(LABEL_MANAGED_BY, MANAGED_BY), (LABEL_INSTANCE, "orders")];
+        assert!(created_by(
+            &meta("apps", &ours, FIELD_MANAGER),
+            "apps",
+            "orders"
+        ));
+        // Someone else's object, or ours for another Pipeline.
+        assert!(!created_by(
+            &meta("apps", &[], "kubectl-create"),
+            "apps",
+            "orders"
+        ));
+        assert!(!created_by(
+            &meta("apps", &ours, FIELD_MANAGER),
+            "apps",
+            "billing"
+        ));
+        // Ferry's labels, but never written by the operator.
+        assert!(!created_by(
+            &meta("apps", &ours, "kubectl-edit"),
+            "apps",
+            "orders"
+        ));
+        // A KafkaTopic beside the Kafka: the labelled Pipeline namespace decides.
+        let topic = [
+            (LABEL_MANAGED_BY, MANAGED_BY),
+            (LABEL_INSTANCE, "orders"),
+            (LABEL_PIPELINE_NAMESPACE, "apps"),
+        ];
+        assert!(created_by(
+            &meta("kafka", &topic, FIELD_MANAGER),
+            "apps",
+            "orders"
+        ));
+        assert!(!created_by(
+            &meta("kafka", &topic, FIELD_MANAGER),
+            "shop",
+            "orders"
+        ));
+        // Without that label, only an object in the Pipeline's own namespace is its own.
+        assert!(!created_by(
+            &meta("kafka", &ours, FIELD_MANAGER),
+            "apps",
+            "orders"
+        ));
     }
 
     #[test]

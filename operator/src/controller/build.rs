@@ -30,6 +30,9 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
 pub const LABEL_VERSION: &str = "app.kubernetes.io/version";
 pub const LABEL_STAGE: &str = "ferry.dev/stage";
+/// On a `KafkaTopic`: the namespace of the Pipeline that created it, which may differ from
+/// the topic's own (the Kafka's).
+pub const LABEL_PIPELINE_NAMESPACE: &str = "ferry.dev/pipeline-namespace";
 pub const ANNOTATION_CONFIG_HASH: &str = "ferry.dev/config-hash";
 /// Non-root user of the worker image.
 pub const WORKER_UID: i64 = 65532;
@@ -92,17 +95,22 @@ pub fn build(
     })
 }
 
-/// Labels every child carries; `instance` and `managed-by` are what orphan cleanup selects on.
+/// Labels every child carries; `instance` and `managed-by` are what orphan cleanup and the
+/// ownership check select on.
 pub fn common_labels(pipeline: &ValidatedPipeline) -> BTreeMap<String, String> {
+    let mut labels = stable_labels(pipeline);
+    labels.insert(LABEL_VERSION.to_owned(), pipeline.operator_version.clone());
+    labels
+}
+
+/// The labels that stay the same across operator versions: the only ones a pod template
+/// may carry, or an operator upgrade would replace every worker pod (a rebalance each).
+fn stable_labels(pipeline: &ValidatedPipeline) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_NAME.to_owned(), "ferry".to_owned()),
         (LABEL_INSTANCE.to_owned(), pipeline.name.clone()),
         (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
         (LABEL_PART_OF.to_owned(), "ferry".to_owned()),
-        (
-            LABEL_VERSION.to_owned(),
-            env!("CARGO_PKG_VERSION").to_owned(),
-        ),
     ])
 }
 
@@ -157,20 +165,28 @@ fn render_configs(pipeline: &ValidatedPipeline) -> Result<BTreeMap<String, Strin
 
 /// A Strimzi `KafkaTopic` for the Pipeline's source topic. `spec.topicName` carries the real
 /// name, since Kafka topic names may hold characters a Kubernetes name may not.
+///
+/// Labelled, never owned: an owner reference would let the garbage collector delete it with
+/// the Pipeline, and Strimzi would then delete the topic's records. Only
+/// `deletionPolicy: delete` removes it, through the Pipeline's finalizer.
 pub fn build_kafka_topic(pipeline: &ValidatedPipeline, topic: &ValidatedTopic) -> DynamicObject {
     let mut labels = common_labels(pipeline);
     labels.insert("strimzi.io/cluster".to_owned(), topic.cluster.clone());
+    labels.insert(
+        LABEL_PIPELINE_NAMESPACE.to_owned(),
+        topic.pipeline_namespace.clone(),
+    );
     let mut object = DynamicObject::new(&topic.resource_name, &kafka_topic_api_resource())
         .within(&topic.namespace);
     object.metadata.labels = Some(labels);
-    if topic.owned {
-        object.metadata.owner_references = Some(vec![pipeline.owner.clone()]);
-    }
     let mut spec = serde_json::json!({
         "topicName": topic.topic_name,
         "partitions": topic.partitions,
-        "replicas": topic.replicas,
     });
+    // Unset, Strimzi's Topic Operator uses the cluster's default.replication.factor.
+    if let Some(replicas) = topic.replicas {
+        spec["replicas"] = serde_json::json!(replicas);
+    }
     if !topic.config.is_empty() {
         spec["config"] = serde_json::json!(topic.config);
     }
@@ -196,9 +212,11 @@ pub fn build_deployment(
     replicas: i32,
 ) -> Deployment {
     let selector = selector_labels(pipeline, stage);
+    let mut pod_labels = stable_labels(pipeline);
+    pod_labels.extend(selector.clone());
+    pod_labels.insert(LABEL_COMPONENT.to_owned(), stage.role.as_str().to_owned());
     let mut labels = common_labels(pipeline);
-    labels.extend(selector.clone());
-    labels.insert(LABEL_COMPONENT.to_owned(), stage.role.as_str().to_owned());
+    labels.extend(pod_labels.clone());
 
     let config_hash = format!("{:x}", Sha256::digest(config_yaml.as_bytes()));
     let mut volumes = vec![
@@ -240,9 +258,21 @@ pub fn build_deployment(
     for secret in &pipeline.secrets.tls_volumes {
         volumes.push(Volume {
             name: secret.volume.clone(),
+            // Only the referenced keys: the Secret may hold more than Ferry needs.
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.secret.clone()),
                 default_mode: Some(0o440),
+                items: Some(
+                    secret
+                        .keys
+                        .iter()
+                        .map(|key| KeyToPath {
+                            key: key.clone(),
+                            path: key.clone(),
+                            mode: None,
+                        })
+                        .collect(),
+                ),
                 ..SecretVolumeSource::default()
             }),
             ..Volume::default()
@@ -305,7 +335,7 @@ pub fn build_deployment(
     };
 
     Deployment {
-        metadata: object_meta(pipeline, &stage.deployment_name, labels.clone()),
+        metadata: object_meta(pipeline, &stage.deployment_name, labels),
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
             selector: LabelSelector {
@@ -318,7 +348,7 @@ pub fn build_deployment(
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels),
+                    labels: Some(pod_labels),
                     annotations: Some(BTreeMap::from([(
                         ANNOTATION_CONFIG_HASH.to_owned(),
                         config_hash,

@@ -36,8 +36,10 @@ impl Error {
         match self {
             Self::Dereference(DereferenceError::StrimziNotReady { .. }) => "strimzi_not_ready",
             Self::Dereference(DereferenceError::FetchKafka { .. }) => "fetch_kafka",
+            Self::Validate(validate::ValidateError::ImageNotAllowed { .. }) => "image_not_allowed",
             Self::Validate(_) => "invalid_spec",
             Self::Build(_) => "build",
+            Self::Apply(apply::ApplyError::NotOwned { .. }) => "not_owned",
             Self::Apply(_) => "apply",
             Self::Status(_) => "status",
         }
@@ -62,15 +64,20 @@ impl Error {
         let reason = match self {
             Self::Dereference(DereferenceError::StrimziNotReady { reason, .. }) => reason,
             Self::Dereference(DereferenceError::FetchKafka { .. }) => "StrimziFetchFailed",
+            Self::Validate(validate::ValidateError::ImageNotAllowed { .. }) => "ImageNotAllowed",
             Self::Validate(_) => "InvalidSpec",
             Self::Build(_) => "BuildFailed",
+            Self::Apply(apply::ApplyError::NotOwned { .. }) => "ObjectNotOwned",
             Self::Apply(_) => "ApplyFailed",
             Self::Status(_) => "StatusFailed",
         };
+        // Someone must remove or rename the other object; it may go without any change to
+        // the Pipeline, so the round is still retried.
+        let not_owned = matches!(self, Self::Apply(apply::ApplyError::NotOwned { .. }));
         Problem {
             reason: reason.to_owned(),
             message: self.to_string(),
-            user_error: self.recovery() == Recovery::AwaitChange,
+            user_error: not_owned || self.recovery() == Recovery::AwaitChange,
         }
     }
 }

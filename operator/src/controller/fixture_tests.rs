@@ -11,7 +11,9 @@ use k8s_openapi::api::core::v1::PodSpec;
 
 use super::build::{self, ANNOTATION_CONFIG_HASH, Children};
 use super::dereference::{Bootstrap, Dereferenced};
-use super::validate::{OperatorDefaults, ValidateError, ValidatedPipeline, validate};
+use super::validate::{
+    ImageAllowList, OperatorDefaults, ValidateError, ValidatedPipeline, validate,
+};
 use crate::crd::Pipeline;
 use crate::scaling::DesiredReplicas;
 
@@ -41,7 +43,9 @@ fn validated(pipeline: &Pipeline) -> ValidatedPipeline {
             bootstrap: Bootstrap::Resolved(bootstrap),
         },
         &OperatorDefaults {
-            worker_image: "ferry/worker:test".to_owned(),
+            // The full fixture names its own image.
+            allowed_images: ImageAllowList::new(["registry.example/ferry/worker:*".to_owned()]),
+            ..OperatorDefaults::new("ferry/worker:test")
         },
     )
     .unwrap()
@@ -255,6 +259,37 @@ fn secrets_arrive_as_references_and_never_in_the_config_map() {
         .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
         .collect();
     assert_eq!(secret_volumes, ["kafka-ca", "kafka-client", "redis-ca"]);
+    // Only the referenced keys: a Secret may hold more than Ferry needs.
+    let keys: Vec<(String, Vec<String>)> = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter_map(|v| {
+            let secret = v.secret.as_ref()?;
+            let items = secret.items.as_ref()?;
+            Some((
+                secret.secret_name.clone()?,
+                items
+                    .iter()
+                    .map(|i| format!("{}->{}", i.key, i.path))
+                    .collect(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        keys.len(),
+        3,
+        "every Secret volume lists its items: {keys:?}"
+    );
+    for (secret, items) in &keys {
+        let want: &[&str] = if secret == "kafka-client" {
+            &["tls.crt->tls.crt", "tls.key->tls.key"]
+        } else {
+            &["ca.crt->ca.crt"]
+        };
+        assert_eq!(items, want, "{secret}");
+    }
 
     // The ConfigMap names the variables, never the values or Secret names' contents.
     for yaml in children.config_map.data.as_ref().unwrap().values() {
@@ -452,6 +487,71 @@ fn image_defaults_from_the_operator_and_can_be_overridden() {
 }
 
 #[test]
+fn another_operator_version_or_image_policy_leaves_the_pod_templates_alone() {
+    let pipeline = with_metadata(FULL);
+    let build_with = |defaults: &OperatorDefaults| {
+        let validated = validate(
+            &pipeline,
+            &Dereferenced {
+                bootstrap: Bootstrap::Resolved("resolved:9092".to_owned()),
+            },
+            defaults,
+        )
+        .unwrap();
+        build::build(&validated, &DesiredReplicas::default()).unwrap()
+    };
+    let allowed = ImageAllowList::new(["registry.example/ferry/worker:*".to_owned()]);
+    let before = build_with(&OperatorDefaults {
+        allowed_images: allowed.clone(),
+        operator_version: "1.0.0".to_owned(),
+        ..OperatorDefaults::new("ferry/worker:test")
+    });
+    let after = build_with(&OperatorDefaults {
+        allowed_images: ImageAllowList::new(["*".to_owned()]),
+        operator_version: "2.0.0".to_owned(),
+        ..OperatorDefaults::new("ferry/worker:test")
+    });
+    for (old, new) in before.deployments.iter().zip(&after.deployments) {
+        let template = |d: &Deployment| d.spec.as_ref().unwrap().template.clone();
+        assert_eq!(
+            template(old),
+            template(new),
+            "an upgrade would roll the pods"
+        );
+        assert_eq!(
+            old.metadata.labels.as_ref().unwrap()["app.kubernetes.io/version"],
+            "1.0.0"
+        );
+        assert!(
+            !template(old)
+                .metadata
+                .unwrap()
+                .labels
+                .unwrap()
+                .contains_key("app.kubernetes.io/version")
+        );
+    }
+}
+
+#[test]
+fn an_image_outside_the_allow_list_is_refused() {
+    let pipeline = with_metadata(FULL);
+    let err = validate(
+        &pipeline,
+        &Dereferenced {
+            bootstrap: Bootstrap::Resolved("resolved:9092".to_owned()),
+        },
+        &OperatorDefaults::new("ferry/worker:test"),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ValidateError::ImageNotAllowed { image, .. } if image == "registry.example/ferry/worker:1.2.3"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("ferry/worker:test"), "{err}");
+}
+
+#[test]
 fn a_config_change_changes_only_that_stages_pod_template_hash() {
     let hash = |children: &Children, name: &str| {
         deployment(children, name)
@@ -504,9 +604,7 @@ fn a_processor_named_receiver_is_refused() {
         &Dereferenced {
             bootstrap: Bootstrap::Resolved("x:1".to_owned()),
         },
-        &OperatorDefaults {
-            worker_image: "w".to_owned(),
-        },
+        &OperatorDefaults::new("w"),
     )
     .unwrap_err();
     assert!(matches!(err, ValidateError::ReservedProcessorName { .. }));
@@ -529,7 +627,7 @@ fn strimzi_bootstrap_reaches_the_worker_config() {
 }
 
 #[test]
-fn create_topic_builds_an_owned_strimzi_kafka_topic() {
+fn create_topic_builds_a_labelled_strimzi_kafka_topic_nothing_owns() {
     let yaml = SAMPLE.replace(
         "bootstrapServers: 10.244.0.1:19092",
         "strimzi: {cluster: my-cluster}\n    createTopic: {partitions: 12, replicas: 3, config: {retention.ms: \"3600000\"}}",
@@ -547,13 +645,17 @@ fn create_topic_builds_an_owned_strimzi_kafka_topic() {
         topic.metadata.labels.as_ref().unwrap()["strimzi.io/cluster"],
         "my-cluster"
     );
-    assert_eq!(topic.metadata.owner_references.as_ref().unwrap().len(), 1);
+    // Never owned: the garbage collector would delete it, and Strimzi the topic's records.
+    assert!(topic.metadata.owner_references.is_none());
+    let labels = topic.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["app.kubernetes.io/instance"], "sensors");
+    assert_eq!(labels["ferry.dev/pipeline-namespace"], "default");
     assert_eq!(topic.data["spec"]["topicName"], "sensors");
     assert_eq!(topic.data["spec"]["partitions"], 12);
     assert_eq!(topic.data["spec"]["replicas"], 3);
     assert_eq!(topic.data["spec"]["config"]["retention.ms"], "3600000");
 
-    // Beside a Kafka in another namespace it cannot be owned, so it outlives the Pipeline.
+    // Beside a Kafka in another namespace, its labels name the Pipeline's namespace.
     let elsewhere = yaml.replace(
         "{cluster: my-cluster}",
         "{cluster: my-cluster, namespace: kafka}",
@@ -562,6 +664,18 @@ fn create_topic_builds_an_owned_strimzi_kafka_topic() {
     let topic = children.kafka_topic.unwrap();
     assert_eq!(topic.metadata.namespace.as_deref(), Some("kafka"));
     assert!(topic.metadata.owner_references.is_none());
+    assert_eq!(
+        topic.metadata.labels.as_ref().unwrap()["ferry.dev/pipeline-namespace"],
+        "default"
+    );
+
+    // Without replicas, Strimzi uses the Kafka cluster's default.replication.factor.
+    let (_, children) = built(&yaml.replace("replicas: 3, ", ""));
+    assert!(
+        children.kafka_topic.unwrap().data["spec"]
+            .get("replicas")
+            .is_none()
+    );
 
     let (_, children) = built(SAMPLE);
     assert!(children.kafka_topic.is_none());
@@ -581,9 +695,7 @@ fn a_rule_that_does_not_parse_is_an_invalid_spec() {
         &Dereferenced {
             bootstrap: Bootstrap::Resolved("x:1".to_owned()),
         },
-        &OperatorDefaults {
-            worker_image: "w".to_owned(),
-        },
+        &OperatorDefaults::new("w"),
     ) else {
         panic!("a Pipeline whose rule does not parse passed validate: its pods would crash-loop");
     };

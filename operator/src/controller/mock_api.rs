@@ -137,6 +137,22 @@ impl FakeApi {
                 state.objects.insert(call.path, object.clone());
                 (StatusCode::OK, object)
             }
+            Method::GET if state.objects.contains_key(&call.path) => {
+                (StatusCode::OK, state.objects[&call.path].clone())
+            }
+            // One object of a kind the reconcile writes, which the fake does not hold.
+            Method::GET
+                if call.path.rsplit_once('/').is_some_and(|(parent, _)| {
+                    ["/configmaps", "/deployments", "/kafkatopics"]
+                        .iter()
+                        .any(|kind| parent.ends_with(kind))
+                }) =>
+            {
+                (
+                    StatusCode::NOT_FOUND,
+                    status_body(StatusCode::NOT_FOUND, "not found"),
+                )
+            }
             Method::GET => {
                 let selector = query_param(&call.query, "labelSelector");
                 let prefix = format!("{}/", call.path);
@@ -191,7 +207,8 @@ fn status_body(status: StatusCode, message: &str) -> Value {
         "kind": "Status",
         "status": "Failure",
         "message": message,
-        "reason": status.canonical_reason().unwrap_or_default(),
+        // The API server's reasons are CamelCase (`NotFound`), which `get_opt` looks for.
+        "reason": status.canonical_reason().unwrap_or_default().replace(' ', ""),
         "code": status.as_u16(),
     })
 }

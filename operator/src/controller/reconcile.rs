@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -29,6 +30,9 @@ use crate::scaling::ScalingPolicy;
 pub const WAITING_REQUEUE: Duration = Duration::from_secs(15);
 /// A healthy Pipeline is looked at again at least this often.
 pub const RESYNC: Duration = Duration::from_secs(300);
+/// Held by a Pipeline with `deletionPolicy: delete` and `createTopic`, so that deleting it
+/// waits until the operator deleted the `KafkaTopic` it created.
+pub const TOPIC_FINALIZER: &str = "ferry.dev/delete-kafka-topic";
 
 #[instrument(skip_all, fields(pipeline = %pipeline.name_any(), namespace = pipeline.namespace().unwrap_or_default()))]
 pub async fn reconcile(pipeline: Arc<Pipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -57,6 +61,12 @@ async fn reconcile_stages(
     ctx: &Context,
     last_round_failed: bool,
 ) -> Result<Action, Error> {
+    if pipeline.metadata.deletion_timestamp.is_some() {
+        return finalize(pipeline, ctx).await;
+    }
+    // Before anything is created: a topic made without the finalizer in place could
+    // outlive a `deletionPolicy: delete` Pipeline.
+    sync_finalizer(pipeline, ctx).await?;
     let dereferenced = dereference::dereference(&ctx.client, pipeline).await?;
     let Bootstrap::Resolved(bootstrap_servers) = &dereferenced.bootstrap;
     let validated = validate::validate(pipeline, &dereferenced, &ctx.defaults)?;
@@ -187,6 +197,95 @@ async fn reconcile_stages(
         return Ok(Action::requeue(WAITING_REQUEUE));
     }
     Ok(Action::requeue(RESYNC))
+}
+
+fn holds_finalizer(pipeline: &Pipeline) -> bool {
+    pipeline.finalizers().iter().any(|f| f == TOPIC_FINALIZER)
+}
+
+/// Adds the topic finalizer when the Pipeline's deletion must delete its topic, and removes
+/// it when no longer (the policy went back to `retain`, or `createTopic` was removed).
+async fn sync_finalizer(pipeline: &Pipeline, ctx: &Context) -> Result<(), Error> {
+    let wanted = validate::deletes_topic(pipeline);
+    if wanted == holds_finalizer(pipeline) {
+        return Ok(());
+    }
+    let mut finalizers = pipeline.finalizers().to_vec();
+    if wanted {
+        finalizers.push(TOPIC_FINALIZER.to_owned());
+    } else {
+        finalizers.retain(|f| f != TOPIC_FINALIZER);
+    }
+    patch_finalizers(ctx, pipeline, finalizers).await
+}
+
+/// A Pipeline being deleted: with `deletionPolicy: delete`, deletes the `KafkaTopic` it
+/// created (never one someone else made), then lets the deletion finish. The garbage
+/// collector removes the owned ConfigMap and Deployments.
+async fn finalize(pipeline: &Pipeline, ctx: &Context) -> Result<Action, Error> {
+    if !holds_finalizer(pipeline) {
+        return Ok(Action::await_change());
+    }
+    let name = pipeline.name_any();
+    let namespace = pipeline.namespace().unwrap_or_default();
+    if validate::deletes_topic(pipeline)
+        && let Some((topic_namespace, topic)) = validate::kafka_topic_location(pipeline)
+    {
+        let deleted =
+            apply::delete_kafka_topic(&ctx.client, &topic_namespace, &topic, &namespace, &name)
+                .await?;
+        if deleted {
+            info!(pipeline = %name, kafka_topic = %format!("{topic_namespace}/{topic}"), "deleted the KafkaTopic (deletionPolicy: delete)");
+            ctx.publish(
+                pipeline,
+                EventType::Normal,
+                "Deleted",
+                "Finalize",
+                format!("removed KafkaTopic {topic_namespace}/{topic} (deletionPolicy: delete)"),
+            )
+            .await;
+        }
+    }
+    let finalizers = pipeline
+        .finalizers()
+        .iter()
+        .filter(|f| *f != TOPIC_FINALIZER)
+        .cloned()
+        .collect();
+    patch_finalizers(ctx, pipeline, finalizers).await?;
+    Ok(Action::await_change())
+}
+
+/// Replaces the Pipeline's finalizers, at the resourceVersion read: a concurrent change to
+/// them fails the patch (409) and the round is retried, rather than one of them lost.
+async fn patch_finalizers(
+    ctx: &Context,
+    pipeline: &Pipeline,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
+    let name = pipeline.name_any();
+    let namespace = pipeline.namespace().unwrap_or_default();
+    let api: Api<Pipeline> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = serde_json::json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": pipeline.resource_version(),
+        }
+    });
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Already gone: nothing holds it any more.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(source) => Err(apply::ApplyError::PatchFinalizers {
+            namespace,
+            name,
+            source,
+        }
+        .into()),
+    }
 }
 
 /// What the autoscaler should poll for each stage, and how it scales. The lag reader gets

@@ -35,9 +35,7 @@ fn context(pipeline: &Pipeline) -> (Arc<Context>, FakeApi) {
     let (client, fake) = FakeApi::start(pipeline);
     let ctx = Context::new(
         client,
-        OperatorDefaults {
-            worker_image: "ferry/worker:test".to_owned(),
-        },
+        OperatorDefaults::new("ferry/worker:test"),
         Arc::new(Metrics::default()),
         "test".to_owned(),
     );
@@ -76,7 +74,7 @@ fn condition<'a>(status: &'a PipelineStatus, type_: &str) -> &'a crate::crd::Con
 const STAGES: [&str; 3] = ["sensors-receiver", "sensors-stats", "sensors-validate"];
 
 #[tokio::test]
-async fn create_applies_the_config_map_then_each_deployment_then_status() {
+async fn create_checks_then_applies_the_config_map_then_each_deployment_then_status() {
     let pipeline = fixture();
     let (ctx, fake) = context(&pipeline);
     reconcile(Arc::new(pipeline), ctx).await.unwrap();
@@ -86,6 +84,12 @@ async fn create_applies_the_config_map_then_each_deployment_then_status() {
     assert_eq!(
         got,
         [
+            // None is in the watch cache: each is read first, to be sure no one else's
+            // object has its name.
+            format!("GET {CONFIG_MAP}"),
+            format!("GET {}", deployment("sensors-receiver")),
+            format!("GET {}", deployment("sensors-stats")),
+            format!("GET {}", deployment("sensors-validate")),
             format!("PATCH {CONFIG_MAP}"),
             format!("PATCH {}", deployment("sensors-receiver")),
             format!("PATCH {}", deployment("sensors-stats")),
@@ -107,7 +111,7 @@ async fn create_applies_the_config_map_then_each_deployment_then_status() {
     assert_eq!(status.observed_generation, Some(1));
     assert_eq!(condition(&status, "Degraded").status, "False");
     assert_eq!(status.stages.len(), 3);
-    assert_eq!(calls[5].body["reason"], "Created");
+    assert_eq!(calls[9].body["reason"], "Created");
 }
 
 #[tokio::test]

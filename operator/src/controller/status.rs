@@ -380,9 +380,7 @@ mod tests {
         let dereferenced = Dereferenced {
             bootstrap: Bootstrap::Resolved("kafka:9092".to_owned()),
         };
-        let defaults = OperatorDefaults {
-            worker_image: "ferry/worker:test".to_owned(),
-        };
+        let defaults = OperatorDefaults::new("ferry/worker:test");
         validate(&pipeline, &dereferenced, &defaults).unwrap()
     }
 

@@ -14,7 +14,8 @@ use kube::Resource;
 
 use super::dereference::{Bootstrap, Dereferenced};
 use crate::crd::{
-    BatchSpec, Pipeline, ProcessorSpec, ScalingMode, ScalingSpec, SecretKeyRef, TlsSpec,
+    BatchSpec, DeletionPolicy, Pipeline, ProcessorSpec, ScalingMode, ScalingSpec, SecretKeyRef,
+    TlsSpec,
 };
 use crate::scaling::DesiredReplicas;
 
@@ -33,12 +34,70 @@ pub enum ValidateError {
         "spec.processors[].name {name:?} is reserved: the receiver's Deployment uses that suffix"
     )]
     ReservedProcessorName { name: String },
+    #[error(
+        "spec.receiver.image {image:?} is not in the operator's allow-list of worker images ({allowed}); ask the cluster admin, or leave spec.receiver.image out for the default"
+    )]
+    ImageNotAllowed { image: String, allowed: String },
 }
 
 /// The operator's own settings that a Pipeline inherits.
 #[derive(Debug, Clone)]
 pub struct OperatorDefaults {
     pub worker_image: String,
+    /// Which images a Pipeline may name in `spec.receiver.image`.
+    pub allowed_images: ImageAllowList,
+    /// The `app.kubernetes.io/version` the children's metadata carries (never their pods).
+    pub operator_version: String,
+}
+
+impl OperatorDefaults {
+    /// Defaults with `worker_image` as the only allowed image and this build's version.
+    pub fn new(worker_image: impl Into<String>) -> Self {
+        Self {
+            worker_image: worker_image.into(),
+            allowed_images: ImageAllowList::default(),
+            operator_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
+
+/// The worker images a Pipeline may run, besides the operator's default one (always
+/// allowed). An entry is an exact image reference, or a prefix ending in `*`
+/// (`registry.example/ferry/worker:*`); `*` alone allows any image. Empty: only the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageAllowList {
+    pub entries: Vec<String>,
+}
+
+impl ImageAllowList {
+    pub fn new(entries: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            entries: entries
+                .into_iter()
+                .map(|e| e.trim().to_owned())
+                .filter(|e| !e.is_empty())
+                .collect(),
+        }
+    }
+
+    /// Whether a Pipeline may run `image`, the operator's default being `default`.
+    pub fn allows(&self, image: &str, default: &str) -> bool {
+        image == default
+            || self
+                .entries
+                .iter()
+                .any(|entry| match entry.strip_suffix('*') {
+                    Some(prefix) => image.starts_with(prefix),
+                    None => entry == image,
+                })
+    }
+
+    fn describe(&self, default: &str) -> String {
+        std::iter::once(default)
+            .chain(self.entries.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// A Pipeline that passed every check, with names resolved and worker configs rendered.
@@ -52,8 +111,10 @@ pub struct ValidatedPipeline {
     pub stages: Vec<ValidatedStage>,
     pub secrets: SecretRefs,
     pub paused: bool,
-    /// The Strimzi `KafkaTopic` to create and own, when `spec.kafka.createTopic` asks for it.
+    /// The Strimzi `KafkaTopic` to create, when `spec.kafka.createTopic` asks for it.
     pub kafka_topic: Option<ValidatedTopic>,
+    /// The `app.kubernetes.io/version` of the children's metadata.
+    pub operator_version: String,
 }
 
 /// A `KafkaTopic` for Strimzi's Topic Operator, which watches the Kafka cluster's namespace.
@@ -64,11 +125,36 @@ pub struct ValidatedTopic {
     pub cluster: String,
     pub topic_name: String,
     pub partitions: i32,
-    pub replicas: i32,
+    /// `None` leaves it to the Kafka cluster's `default.replication.factor`.
+    pub replicas: Option<i32>,
     pub config: std::collections::BTreeMap<String, String>,
-    /// Owner references cannot cross namespaces: a topic beside its Kafka in another
-    /// namespace outlives the Pipeline.
-    pub owned: bool,
+    /// The Pipeline's namespace, which the topic's labels name: the topic may live in the
+    /// Kafka's namespace, where another namespace's Pipeline may have the same name.
+    pub pipeline_namespace: String,
+}
+
+/// Where the `KafkaTopic` of `spec.kafka.createTopic` lives: `(namespace, name)`. Needs no
+/// dereference, so a Pipeline being deleted finds it with its Kafka gone.
+pub fn kafka_topic_location(pipeline: &Pipeline) -> Option<(String, String)> {
+    let kafka = &pipeline.spec.kafka;
+    let strimzi = kafka.strimzi.as_ref()?;
+    kafka.create_topic.as_ref()?;
+    let name = pipeline.metadata.name.as_deref()?;
+    let namespace = strimzi
+        .namespace
+        .clone()
+        .or_else(|| pipeline.metadata.namespace.clone())?;
+    Some((namespace, kafka_topic_name(name)))
+}
+
+fn kafka_topic_name(pipeline: &str) -> String {
+    format!("{pipeline}-topic")
+}
+
+/// Whether deleting `pipeline` must delete its `KafkaTopic` first, through the finalizer.
+pub fn deletes_topic(pipeline: &Pipeline) -> bool {
+    pipeline.spec.deletion_policy == DeletionPolicy::Delete
+        && kafka_topic_location(pipeline).is_some()
 }
 
 /// Where Secret material comes from; it reaches pods only through references.
@@ -85,6 +171,8 @@ pub struct SecretVolume {
     pub volume: String,
     pub secret: String,
     pub mount_dir: String,
+    /// The only keys of the Secret the pod gets, each as a file of that name.
+    pub keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,6 +335,17 @@ pub fn validate(
         .image
         .clone()
         .unwrap_or_else(|| defaults.worker_image.clone());
+    // The operator writes the Deployment with its own rights: the image is the cluster
+    // admin's choice, not the Pipeline author's.
+    if !defaults
+        .allowed_images
+        .allows(&image, &defaults.worker_image)
+    {
+        return Err(ValidateError::ImageNotAllowed {
+            allowed: defaults.allowed_images.describe(&defaults.worker_image),
+            image,
+        });
+    }
 
     let receiver = &spec.receiver;
     let mut stages = vec![ValidatedStage {
@@ -314,8 +413,8 @@ pub fn validate(
                 .clone()
                 .unwrap_or_else(|| namespace.clone());
             Some(ValidatedTopic {
-                resource_name: format!("{name}-topic"),
-                owned: topic_namespace == namespace,
+                resource_name: kafka_topic_name(&name),
+                pipeline_namespace: namespace.clone(),
                 namespace: topic_namespace,
                 cluster: strimzi.cluster.clone(),
                 topic_name: spec.kafka.topic.clone(),
@@ -337,6 +436,7 @@ pub fn validate(
         stages,
         secrets,
         paused: spec.paused,
+        operator_version: defaults.operator_version.clone(),
     })
 }
 
@@ -385,6 +485,7 @@ fn mount_tls(tls: &TlsSpec, endpoint: &str, secrets: &mut SecretRefs) -> TlsFile
             volume: format!("{endpoint}-ca"),
             secret: ca.name.clone(),
             mount_dir,
+            keys: vec![ca.key.clone()],
         });
     }
     if let Some(client) = &tls.client_secret_ref {
@@ -395,6 +496,7 @@ fn mount_tls(tls: &TlsSpec, endpoint: &str, secrets: &mut SecretRefs) -> TlsFile
             volume: format!("{endpoint}-client"),
             secret: client.name.clone(),
             mount_dir,
+            keys: vec!["tls.crt".to_owned(), "tls.key".to_owned()],
         });
     }
     files
@@ -447,5 +549,28 @@ fn processor_config(processor: &ProcessorSpec) -> ProcessorConfig {
             topic: d.topic.clone(),
         }),
         batch: batch_config(&processor.batch),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ImageAllowList;
+
+    #[test]
+    fn the_allow_list_takes_exact_images_and_prefixes() {
+        let default = "ferry/worker:0.1.0";
+        let none = ImageAllowList::default();
+        assert!(none.allows(default, default));
+        assert!(!none.allows("ferry/worker:latest", default));
+        let list = ImageAllowList::new([
+            "registry.example/ferry/worker:*".to_owned(),
+            " ferry/worker:0.2.0 ".to_owned(),
+            String::new(),
+        ]);
+        assert!(list.allows("registry.example/ferry/worker:1.2.3", default));
+        assert!(list.allows("ferry/worker:0.2.0", default));
+        assert!(!list.allows("registry.example/other:1", default));
+        assert!(!list.allows("ferry/worker:0.2.0-evil", default));
+        assert!(ImageAllowList::new(["*".to_owned()]).allows("anything:1", default));
     }
 }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+pub mod ownership;
+
 /// What `e2e/local/stack.sh up` wrote to `$FERRY_STACK_DIR/env`.
 #[derive(Debug, Clone)]
 pub struct StackEnv {
