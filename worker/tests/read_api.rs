@@ -128,7 +128,7 @@ async fn histories_and_slices_match_the_topic_for_every_storage_and_encoding() {
         assert!(!want.is_empty());
         assert_eq!(api_records(&body["records"]), want, "{what} since");
         // Several sources, sliced as LRANGE counts; an unknown one is null, not an error.
-        for (start, stop) in [(2i64, 5i64), (-3, -1), (0, 0)] {
+        for (start, stop) in [(2i64, 5i64), (-3, -1), (0, 0), (-25, -18), (1, -2), (5, 2)] {
             let body = serve.ok(&format!(
                 "/v1/slices?source=src-0001&source=src-0002&source=nope&start={start}&stop={stop}"
             ));
@@ -146,6 +146,20 @@ async fn histories_and_slices_match_the_topic_for_every_storage_and_encoding() {
                     api_records(&slice["records"]),
                     history[range].to_vec(),
                     "{what} slice {start}..{stop} of {key}"
+                );
+            }
+            if receiver.storage == StorageKind::List {
+                // As LRANGE itself slices the list.
+                let stored: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                    .arg(format!("{}:list:src-0001", receiver.prefix))
+                    .arg(start)
+                    .arg(stop)
+                    .query(&mut receiver.redis())
+                    .unwrap();
+                assert_eq!(
+                    slices[0]["records"].as_array().unwrap().len(),
+                    stored.len(),
+                    "{what} LRANGE {start} {stop}"
                 );
             }
             assert!(slices[2]["records"].is_null());
@@ -318,6 +332,9 @@ async fn the_event_stream_names_the_keys_of_each_batch() {
         "events within 30 s; serve log {}",
         serve.log.display()
     );
+    // SIGTERM ends the open event stream, so the graceful shutdown is not held by it.
+    let status = serve.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
     assert!(worker.terminate().success());
 }
 

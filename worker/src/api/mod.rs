@@ -192,6 +192,8 @@ struct Api {
     validate: Vec<(String, ProcessorKeys)>,
     /// Every stage whose dead letters are counted: `receiver` and the processors.
     stages: Vec<String>,
+    /// Ends the event streams, which would otherwise hold a graceful shutdown forever.
+    shutdown: Shutdown,
 }
 
 type Shared = State<Arc<Api>>;
@@ -249,6 +251,7 @@ pub async fn run(
         stats: named(&options.stats),
         validate: named(&options.validate),
         stages,
+        shutdown: shutdown.clone(),
     };
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -586,6 +589,12 @@ async fn slices(State(api): Shared, RawQuery(query): RawQuery) -> Result<Respons
             range.start..range.end.min(range.start + cap)
         })
         .collect();
+    let length_of: HashMap<&str, usize> = keys
+        .iter()
+        .map(String::as_str)
+        .zip(lengths.iter().copied())
+        .collect();
+    let len_of = |key: &str| length_of.get(key).copied().unwrap_or(0);
     let mut reads = redis::pipe();
     for (key, range) in keys.iter().zip(&ranges) {
         let last = range.end.max(1) - 1;
@@ -597,6 +606,14 @@ async fn slices(State(api): Shared, RawQuery(query): RawQuery) -> Result<Respons
                 .arg(range.start)
                 .arg(last)
                 .arg("WITHSCORES"),
+            // From whichever end is nearer: the newest with XREVRANGE, the oldest with XRANGE.
+            StorageKind::Stream if from_oldest(range, len_of(key)) => reads
+                .cmd("XRANGE")
+                .arg(key)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(len_of(key).saturating_sub(range.start).max(1)),
             StorageKind::Stream => reads
                 .cmd("XREVRANGE")
                 .arg(key)
@@ -640,12 +657,21 @@ async fn slices(State(api): Shared, RawQuery(query): RawQuery) -> Result<Respons
                     .iter()
                     .map(|(value, score)| codec.decode(value, Some(score_ms(*score))))
                     .collect(),
-                StorageKind::Stream => redis::from_redis_value::<Vec<StreamEntry>>(reply)
-                    .map_err(|err| unexpected(err.into()))?
-                    .iter()
-                    .skip(range.start)
-                    .map(|entry| stream_record(codec, entry))
-                    .collect(),
+                StorageKind::Stream => {
+                    let entries = redis::from_redis_value::<Vec<StreamEntry>>(reply)
+                        .map_err(|err| unexpected(err.into()))?;
+                    let newest_first: Vec<&StreamEntry> = if from_oldest(range, *len) {
+                        // XRANGE gave the oldest `len - start`, oldest first: reversed, they
+                        // start at index `start`.
+                        entries.iter().rev().take(range.len()).collect()
+                    } else {
+                        entries.iter().skip(range.start).collect()
+                    };
+                    newest_first
+                        .into_iter()
+                        .map(|entry| stream_record(codec, entry))
+                        .collect()
+                }
                 StorageKind::Hash => {
                     let fields = redis::from_redis_value::<HashMap<String, Vec<u8>>>(reply)
                         .map_err(|err| unexpected(err.into()))?;
@@ -667,6 +693,11 @@ async fn slices(State(api): Shared, RawQuery(query): RawQuery) -> Result<Respons
         sources: out,
     };
     Ok(json(StatusCode::OK, &body))
+}
+
+/// Whether a slice of a stream of `len` entries is nearer its oldest end.
+const fn from_oldest(range: &std::ops::Range<usize>, len: usize) -> bool {
+    range.start > len / 2
 }
 
 #[derive(Serialize, Default)]
@@ -828,11 +859,15 @@ async fn events(
         .subscribe(&channel)
         .await
         .map_err(ApiError::redis("subscribe", &channel))?;
-    let stream = pubsub.into_on_message().map(|message| {
-        Ok(Event::default()
-            .event("batch")
-            .data(String::from_utf8_lossy(message.get_payload_bytes())))
-    });
+    let mut stop = api.shutdown.clone();
+    let stream = pubsub
+        .into_on_message()
+        .map(|message| {
+            Ok(Event::default()
+                .event("batch")
+                .data(String::from_utf8_lossy(message.get_payload_bytes())))
+        })
+        .take_until(async move { stop.wait().await });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
