@@ -5,7 +5,7 @@
 # records, reads one source's 100-value history at 1, 50 and 500 concurrent clients through
 # the API and with a direct redis-rs LRANGE in the same run, prints both with their ratios,
 # then the event delay (batch EXEC -> SSE). Details and figures: bench/README.md.
-# Usage: bash bench/api.sh     (SOURCES=1000 SECONDS=5 by default)
+# Usage: bash bench/api.sh     (SOURCES=1000 BENCH_SECONDS=5 by default)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -15,7 +15,7 @@ STACK_ENV="${FERRY_STACK_DIR:-/tmp/ferry-stack}/env"
 source "$STACK_ENV"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${FERRY_CACHE:-$HOME/.cache/ferry}/cargo-target}"
 SOURCES="${SOURCES:-1000}"
-SECONDS_PER_LEVEL="${SECONDS:-5}"
+SECONDS_PER_LEVEL="${BENCH_SECONDS:-5}"
 PREFIX="bench-api-$(date +%s)-$RANDOM"
 WORK="$(mktemp -d)"
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use ferry_worker::config::{RecordFormat, StorageKind};
-use read_api_support::{EventStream, Serve, api_records, encode, expected_histories};
+use read_api_support::{EventStream, Reap, Serve, api_records, encode, expected_histories};
 use receiver_support::*;
 
 const DEPTH: u32 = 20;
@@ -55,6 +55,7 @@ async fn histories_and_slices_match_the_topic_for_every_storage_and_encoding() {
     }
     receivers.push(receiver(&stack, &topic, "list", "bytes", "raw"));
     let workers: Vec<Worker> = receivers.iter_mut().map(Receiver::start).collect();
+    let _reap: Vec<Reap> = workers.iter().map(|w| Reap(w.child.id())).collect();
     for receiver in &receivers {
         receiver.wait_applied(&produced.last_offsets, Duration::from_secs(90));
     }
@@ -208,6 +209,7 @@ async fn a_plain_resp_reader_gets_the_json_lists_the_api_serves() {
     let mut bytes = receiver(&stack, &topic, "list", "bytes", "dsdata");
     let mut json = receiver(&stack, &topic, "list", "json", "dsdata");
     let workers = [bytes.start(), json.start()];
+    let _reap: Vec<Reap> = workers.iter().map(|w| Reap(w.child.id())).collect();
     bytes.wait_applied(&produced.last_offsets, Duration::from_secs(60));
     json.wait_applied(&produced.last_offsets, Duration::from_secs(60));
     for worker in workers {
@@ -254,6 +256,7 @@ async fn sources_paginate_over_ten_thousand() {
     let produced = produce_keyed(&stack, &topic, sources, sources).await;
     let mut receiver = receiver(&stack, &topic, "hash", "bytes", "dsdata");
     let worker = receiver.start();
+    let _reap = Reap(worker.child.id());
     receiver.wait_applied(&produced.last_offsets, Duration::from_secs(90));
     assert!(worker.terminate().success());
     let serve = Serve::start(&receiver.config, &[]);
@@ -299,6 +302,7 @@ async fn the_event_stream_names_the_keys_of_each_batch() {
     create_topic(&stack, &topic, 1).await;
     let mut receiver = receiver(&stack, &topic, "list", "bytes", "dsdata");
     let worker = receiver.start();
+    let _reap = Reap(worker.child.id());
     // The receiver is placed once its first (empty) data set exists: wait for a first batch.
     let first = produce_keyed(&stack, &topic, 1, 1).await;
     receiver.wait_applied(&first.last_offsets, Duration::from_secs(60));
@@ -394,6 +398,7 @@ async fn stats_validation_and_dead_letters_are_served() {
         validate_stage,
     ));
     let worker = receiver.start();
+    let _reap = Reap(worker.child.id());
     receiver.wait_applied(&last, Duration::from_secs(60));
     let mut redis = process_support::redis(&support).await;
     let deadline = Instant::now() + Duration::from_secs(60);

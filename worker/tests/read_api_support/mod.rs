@@ -94,6 +94,24 @@ impl Drop for Serve {
     }
 }
 
+/// Kills a child process by id when dropped, so a failing test leaves no worker behind
+/// (one would keep the test's inherited file descriptors, the build lock among them).
+pub struct Reap(pub u32);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        // Only a ferry-worker still running: a reaped child's id may belong to another.
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains("ferry-worker") {
+            return;
+        }
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 /// Percent-encodes a path segment or query value.
 pub fn encode(text: &str) -> String {
     text.bytes()
