@@ -118,6 +118,10 @@ bench-receiver: ## One receiver over 1,000,000 dsdata records, beside redis-benc
 bench: ## Ferry's receiver vs Redpanda Connect and the Kafka/Redis limits, 2M records: bench/results/
 	bash bench/run.sh
 
+.PHONY: bench-api
+bench-api: ## The read API: one source's 100-value history at 1/50/500 clients beside a direct LRANGE; SSE event delay
+	bash bench/api.sh
+
 .PHONY: bench-operator
 bench-operator: ## 1000 paused Pipelines on the local Kubernetes: reconcile time, RSS, steady CPU
 	bash bench/operator.sh

@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use ferry_config::config::{OffsetReset, RecordFormat, SaslMechanism, StorageKind};
+use ferry_config::config::{
+    OffsetReset, RecordFormat, SaslMechanism, StorageEncoding, StorageKind,
+};
 use ferry_config::duration::HumanDuration;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::{CustomResource, KubeSchema};
@@ -323,6 +325,12 @@ pub struct StorageSpec {
     /// Expire a key this long after its last write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<HumanDuration>,
+    /// How each record is stored: `bytes` (the default) keeps the value exactly as
+    /// received, in the Pipeline's `format`; `json` stores it as a UTF-8 JSON string
+    /// `{"ts": <ms>, "values": [...], "text": "..."}` that any Redis client reads without
+    /// knowing `dsdata`. `json` needs `format` `dsdata` or `json`, not `raw`.
+    #[serde(default)]
+    pub encoding: StorageEncoding,
 }
 
 fn default_history_depth() -> i32 {
@@ -335,6 +343,7 @@ impl Default for StorageSpec {
             kind: StorageKind::List,
             history_depth: default_history_depth(),
             ttl: None,
+            encoding: StorageEncoding::Bytes,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub use ferry_config::{config, duration, record, status};
 
+pub mod api;
 pub mod backoff;
 pub mod consume;
 pub mod http;

@@ -52,8 +52,33 @@ enum Command {
         #[command(flatten)]
         stage: StageArgs,
     },
+    /// Serve the read API over one Pipeline's data (docs/read-api.md): stateless, read-only.
+    Serve(ServeArgs),
     /// Play the data sources: each sends timestamped float arrays with a text.
     Simulate(SimulateArgs),
+}
+
+/// The read API reads with the receiver's config (Redis, key prefix, storage, format);
+/// the processors' names say which of their keys it reads.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The Pipeline's receiver config.
+    #[arg(long, env = "FERRY_CONFIG")]
+    config: PathBuf,
+    #[arg(long, default_value = "0.0.0.0:8090", env = "FERRY_API_LISTEN")]
+    listen: std::net::SocketAddr,
+    /// A stats processor's name, whose figures `/v1/sources/{id}/stats` serves; repeatable.
+    #[arg(long = "stats")]
+    stats: Vec<String>,
+    /// A validate processor's name, whose counters the API serves; repeatable.
+    #[arg(long = "validate")]
+    validate: Vec<String>,
+    /// Another processor's name, whose dead-letter counts `/v1/totals` serves; repeatable.
+    #[arg(long = "processor")]
+    processor: Vec<String>,
+    /// Redis response timeout.
+    #[arg(long, default_value = "5s", env = "FERRY_REDIS_TIMEOUT")]
+    redis_timeout: HumanDuration,
 }
 
 /// The consumption pipeline's process-level knobs, the same for every stage kind.
@@ -224,6 +249,28 @@ fn run(command: Command) -> Result<(), ExitCode> {
                     .await
                     .map_err(|err| {
                         tracing::error!(error = %err, "processor failed");
+                        ExitCode::FAILURE
+                    })
+            })
+        }
+        Command::Serve(args) => {
+            let config = load_config(&args.config, "serve", "receiver")?;
+            let options = ferry_worker::api::ServeOptions {
+                listen: args.listen,
+                stats: args.stats,
+                validate: args.validate,
+                other_processors: args.processor,
+                redis_timeout: args.redis_timeout.as_duration(),
+            };
+            runtime()?.block_on(async move {
+                let shutdown = Shutdown::from_signals().map_err(|err| {
+                    tracing::error!(%err, "cannot install signal handlers");
+                    ExitCode::FAILURE
+                })?;
+                ferry_worker::api::run(config, options, shutdown)
+                    .await
+                    .map_err(|err| {
+                        tracing::error!(error = %err, "read API failed");
                         ExitCode::FAILURE
                     })
             })

@@ -230,10 +230,17 @@ pub fn storage_commands(layout: &StorageLayout, records: &[&StoredRecord]) -> St
 /// own input partitioning; SipHash showed in the receiver's profile.
 pub type FastHash = foldhash::fast::RandomState;
 
-/// The compact event published after a batch: `{"keys":3,"records":10,"dead_lettered":1,
-/// "offsets":{"0":41,"2":17}}` with the last offset applied per partition.
+/// How many source ids a batch event names; past it, the event says how many it left out.
+pub const EVENT_SOURCES_LIMIT: usize = 100;
+
+/// The compact event published after a batch (the contract is docs/read-api.md):
+/// `{"keys":3,"sources":["a","b","c"],"more_sources":0,"records":10,"dead_lettered":1,
+/// "offsets":{"0":41,"2":17}}`: how many data keys the batch changed, the source ids of the
+/// first [`EVENT_SOURCES_LIMIT`] of them and how many more there were, and the last offset
+/// applied per partition.
 pub fn batch_event(
     keys: usize,
+    sources: &[String],
     records: usize,
     dead_lettered: usize,
     offsets: &BTreeMap<i32, i64>,
@@ -242,8 +249,11 @@ pub fn batch_event(
         .iter()
         .map(|(partition, offset)| (partition.to_string(), (*offset).into()))
         .collect();
+    let named = &sources[..sources.len().min(EVENT_SOURCES_LIMIT)];
     serde_json::json!({
         "keys": keys,
+        "sources": named,
+        "more_sources": keys.saturating_sub(named.len()),
         "records": records,
         "dead_lettered": dead_lettered,
         "offsets": offsets,
@@ -752,6 +762,7 @@ mod tests {
                 kind,
                 history_depth: depth,
                 ttl: ttl.map(HumanDuration::from_millis),
+                encoding: crate::config::StorageEncoding::Bytes,
             },
         )
     }
@@ -892,9 +903,22 @@ mod tests {
     #[test]
     fn event_is_compact_json() {
         let offsets = BTreeMap::from([(0, 41), (2, 17)]);
+        let sources = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
         assert_eq!(
-            batch_event(3, 10, 1, &offsets),
-            r#"{"dead_lettered":1,"keys":3,"offsets":{"0":41,"2":17},"records":10}"#
+            batch_event(3, &sources, 10, 1, &offsets),
+            r#"{"dead_lettered":1,"keys":3,"more_sources":0,"offsets":{"0":41,"2":17},"records":10,"sources":["a","b","c"]}"#
         );
+    }
+
+    #[test]
+    fn event_names_sources_up_to_the_limit_then_counts() {
+        let sources: Vec<String> = (0..250).map(|i| format!("s{i}")).collect();
+        let event: serde_json::Value =
+            serde_json::from_str(&batch_event(250, &sources, 250, 0, &BTreeMap::new())).unwrap();
+        assert_eq!(
+            event["sources"].as_array().unwrap().len(),
+            EVENT_SOURCES_LIMIT
+        );
+        assert_eq!(event["more_sources"], 150);
     }
 }

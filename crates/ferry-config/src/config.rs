@@ -213,6 +213,37 @@ pub struct StorageConfig {
     pub history_depth: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<HumanDuration>,
+    /// How a record's value is stored. Left out of a rendered config at its default, so a
+    /// worker older than the operator still loads it.
+    #[serde(default, skip_serializing_if = "StorageEncoding::is_bytes")]
+    pub encoding: StorageEncoding,
+}
+
+/// How the receiver stores a record's value (docs/read-api.md).
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageEncoding {
+    /// The value's bytes exactly as received, in the Pipeline's `format`.
+    #[default]
+    Bytes,
+    /// A UTF-8 JSON string `{"ts": <ms>, "values": [floats], "text": "..."}`, whatever the
+    /// `format`, so any language reads it with a plain Redis client. Not for `format: raw`,
+    /// which has no fields to write.
+    Json,
+}
+
+impl StorageEncoding {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Bytes => "bytes",
+            Self::Json => "json",
+        }
+    }
+
+    #[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+    fn is_bytes(&self) -> bool {
+        *self == Self::Bytes
+    }
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
@@ -428,6 +459,14 @@ impl WorkerConfig {
                 if receiver.batch.max_records == 0 {
                     return invalid("stage.receiver.batch.max_records", "must be at least 1");
                 }
+                if receiver.storage.encoding == StorageEncoding::Json
+                    && self.format == RecordFormat::Raw
+                {
+                    return invalid(
+                        "stage.receiver.storage.encoding",
+                        "`json` needs a format with fields (dsdata or json), not raw",
+                    );
+                }
             }
             StageConfig::Processor(processor) => {
                 // The name is a part of the stage's keys (`{prefix}:counters:{name}:{key}`):
@@ -507,6 +546,12 @@ impl WorkerConfig {
         format!("{}:data-set", self.checkpoint_key_base())
     }
 
+    /// The stage's dead-letter counts, a hash of reason label to count, incremented in the
+    /// batch transaction: `{prefix}:dead-letters:{stage}`.
+    pub fn dead_letters_key(&self) -> String {
+        dead_letters_key(&self.redis.key_prefix, self.stage_name())
+    }
+
     fn checkpoint_key_base(&self) -> String {
         format!(
             "{}:ckpt:{}:{}",
@@ -527,6 +572,11 @@ impl WorkerConfig {
             )
         })
     }
+}
+
+/// `{prefix}:dead-letters:{stage}`: see [`WorkerConfig::dead_letters_key`].
+pub fn dead_letters_key(key_prefix: &str, stage: &str) -> String {
+    format!("{key_prefix}:dead-letters:{stage}")
 }
 
 /// True when a Redis URL carries `user:password@` credentials.

@@ -360,6 +360,7 @@ pub fn validate(
                     kind: receiver.storage.kind,
                     history_depth: positive_u32(receiver.storage.history_depth),
                     ttl: receiver.storage.ttl,
+                    encoding: receiver.storage.encoding,
                 },
                 max_age: receiver.max_age,
                 dead_letter: receiver.dead_letter.as_ref().map(|d| DeadLetterConfig {

@@ -222,6 +222,9 @@ pub struct Effects {
     pub written: u64,
     /// Data keys the commands touch (for the batch event).
     pub keys_touched: usize,
+    /// The source ids the batch event names (the receiver's; up to
+    /// [`sink::EVENT_SOURCES_LIMIT`] are sent).
+    pub sources: Vec<String>,
 }
 
 /// A failure of the stage kind's own work (its reads); the batch is retried.
@@ -291,7 +294,10 @@ fn rights_probe<K: StageKind>(kind: &K, checkpoint_key: &str, events: Option<&st
     // The data set's marker is read with EXISTS and written with SET NX (like this).
     let mut exists = redis::cmd("EXISTS");
     exists.arg(checkpoint_key);
-    commands.extend([mget, type_, set, exists]);
+    // Dead letters are counted with HINCRBY (on their own key, under the same prefix).
+    let mut count = redis::cmd("HINCRBY");
+    count.arg(checkpoint_key).arg("probe").arg(1);
+    commands.extend([mget, type_, set, exists, count]);
     if let Some(channel) = events {
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(channel).arg("{}");
@@ -1645,9 +1651,23 @@ impl<K: StageKind> Writer<K> {
             dead_letters,
             written,
             keys_touched,
+            sources,
         } = effects;
         let dead_letters: Vec<&Rejected> =
             refused.iter().copied().chain(dead_letters.iter()).collect();
+        // Dead letters per reason, in the transaction: counted once, as the records are.
+        let mut per_reason: BTreeMap<String, i64> = BTreeMap::new();
+        for rejected in &dead_letters {
+            *per_reason
+                .entry(rejected.reason.metric_label())
+                .or_default() += 1;
+        }
+        let dead_letters_key = self.checkpoints.0.dead_letters_key();
+        for (reason, by) in per_reason {
+            let mut count = redis::cmd("HINCRBY");
+            count.arg(&dead_letters_key).arg(reason).arg(by);
+            commands.push(count);
+        }
 
         // Produced records are acknowledged before their offsets are checkpointed: at least
         // once on the topics, with their source in headers for readers to drop duplicates.
@@ -1673,8 +1693,13 @@ impl<K: StageKind> Writer<K> {
                 .iter()
                 .map(|(partition, checkpoint)| (*partition, checkpoint.offset))
                 .collect();
-            let event =
-                sink::batch_event(keys_touched, records.len(), dead_letters.len(), &offsets);
+            let event = sink::batch_event(
+                keys_touched,
+                &sources,
+                records.len(),
+                dead_letters.len(),
+                &offsets,
+            );
             let mut publish = redis::cmd("PUBLISH");
             publish.arg(channel).arg(event);
             commands.push(publish);

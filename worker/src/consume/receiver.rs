@@ -18,7 +18,7 @@ use super::pipeline::{
     Rejected, StageKind, StageOptions, StageSpec,
 };
 use super::{ConsumeError, Shutdown};
-use crate::config::{RecordFormat, StageConfig, WorkerConfig};
+use crate::config::{RecordFormat, StageConfig, StorageEncoding, WorkerConfig};
 use crate::record::{self, RejectReason};
 use crate::sink::{self, FastHash, StorageCommands, StorageLayout, StoredRecord};
 
@@ -33,6 +33,8 @@ pub const MAX_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
 pub struct Validator {
     pub format: RecordFormat,
     pub max_age_ms: Option<i64>,
+    /// `json`: the stored value is the record re-encoded as JSON, not the bytes received.
+    pub encoding: StorageEncoding,
 }
 
 impl Validator {
@@ -83,6 +85,22 @@ impl Validator {
                 ));
             }
         }
+        if self.encoding == StorageEncoding::Json {
+            // Decoded again in full only for `json`: `bytes` stays a validate-only pass.
+            let json = record::decode(self.format, value, kafka_timestamp_ms)
+                .map_err(|err| reject(err.reason(), err.to_string()))
+                .and_then(|decoded| {
+                    record::json::encode(&decoded)
+                        .map_err(|err| reject(encode_reason(&err), err.to_string()))
+                })?;
+            return Ok(StoredRecord::new(
+                partition,
+                offset,
+                source,
+                timestamp_ms,
+                &json,
+            ));
+        }
         Ok(StoredRecord::new(
             partition,
             offset,
@@ -90,6 +108,15 @@ impl Validator {
             timestamp_ms,
             value,
         ))
+    }
+}
+
+/// A decoded record always encodes (the limits are the same); named for completeness.
+const fn encode_reason(err: &record::EncodeError) -> RejectReason {
+    match err {
+        record::EncodeError::TooManyFloats { .. } => RejectReason::TooManyFloats,
+        record::EncodeError::TextTooLong { .. } => RejectReason::TextTooLong,
+        record::EncodeError::NonFiniteFloat { .. } => RejectReason::NonFiniteFloat,
     }
 }
 
@@ -156,10 +183,20 @@ impl StageKind for Storage {
             commands,
             keys_touched,
         } = sink::storage_commands(&self.layout, fresh.records);
+        // The batch event names the sources; one pass, first appearance, up to the limit.
+        let mut seen: HashSet<&[u8], FastHash> = HashSet::default();
+        let sources = fresh
+            .records
+            .iter()
+            .filter(|r| seen.insert(r.source()))
+            .take(sink::EVENT_SOURCES_LIMIT)
+            .map(|r| String::from_utf8_lossy(r.source()).into_owned())
+            .collect();
         Ok(Effects {
             commands,
             written: fresh.records.len() as u64,
             keys_touched,
+            sources,
             ..Effects::default()
         })
     }
@@ -203,6 +240,7 @@ pub async fn run(
         max_age_ms: receiver
             .max_age
             .map(|age| i64::try_from(age.as_duration().as_millis()).unwrap_or(i64::MAX)),
+        encoding: receiver.storage.encoding,
     };
     let storage = Storage {
         layout: StorageLayout::new(&config.redis.key_prefix, &receiver.storage),
@@ -227,6 +265,7 @@ mod tests {
         Validator {
             format: RecordFormat::Dsdata,
             max_age_ms,
+            encoding: StorageEncoding::Bytes,
         }
     }
 
@@ -262,6 +301,19 @@ mod tests {
             (2, 7, 1_000)
         );
         assert_eq!(stored.source(), b"src-1");
+    }
+
+    #[test]
+    fn json_encoding_stores_the_record_as_json() {
+        let bytes = dsdata(1_000);
+        let validator = Validator {
+            encoding: StorageEncoding::Json,
+            ..validator(None)
+        };
+        let Ok(stored) = validator.check(0, 1, Some(b"k"), Some(&bytes), None, 5_000) else {
+            panic!("expected a stored record");
+        };
+        assert_eq!(stored.value(), br#"{"ts":1000,"values":[1.0],"text":"t"}"#);
     }
 
     #[test]

@@ -1,0 +1,912 @@
+//! `ferry-worker serve`: the read API over one Pipeline's data (docs/read-api.md).
+//!
+//! Stateless and read-only: every request reads Redis, nothing is cached or written, so
+//! any number of replicas may serve one Pipeline. It reads what the receiver and the
+//! processors write (keys in `crate::sink` and `crate::process`), decoding stored values
+//! per the Pipeline's `format` and `storage.encoding` ([`decode::ValueCodec`]).
+//!
+//! The routes, all `GET`, JSON bodies (the OpenAPI document, `openapi.json` beside this
+//! file, is served at `/openapi.json`):
+//! - `/v1/sources?cursor=&limit=`: the source ids, paginated by `SCAN` under an opaque cursor;
+//! - `/v1/sources/{id}/history?limit=&since=`: one source's records, newest first;
+//! - `/v1/slices?source=…&source=…&start=&stop=`: several sources, each sliced by history
+//!   index as `LRANGE` does;
+//! - `/v1/sources/{id}/stats`: the stats and validate processors' figures of one source;
+//! - `/v1/totals`: the validate totals and the dead-letter counts of every stage;
+//! - `/v1/events`: the batch events, as server-sent events.
+//!
+//! Errors are `{"error": {"code", "message", "parameter"?}}` with a stable `code`.
+
+pub mod decode;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::{Stream, StreamExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::Serialize;
+
+use crate::config::{StageConfig, StorageKind, WorkerConfig, dead_letters_key};
+use crate::consume::Shutdown;
+use crate::process::ProcessorKeys;
+use crate::process::validate::TOTAL_COUNTERS;
+use crate::sink::{self, SinkError, StorageLayout};
+use decode::{ApiRecord, BadParameter, ValueCodec, integer, only_known, query_pairs, single};
+
+/// The OpenAPI document, kept in the repo beside this file and served as is.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The most records one history or slice returns per source.
+pub const MAX_RECORDS: i64 = 10_000;
+/// The most sources one page of `/v1/sources` asks `SCAN` for.
+pub const MAX_PAGE: i64 = 1_000;
+/// The most sources one `/v1/slices` call reads.
+pub const MAX_SLICE_SOURCES: usize = 100;
+/// `SCAN` calls one page makes at most; past them the page is returned short (even
+/// empty) with a cursor, so a keyspace of mostly other keys cannot hold a request long.
+const MAX_SCANS_PER_PAGE: usize = 64;
+/// Records read per round trip when `since` filters a list or a stream.
+const FILTER_CHUNK: usize = 500;
+
+/// What `serve` needs beyond the receiver's config: where to listen, and the processors
+/// whose keys it reads.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub stats: Vec<String>,
+    pub validate: Vec<String>,
+    /// Processors whose only keys the API reads are their dead-letter counts.
+    pub other_processors: Vec<String>,
+    pub redis_timeout: Duration,
+}
+
+/// A failure of `serve` itself (not of one request).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("`ferry-worker serve` reads a receiver's config, found a processor stage")]
+    NotAReceiver,
+    #[error(transparent)]
+    Redis(#[from] SinkError),
+    #[error("cannot connect to Redis: {0}")]
+    Connect(redis::RedisError),
+    #[error("cannot listen on {listen}: {source}")]
+    Listen {
+        listen: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A failed request, as JSON with a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    BadParameter(#[from] BadParameter),
+    #[error("no source {id:?} in this Pipeline")]
+    UnknownSource { id: String },
+    #[error("key {key} holds another Redis type than the Pipeline's storage")]
+    WrongType { key: String },
+    #[error("Redis {operation} failed: {source}")]
+    Redis {
+        operation: &'static str,
+        source: redis::RedisError,
+    },
+    #[error("no such endpoint; see /openapi.json")]
+    NotFound,
+}
+
+impl ApiError {
+    /// The stable code clients branch on.
+    pub const fn code(&self) -> &'static str {
+        match self {
+            Self::BadParameter(_) => "bad_parameter",
+            Self::UnknownSource { .. } => "unknown_source",
+            Self::WrongType { .. } => "wrong_type",
+            Self::Redis { .. } => "redis_unavailable",
+            Self::NotFound => "not_found",
+        }
+    }
+
+    const fn status(&self) -> StatusCode {
+        match self {
+            Self::BadParameter(_) => StatusCode::BAD_REQUEST,
+            Self::UnknownSource { .. } | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::WrongType { .. } => StatusCode::CONFLICT,
+            Self::Redis { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn redis(operation: &'static str, key: &str) -> impl FnOnce(redis::RedisError) -> Self {
+        move |source| {
+            if source.code() == Some("WRONGTYPE") {
+                Self::WrongType {
+                    key: key.to_owned(),
+                }
+            } else {
+                Self::Redis { operation, source }
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameter: Option<&'a str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Redis { .. } = &self {
+            tracing::warn!(error = %self, "request failed");
+        }
+        let parameter = match &self {
+            Self::BadParameter(bad) => Some(bad.parameter.as_str()),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.to_string(),
+                parameter,
+            },
+        };
+        json(self.status(), &body)
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    // Plain structs of strings and numbers: serializing cannot fail.
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
+/// What every request reads with: one multiplexed connection (reconnecting), the key
+/// layout, and the processors' names.
+struct Api {
+    redis: ConnectionManager,
+    client: redis::Client,
+    pipeline: String,
+    layout: StorageLayout,
+    codec: ValueCodec,
+    /// `{prefix}:{storage}:`: a data key is this and the source id.
+    data_prefix: String,
+    stats: Vec<(String, ProcessorKeys)>,
+    validate: Vec<(String, ProcessorKeys)>,
+    /// Every stage whose dead letters are counted: `receiver` and the processors.
+    stages: Vec<String>,
+    /// Ends the event streams, which would otherwise hold a graceful shutdown forever.
+    shutdown: Shutdown,
+}
+
+type Shared = State<Arc<Api>>;
+
+impl Api {
+    fn data_key(&self, source: &str) -> String {
+        format!("{}{source}", self.data_prefix)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+}
+
+/// Serves the API until `shutdown`.
+pub async fn run(
+    config: WorkerConfig,
+    options: ServeOptions,
+    mut shutdown: Shutdown,
+) -> Result<(), ServeError> {
+    let StageConfig::Receiver(receiver) = &config.stage else {
+        return Err(ServeError::NotAReceiver);
+    };
+    let client = sink::redis_client(&config.redis)?;
+    let manager = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(options.redis_timeout));
+    let redis = client
+        .get_connection_manager_with_config(manager)
+        .await
+        .map_err(ServeError::Connect)?;
+    let layout = StorageLayout::new(&config.redis.key_prefix, &receiver.storage);
+    let prefix = &config.redis.key_prefix;
+    let named = |names: &[String]| {
+        names
+            .iter()
+            .map(|name| (name.clone(), ProcessorKeys::new(prefix, name)))
+            .collect::<Vec<_>>()
+    };
+    let stages = std::iter::once(crate::config::RECEIVER_STAGE.to_owned())
+        .chain(options.stats.iter().cloned())
+        .chain(options.validate.iter().cloned())
+        .chain(options.other_processors.iter().cloned())
+        .collect();
+    let api = Api {
+        redis,
+        client,
+        pipeline: config.pipeline.clone(),
+        data_prefix: format!("{prefix}:{}:", sink::storage_name(layout.kind)),
+        codec: ValueCodec {
+            format: config.format,
+            encoding: receiver.storage.encoding,
+        },
+        layout,
+        stats: named(&options.stats),
+        validate: named(&options.validate),
+        stages,
+        shutdown: shutdown.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            listen: options.listen,
+            source,
+        })?;
+    tracing::info!(listen = %options.listen, pipeline = %config.pipeline, "serving the read API");
+    axum::serve(listener, router(Arc::new(api)))
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+        .map_err(ServeError::Serve)
+}
+
+fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .route("/v1/sources", get(sources))
+        .route("/v1/sources/{id}/history", get(history))
+        .route("/v1/sources/{id}/stats", get(source_stats))
+        .route("/v1/slices", get(slices))
+        .route("/v1/totals", get(totals))
+        .route("/v1/events", get(events))
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(api)
+}
+
+#[derive(Serialize)]
+struct SourcesPage {
+    sources: Vec<String>,
+    /// Null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `SCAN` (never `KEYS`) over the storage's data keys, of the storage's Redis type.
+async fn sources(State(api): Shared, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let pairs = query_pairs(query.as_deref());
+    only_known(&pairs, &["cursor", "limit"])?;
+    let limit = integer(&pairs, "limit", 100, 1, MAX_PAGE)?;
+    let mut cursor = match single(&pairs, "cursor")? {
+        Some(text) => decode::decode_cursor(text)?,
+        None => 0,
+    };
+    let pattern = format!("{}*", decode::glob_escape(&api.data_prefix));
+    let mut redis = api.conn();
+    let mut found = Vec::new();
+    for _ in 0..MAX_SCANS_PER_PAGE {
+        let want = usize::try_from(limit)
+            .unwrap_or(1)
+            .saturating_sub(found.len());
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(want.max(10))
+            .arg("TYPE")
+            .arg(sink::redis_type(api.layout.kind))
+            .query_async(&mut redis)
+            .await
+            .map_err(ApiError::redis("scan", &pattern))?;
+        found.extend(keys.iter().map(|key| {
+            String::from_utf8_lossy(key.get(api.data_prefix.len()..).unwrap_or_default())
+                .into_owned()
+        }));
+        cursor = next;
+        if cursor == 0 || found.len() >= usize::try_from(limit).unwrap_or(1) {
+            break;
+        }
+    }
+    let body = SourcesPage {
+        sources: found,
+        next_cursor: (cursor != 0).then(|| decode::encode_cursor(cursor)),
+    };
+    Ok(json(StatusCode::OK, &body))
+}
+
+#[derive(Serialize)]
+struct History<'a> {
+    source: &'a str,
+    storage: &'static str,
+    encoding: &'static str,
+    records: Vec<ApiRecord>,
+}
+
+fn parse_since(pairs: &[(String, String)]) -> Result<Option<i64>, BadParameter> {
+    single(pairs, "since")?
+        .map(|text| {
+            text.parse::<i64>().map_err(|_| {
+                BadParameter::new(
+                    "since",
+                    format!("{text:?} is not a time in milliseconds since the epoch"),
+                )
+            })
+        })
+        .transpose()
+}
+
+async fn history(
+    State(api): Shared,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(query.as_deref());
+    only_known(&pairs, &["limit", "since"])?;
+    let limit = usize::try_from(integer(&pairs, "limit", 100, 1, MAX_RECORDS)?).unwrap_or(1);
+    let since = parse_since(&pairs)?;
+    let key = api.data_key(&id);
+    let records = read_history(&api, &key, limit, since).await?;
+    if records.is_empty() && !exists(&api, &key).await? {
+        return Err(ApiError::UnknownSource { id });
+    }
+    let body = History {
+        source: &id,
+        storage: sink::storage_name(api.layout.kind),
+        encoding: api.codec.encoding.as_str(),
+        records,
+    };
+    Ok(json(StatusCode::OK, &body))
+}
+
+async fn exists(api: &Api, key: &str) -> Result<bool, ApiError> {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<i64>(&mut api.conn())
+        .await
+        .map(|n| n > 0)
+        .map_err(ApiError::redis("exists", key))
+}
+
+/// A stream entry as `XRANGE` returns it: the id and the flat field-value list.
+type StreamEntry = (String, Vec<Vec<u8>>);
+
+fn stream_record(codec: ValueCodec, (id, fields): &StreamEntry) -> ApiRecord {
+    let field = |name: &[u8]| {
+        fields
+            .chunks(2)
+            .find(|pair| pair.first().is_some_and(|f| f == name))
+            .and_then(|pair| pair.get(1))
+    };
+    let ts = field(b"ts").and_then(|ts| std::str::from_utf8(ts).ok()?.parse().ok());
+    let mut record = codec.decode(field(b"v").map_or(&[][..], Vec::as_slice), ts);
+    record.id = Some(id.clone());
+    record
+}
+
+fn hash_record(codec: ValueCodec, fields: &HashMap<String, Vec<u8>>) -> Option<ApiRecord> {
+    let value = fields.get("v")?;
+    let ts = fields
+        .get("ts")
+        .and_then(|ts| std::str::from_utf8(ts).ok()?.parse().ok());
+    Some(codec.decode(value, ts))
+}
+
+/// A zset's score is the record's time in ms, exact in an f64 for any real date.
+#[allow(clippy::cast_possible_truncation)]
+fn score_ms(score: f64) -> i64 {
+    score as i64
+}
+
+/// Newest first: a list's head, a stream's last entries, a zset's highest scores, a
+/// hash's one record. `since` keeps records at or after it; lists and streams are read in
+/// chunks until `limit` records pass (their order is by arrival, not by time).
+async fn read_history(
+    api: &Api,
+    key: &str,
+    limit: usize,
+    since: Option<i64>,
+) -> Result<Vec<ApiRecord>, ApiError> {
+    let mut redis = api.conn();
+    let codec = api.codec;
+    let keep =
+        |record: &ApiRecord| since.is_none_or(|since| record.ts.is_some_and(|ts| ts >= since));
+    let chunk = if since.is_some() {
+        limit.max(FILTER_CHUNK)
+    } else {
+        limit
+    };
+    let mut records = Vec::with_capacity(limit.min(1024));
+    match api.layout.kind {
+        StorageKind::List => {
+            let mut start = 0usize;
+            loop {
+                let values: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                    .arg(key)
+                    .arg(start)
+                    .arg(start + chunk - 1)
+                    .query_async(&mut redis)
+                    .await
+                    .map_err(ApiError::redis("lrange", key))?;
+                let got = values.len();
+                records.extend(
+                    values
+                        .iter()
+                        .map(|value| codec.decode(value, None))
+                        .filter(keep),
+                );
+                if got < chunk || records.len() >= limit || since.is_none() {
+                    break;
+                }
+                start += chunk;
+            }
+        }
+        StorageKind::Stream => {
+            let mut end = "+".to_owned();
+            loop {
+                let entries: Vec<StreamEntry> = redis::cmd("XREVRANGE")
+                    .arg(key)
+                    .arg(&end)
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(chunk)
+                    .query_async(&mut redis)
+                    .await
+                    .map_err(ApiError::redis("xrevrange", key))?;
+                let got = entries.len();
+                records.extend(
+                    entries
+                        .iter()
+                        .map(|entry| stream_record(codec, entry))
+                        .filter(keep),
+                );
+                match entries.last() {
+                    Some((id, _)) if got == chunk && records.len() < limit && since.is_some() => {
+                        end = format!("({id}");
+                    }
+                    _ => break,
+                }
+            }
+        }
+        StorageKind::Hash => {
+            let fields: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+                .arg(key)
+                .query_async(&mut redis)
+                .await
+                .map_err(ApiError::redis("hgetall", key))?;
+            records.extend(hash_record(codec, &fields).filter(keep));
+        }
+        StorageKind::Zset => {
+            let min = since.map_or_else(|| "-inf".to_owned(), |since| since.to_string());
+            let members: Vec<(Vec<u8>, f64)> = redis::cmd("ZREVRANGEBYSCORE")
+                .arg(key)
+                .arg("+inf")
+                .arg(min)
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut redis)
+                .await
+                .map_err(ApiError::redis("zrevrangebyscore", key))?;
+            records.extend(
+                members
+                    .iter()
+                    .map(|(value, score)| codec.decode(value, Some(score_ms(*score)))),
+            );
+        }
+    }
+    records.truncate(limit);
+    Ok(records)
+}
+
+#[derive(Serialize)]
+struct Slices {
+    start: i64,
+    stop: i64,
+    storage: &'static str,
+    encoding: &'static str,
+    sources: Vec<Slice>,
+}
+
+#[derive(Serialize)]
+struct Slice {
+    source: String,
+    /// Null for a source the Pipeline does not hold (`error` says `unknown_source`).
+    records: Option<Vec<ApiRecord>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+}
+
+/// Each source's records `start..=stop` by history index (0 the newest, negatives from
+/// the oldest), as `LRANGE` counts: two pipelined round trips for every source together,
+/// the lengths, then the ranges.
+async fn slices(State(api): Shared, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let pairs = query_pairs(query.as_deref());
+    only_known(&pairs, &["source", "start", "stop"])?;
+    let ids: Vec<String> = pairs
+        .iter()
+        .filter(|(key, _)| key == "source")
+        .map(|(_, value)| value.clone())
+        .collect();
+    if ids.is_empty() {
+        return Err(BadParameter::new("source", "give at least one, as ?source=a&source=b").into());
+    }
+    if ids.len() > MAX_SLICE_SOURCES {
+        return Err(BadParameter::new(
+            "source",
+            format!("{} given, at most {MAX_SLICE_SOURCES}", ids.len()),
+        )
+        .into());
+    }
+    let start = integer(&pairs, "start", 0, -MAX_RECORDS * 100, MAX_RECORDS * 100)?;
+    let stop = integer(&pairs, "stop", 99, -MAX_RECORDS * 100, MAX_RECORDS * 100)?;
+    let keys: Vec<String> = ids.iter().map(|id| api.data_key(id)).collect();
+    let mut redis = api.conn();
+    let kind = api.layout.kind;
+    let mut lengths = redis::pipe();
+    for key in &keys {
+        let command = match kind {
+            StorageKind::List => "LLEN",
+            StorageKind::Stream => "XLEN",
+            StorageKind::Hash => "HLEN",
+            StorageKind::Zset => "ZCARD",
+        };
+        lengths.cmd(command).arg(key);
+    }
+    let lengths: Vec<usize> = lengths
+        .query_async(&mut redis)
+        .await
+        .map_err(ApiError::redis("lengths", &keys[0]))?;
+    let ranges: Vec<std::ops::Range<usize>> = lengths
+        .iter()
+        .map(|len| {
+            let len = if kind == StorageKind::Hash {
+                usize::from(*len > 0)
+            } else {
+                *len
+            };
+            let range = decode::slice_range(start, stop, len);
+            let cap = usize::try_from(MAX_RECORDS).unwrap_or(usize::MAX);
+            range.start..range.end.min(range.start + cap)
+        })
+        .collect();
+    let length_of: HashMap<&str, usize> = keys
+        .iter()
+        .map(String::as_str)
+        .zip(lengths.iter().copied())
+        .collect();
+    let len_of = |key: &str| length_of.get(key).copied().unwrap_or(0);
+    let mut reads = redis::pipe();
+    for (key, range) in keys.iter().zip(&ranges) {
+        let last = range.end.max(1) - 1;
+        match kind {
+            StorageKind::List => reads.cmd("LRANGE").arg(key).arg(range.start).arg(last),
+            StorageKind::Zset => reads
+                .cmd("ZREVRANGE")
+                .arg(key)
+                .arg(range.start)
+                .arg(last)
+                .arg("WITHSCORES"),
+            // From whichever end is nearer: the newest with XREVRANGE, the oldest with XRANGE.
+            StorageKind::Stream if from_oldest(range, len_of(key)) => reads
+                .cmd("XRANGE")
+                .arg(key)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(len_of(key).saturating_sub(range.start).max(1)),
+            StorageKind::Stream => reads
+                .cmd("XREVRANGE")
+                .arg(key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(range.end.max(1)),
+            StorageKind::Hash => reads.cmd("HGETALL").arg(key),
+        };
+    }
+    let replies: Vec<redis::Value> = reads
+        .query_async(&mut redis)
+        .await
+        .map_err(ApiError::redis("slices", &keys[0]))?;
+    let codec = api.codec;
+    let mut out = Vec::with_capacity(ids.len());
+    for (((id, len), range), reply) in ids.into_iter().zip(&lengths).zip(&ranges).zip(replies) {
+        if *len == 0 {
+            out.push(Slice {
+                source: id,
+                records: None,
+                error: Some("unknown_source"),
+            });
+            continue;
+        }
+        let unexpected = |source: redis::RedisError| ApiError::Redis {
+            operation: "slices",
+            source,
+        };
+        let records = if range.is_empty() {
+            Vec::new()
+        } else {
+            match kind {
+                StorageKind::List => redis::from_redis_value::<Vec<Vec<u8>>>(reply)
+                    .map_err(|err| unexpected(err.into()))?
+                    .iter()
+                    .map(|value| codec.decode(value, None))
+                    .collect(),
+                StorageKind::Zset => redis::from_redis_value::<Vec<(Vec<u8>, f64)>>(reply)
+                    .map_err(|err| unexpected(err.into()))?
+                    .iter()
+                    .map(|(value, score)| codec.decode(value, Some(score_ms(*score))))
+                    .collect(),
+                StorageKind::Stream => {
+                    let entries = redis::from_redis_value::<Vec<StreamEntry>>(reply)
+                        .map_err(|err| unexpected(err.into()))?;
+                    let newest_first: Vec<&StreamEntry> = if from_oldest(range, *len) {
+                        // XRANGE gave the oldest `len - start`, oldest first: reversed, they
+                        // start at index `start`.
+                        entries.iter().rev().take(range.len()).collect()
+                    } else {
+                        entries.iter().skip(range.start).collect()
+                    };
+                    newest_first
+                        .into_iter()
+                        .map(|entry| stream_record(codec, entry))
+                        .collect()
+                }
+                StorageKind::Hash => {
+                    let fields = redis::from_redis_value::<HashMap<String, Vec<u8>>>(reply)
+                        .map_err(|err| unexpected(err.into()))?;
+                    hash_record(codec, &fields).into_iter().collect()
+                }
+            }
+        };
+        out.push(Slice {
+            source: id,
+            records: Some(records),
+            error: None,
+        });
+    }
+    let body = Slices {
+        start,
+        stop,
+        storage: sink::storage_name(kind),
+        encoding: api.codec.encoding.as_str(),
+        sources: out,
+    };
+    Ok(json(StatusCode::OK, &body))
+}
+
+/// Whether a slice of a stream of `len` entries is nearer its oldest end.
+const fn from_oldest(range: &std::ops::Range<usize>, len: usize) -> bool {
+    range.start > len / 2
+}
+
+#[derive(Serialize, Default)]
+struct StatsFigures {
+    count: Option<i64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    mean: Option<f64>,
+    last: Option<f64>,
+    updated_ts: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct SourceStats<'a> {
+    source: &'a str,
+    /// Per stats processor; null where it has no figures for this source yet.
+    stats: std::collections::BTreeMap<&'a str, Option<StatsFigures>>,
+    /// Per validate processor: records that passed and failed its rules.
+    validation: std::collections::BTreeMap<&'a str, Option<HashMap<String, i64>>>,
+}
+
+fn stats_figures(fields: &HashMap<String, String>) -> Option<StatsFigures> {
+    if fields.is_empty() {
+        return None;
+    }
+    let float = |name: &str| fields.get(name).and_then(|v| v.parse().ok());
+    let int = |name: &str| fields.get(name).and_then(|v| v.parse().ok());
+    Some(StatsFigures {
+        count: int("count"),
+        min: float("min"),
+        max: float("max"),
+        mean: float("mean"),
+        last: float("last"),
+        updated_ts: int("updated_ts"),
+    })
+}
+
+async fn source_stats(
+    State(api): Shared,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    only_known(&query_pairs(query.as_deref()), &[])?;
+    let key = api.data_key(&id);
+    let mut pipe = redis::pipe();
+    pipe.cmd("EXISTS").arg(&key);
+    for (_, keys) in &api.stats {
+        pipe.cmd("HGETALL").arg(keys.stats(&id));
+    }
+    for (_, keys) in &api.validate {
+        pipe.cmd("HGETALL").arg(keys.counters(&id));
+    }
+    let replies: Vec<redis::Value> = pipe
+        .query_async(&mut api.conn())
+        .await
+        .map_err(ApiError::redis("stats", &key))?;
+    let mut replies: Vec<redis::Value> = replies.into_iter().rev().collect();
+    let bad = |err: redis::ParsingError| ApiError::Redis {
+        operation: "stats",
+        source: err.into(),
+    };
+    let exists: i64 = replies
+        .pop()
+        .map(redis::from_redis_value)
+        .transpose()
+        .map_err(bad)?
+        .unwrap_or(0);
+    let mut body = SourceStats {
+        source: &id,
+        stats: std::collections::BTreeMap::new(),
+        validation: std::collections::BTreeMap::new(),
+    };
+    let mut any = exists > 0;
+    for (name, _) in &api.stats {
+        let fields: HashMap<String, String> = replies
+            .pop()
+            .map(redis::from_redis_value)
+            .transpose()
+            .map_err(bad)?
+            .unwrap_or_default();
+        any |= !fields.is_empty();
+        body.stats.insert(name, stats_figures(&fields));
+    }
+    for (name, _) in &api.validate {
+        let fields: HashMap<String, i64> = replies
+            .pop()
+            .map(redis::from_redis_value)
+            .transpose()
+            .map_err(bad)?
+            .unwrap_or_default();
+        any |= !fields.is_empty();
+        body.validation
+            .insert(name, (!fields.is_empty()).then_some(fields));
+    }
+    if !any {
+        return Err(ApiError::UnknownSource { id });
+    }
+    Ok(json(StatusCode::OK, &body))
+}
+
+#[derive(Serialize)]
+struct Totals<'a> {
+    pipeline: &'a str,
+    /// Per validate processor: `valid`, `invalid`, `undecodable`.
+    validation: std::collections::BTreeMap<&'a str, HashMap<String, i64>>,
+    /// Per stage: dead letters by reason label (`rule:<name>` for a failed rule).
+    dead_letters: std::collections::BTreeMap<&'a str, HashMap<String, i64>>,
+}
+
+async fn totals(State(api): Shared, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    only_known(&query_pairs(query.as_deref()), &[])?;
+    let mut pipe = redis::pipe();
+    for (_, keys) in &api.validate {
+        pipe.cmd("HGETALL").arg(keys.counters(TOTAL_COUNTERS));
+    }
+    for stage in &api.stages {
+        pipe.cmd("HGETALL")
+            .arg(dead_letters_key(&api.layout.key_prefix, stage));
+    }
+    let replies: Vec<HashMap<String, i64>> = if api.validate.is_empty() && api.stages.is_empty() {
+        Vec::new()
+    } else {
+        pipe.query_async(&mut api.conn())
+            .await
+            .map_err(ApiError::redis("totals", &api.layout.key_prefix))?
+    };
+    let mut replies = replies.into_iter();
+    let mut body = Totals {
+        pipeline: &api.pipeline,
+        validation: std::collections::BTreeMap::new(),
+        dead_letters: std::collections::BTreeMap::new(),
+    };
+    for (name, _) in &api.validate {
+        body.validation
+            .insert(name, replies.next().unwrap_or_default());
+    }
+    for stage in &api.stages {
+        body.dead_letters
+            .insert(stage, replies.next().unwrap_or_default());
+    }
+    Ok(json(StatusCode::OK, &body))
+}
+
+/// The batch events as server-sent events (`event: batch`, the event's JSON as `data`).
+/// Subscribed before the response starts: every event published after the client has
+/// the response headers reaches it. Pub/sub is at most once, so the stream carries no
+/// ids and does not resume: a client that reconnects misses what was published while it
+/// was away, and catches up by reading histories (`since=`).
+async fn events(
+    State(api): Shared,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let channel = api.layout.events_channel();
+    let mut pubsub = api
+        .client
+        .get_async_pubsub()
+        .await
+        .map_err(ApiError::redis("subscribe", &channel))?;
+    pubsub
+        .subscribe(&channel)
+        .await
+        .map_err(ApiError::redis("subscribe", &channel))?;
+    let mut stop = api.shutdown.clone();
+    let stream = pubsub
+        .into_on_message()
+        .map(|message| {
+            Ok(Event::default()
+                .event("batch")
+                .data(String::from_utf8_lossy(message.get_payload_bytes())))
+        })
+        .take_until(async move { stop.wait().await });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_is_json_and_names_every_route() {
+        let document: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let paths = document["paths"].as_object().unwrap();
+        for route in [
+            "/v1/sources",
+            "/v1/sources/{id}/history",
+            "/v1/sources/{id}/stats",
+            "/v1/slices",
+            "/v1/totals",
+            "/v1/events",
+            "/openapi.json",
+            "/healthz",
+        ] {
+            assert!(
+                paths.contains_key(route),
+                "{route} missing from openapi.json"
+            );
+        }
+    }
+
+    #[test]
+    fn error_codes_are_stable() {
+        let codes = [
+            ApiError::BadParameter(BadParameter::new("limit", "x")).code(),
+            ApiError::UnknownSource { id: "a".into() }.code(),
+            ApiError::WrongType { key: "k".into() }.code(),
+            ApiError::NotFound.code(),
+        ];
+        assert_eq!(
+            codes,
+            ["bad_parameter", "unknown_source", "wrong_type", "not_found"]
+        );
+    }
+}
