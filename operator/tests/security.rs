@@ -466,10 +466,12 @@ mod safety {
     use serde_json::json;
 
     use super::support::ownership::{
-        self, Operator, SHORT, condition, create_pipeline, fingerprint, kafka_topics, pipelines,
-        ready_kafka, strimzi_pipeline,
+        self, SHORT, condition, create_pipeline, fingerprint, kafka_topics, pipelines, ready_kafka,
+        strimzi_pipeline,
     };
-    use super::support::{self, TestNamespace, eventually, install_crds, kubectl_ok};
+    use super::support::{
+        self, OperatorProcess, TestNamespace, eventually, install_crds, kubectl_ok,
+    };
 
     const VERSION_LABEL: &str = "app.kubernetes.io/version";
 
@@ -482,7 +484,7 @@ mod safety {
         let ns = TestNamespace::new("retain");
         let client = support::client().await;
         ready_kafka(&client, &ns.name).await;
-        let _operator = Operator::start(&ns.name, "retain", &[]);
+        let _operator = OperatorProcess::start_with_env(&ns.name, "retain", &[]);
 
         let mut keep = strimzi_pipeline("keep", &ns.name);
         keep["spec"]["kafka"]["createTopic"] = json!({"partitions": 3});
@@ -615,7 +617,7 @@ mod safety {
             .await
             .unwrap();
 
-        let _operator = Operator::start(&ns.name, "retain-upgrade", &[]);
+        let _operator = OperatorProcess::start_with_env(&ns.name, "retain-upgrade", &[]);
         let topic = eventually(SHORT, "the KafkaTopic without owner references", || async {
             let topic = topics.get("old-topic").await.ok()?;
             topic.owner_references().is_empty().then_some(topic)
@@ -691,7 +693,7 @@ mod safety {
         };
         let before = snapshot().await;
 
-        let _operator = Operator::start(&ns.name, "takeover", &[]);
+        let _operator = OperatorProcess::start_with_env(&ns.name, "takeover", &[]);
         let mut taken = strimzi_pipeline("taken", &kafka_ns.name);
         taken["spec"]["kafka"]["createTopic"] = json!({"partitions": 3});
         create_pipeline(&client, &ns.name, taken).await;
@@ -757,7 +759,7 @@ mod safety {
         ready_kafka(&client, &kafka_ns.name).await;
         let topics = kafka_topics(&client, &kafka_ns.name);
 
-        let _first = Operator::start(&first_ns.name, "first", &[]);
+        let _first = OperatorProcess::start_with_env(&first_ns.name, "first", &[]);
         let mut first = strimzi_pipeline("shared", &kafka_ns.name);
         first["spec"]["kafka"]["createTopic"] = json!({"partitions": 3});
         let first_topic = first["spec"]["kafka"]["topic"].clone();
@@ -768,7 +770,7 @@ mod safety {
         .await;
         assert_eq!(made.data["spec"]["topicName"], first_topic);
 
-        let _second = Operator::start(&second_ns.name, "second", &[]);
+        let _second = OperatorProcess::start_with_env(&second_ns.name, "second", &[]);
         let mut second = strimzi_pipeline("shared", &kafka_ns.name);
         second["spec"]["kafka"]["createTopic"] = json!({"partitions": 6});
         create_pipeline(&client, &second_ns.name, second).await;
@@ -813,7 +815,7 @@ mod safety {
         let ns = TestNamespace::new("allow-list");
         let client = support::client().await;
         let image = support::worker_image();
-        let _operator = Operator::start(
+        let _operator = OperatorProcess::start_with_env(
             &ns.name,
             "allow-list",
             &[("FERRY_ALLOWED_WORKER_IMAGES", image.as_str())],
@@ -879,7 +881,7 @@ mod safety {
             "--from-literal=tls.key=key",
             "--from-literal=admin-password=not-for-ferry",
         ]);
-        let _operator = Operator::start(&ns.name, "secret-keys", &[]);
+        let _operator = OperatorProcess::start_with_env(&ns.name, "secret-keys", &[]);
         let mut tls = ownership::pipeline("tls", 1);
         tls["spec"]["kafka"]["tls"] = json!({"caSecretRef": {"name": "kafka-ca", "key": "ca.crt"}});
         tls["spec"]["redis"]["tls"] = json!({"clientSecretRef": {"name": "redis-client"}});
@@ -922,7 +924,7 @@ mod safety {
         install_crds();
         let ns = TestNamespace::new("upgrade");
         let client = support::client().await;
-        let first = Operator::start(
+        let first = OperatorProcess::start_with_env(
             &ns.name,
             "first",
             &[("FERRY_OPERATOR_VERSION", "1.0.0-first")],
@@ -974,7 +976,7 @@ mod safety {
         let spec_before =
             serde_json::to_value(deployments.get("steady-receiver").await.unwrap().spec).unwrap();
 
-        let _second = Operator::start(
+        let _second = OperatorProcess::start_with_env(
             &ns.name,
             "second",
             &[("FERRY_OPERATOR_VERSION", "2.0.0-second")],

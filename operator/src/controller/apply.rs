@@ -229,29 +229,35 @@ async fn not_owned(
             foreign.push(format!("KafkaTopic {topic_namespace}/{name}"));
         }
     }
+    // Read at once, not one after another: a new Pipeline's children are in no cache yet.
     let config_map_name = config_map.name_any();
-    if let Some(live) = live_meta(
-        client,
-        caches.map(|c| &c.config_maps),
-        namespace,
-        "ConfigMap",
-        &config_map_name,
+    let deployment_names: Vec<String> = deployments.iter().map(ResourceExt::name_any).collect();
+    let (config_map_live, deployments_live) = futures::future::try_join(
+        live_meta(
+            client,
+            caches.map(|c| &c.config_maps),
+            namespace,
+            "ConfigMap",
+            &config_map_name,
+        ),
+        futures::future::try_join_all(deployment_names.iter().map(|name| {
+            live_meta(
+                client,
+                caches.map(|c| &c.deployments),
+                namespace,
+                "Deployment",
+                name,
+            )
+        })),
     )
-    .await?
+    .await?;
+    if let Some(live) = config_map_live
         && !created_by(&live, namespace, pipeline)
     {
         foreign.push(format!("ConfigMap {namespace}/{config_map_name}"));
     }
-    for deployment in deployments {
-        let name = deployment.name_any();
-        if let Some(live) = live_meta(
-            client,
-            caches.map(|c| &c.deployments),
-            namespace,
-            "Deployment",
-            &name,
-        )
-        .await?
+    for (name, live) in deployment_names.iter().zip(deployments_live) {
+        if let Some(live) = live
             && !created_by(&live, namespace, pipeline)
         {
             foreign.push(format!("Deployment {namespace}/{name}"));

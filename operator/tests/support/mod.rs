@@ -304,7 +304,18 @@ pub struct OperatorProcess {
 
 impl OperatorProcess {
     pub fn start(namespace: &str) -> Self {
-        Self::spawn(namespace, &format!("operator-{namespace}.log"), &[])
+        Self::spawn(namespace, &format!("operator-{namespace}.log"), &[], &[])
+    }
+
+    /// With extra environment (`FERRY_ALLOWED_WORKER_IMAGES`, `FERRY_OPERATOR_VERSION`), its
+    /// log named by `tag`.
+    pub fn start_with_env(namespace: &str, tag: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(
+            namespace,
+            &format!("operator-{namespace}-{tag}.log"),
+            &[],
+            env,
+        )
     }
 
     /// With leader election, as replica `identity`, its lease in the watched namespace.
@@ -319,10 +330,16 @@ impl OperatorProcess {
                 "--identity",
                 identity,
             ],
+            &[],
         )
     }
 
-    fn spawn(namespace: &str, log_name: &str, extra_args: &[&str]) -> Self {
+    fn spawn(
+        namespace: &str,
+        log_name: &str,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         let env = StackEnv::load();
         let log_dir = repo_root().join("target/test-logs");
         std::fs::create_dir_all(&log_dir).expect("log dir");
@@ -342,6 +359,7 @@ impl OperatorProcess {
             .env("KUBECONFIG", env.kubeconfig())
             .env("FERRY_WORKER_IMAGE", worker_image())
             .env("RUST_LOG", "info,ferry_operator=debug")
+            .envs(extra_env.iter().copied())
             .stdout(Stdio::from(file.try_clone().expect("log handle")))
             .stderr(Stdio::from(file))
             .spawn()
@@ -353,6 +371,11 @@ impl OperatorProcess {
     pub fn sigkill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Stops it and waits until it is gone.
+    pub fn stop(mut self) {
+        self.sigkill();
     }
 
     pub fn log_text(&self) -> String {

@@ -4,78 +4,12 @@
 //! files the kubelet materialised for a pod's volume.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use serde::Deserialize;
 use serde_json::{Value, json};
-
-use super::{StackEnv, repo_root, worker_image};
-
-/// The real operator binary watching `namespace`, with extra environment, killed when dropped.
-#[derive(Debug)]
-pub struct Operator {
-    child: Child,
-    pub log: PathBuf,
-}
-
-impl Operator {
-    pub fn start(namespace: &str, tag: &str, env: &[(&str, &str)]) -> Self {
-        let stack = StackEnv::load();
-        let log_dir = repo_root().join("target/test-logs");
-        std::fs::create_dir_all(&log_dir).expect("log dir");
-        let log = log_dir.join(format!("operator-{namespace}-{tag}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ferry-operator"));
-        command
-            .args([
-                "run",
-                "--watch-namespace",
-                namespace,
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .env("KUBECONFIG", stack.kubeconfig())
-            .env("FERRY_WORKER_IMAGE", worker_image())
-            .env("RUST_LOG", "info,ferry_operator=debug")
-            .stdout(Stdio::from(file.try_clone().expect("log handle")))
-            .stderr(Stdio::from(file));
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let child = command.spawn().expect("the operator starts");
-        Self { child, log }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Stops it and waits until it is gone.
-    pub fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let tail: Vec<&str> = text.lines().rev().take(30).collect();
-            eprintln!("--- operator log tail ({}) ---", self.log.display());
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
 
 pub fn pipeline_resource() -> ApiResource {
     ApiResource::erase::<ferry_operator::crd::Pipeline>(&())
