@@ -258,3 +258,32 @@ fn the_chain_example_is_a_chain() {
         ]
     );
 }
+
+/// The status shows the chain: each stage's input and output topic, and the stage count.
+#[test]
+fn status_shows_each_stages_topics_and_the_stage_count() {
+    let validated = run(CHAIN).unwrap();
+    let status = super::status::healthy_status(
+        &validated,
+        &crate::scaling::DesiredReplicas::default(),
+        &[],
+        None,
+        "kafka:9092",
+        None,
+        "2026-12-01T20:00:00Z",
+    );
+    assert_eq!(status.stage_count, Some(3));
+    let topics: Vec<(&str, Option<&str>, Option<&str>)> = status
+        .stages
+        .iter()
+        .map(|s| (s.name.as_str(), s.input.as_deref(), s.output.as_deref()))
+        .collect();
+    assert_eq!(
+        topics,
+        vec![
+            ("receiver", Some("trades.validated"), None),
+            ("enrich", Some("trades.raw"), Some("trades.enriched")),
+            ("check", Some("trades.enriched"), Some("trades.validated")),
+        ]
+    );
+}
