@@ -54,6 +54,13 @@ pub const VERSION: &str = "v1alpha1";
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Stages",
+        type_ = "integer",
+        json_path = ".status.stageCount",
+        description = "Stages of the chain: the receiver and each processor",
+        priority = 1
+    ),
     validation = Rule::new("self.metadata.name.size() <= 40")
         .message("metadata.name must be at most 40 characters: it prefixes the names of the Deployments and consumer groups")
 )]
@@ -67,6 +74,27 @@ pub const VERSION: &str = "v1alpha1";
         .field_path(".receiver.deadLetter.topic"),
     validation = Rule::new("self.processors.all(p, !has(p.output) || p.output.topic != self.kafka.topic)")
         .message("spec.processors[].output.topic must differ from spec.kafka.topic, or the processor would consume its own output")
+        .field_path(".processors"),
+    validation = Rule::new("self.processors.all(p, !has(p.input) || !has(p.input.from) || p.input.from == p.name || self.processors.exists(q, q.name == p.input.from)) && (!has(self.receiver.input) || !has(self.receiver.input.from) || self.processors.exists(q, q.name == self.receiver.input.from))")
+        .message("spec.processors[].input.from and spec.receiver.input.from must name a processor of this Pipeline")
+        .field_path(".processors"),
+    validation = Rule::new("self.processors.all(p, !has(p.input) || !has(p.input.from) || p.input.from != p.name)")
+        .message("spec.processors[].input.from must not name the processor itself: it would read its own output")
+        .field_path(".processors"),
+    validation = Rule::new("self.processors.all(p, !has(p.input) || !has(p.input.from) || self.processors.all(q, q.name != p.input.from || !has(q.input) || !has(q.input.from) || q.input.from != p.name))")
+        .message("spec.processors[].input.from must not form a cycle: two processors read each other's output (longer cycles are refused at reconcile)")
+        .field_path(".processors"),
+    validation = Rule::new("self.processors.all(p, !has(p.input) || !has(p.input.from) || self.processors.all(q, q.name != p.input.from || has(q.output))) && (!has(self.receiver.input) || !has(self.receiver.input.from) || self.processors.all(q, q.name != self.receiver.input.from || has(q.output)))")
+        .message("spec.processors[].input.from and spec.receiver.input.from must name a processor that has an output.topic")
+        .field_path(".processors"),
+    validation = Rule::new("self.processors.all(p, !has(p.output) || self.processors.filter(q, has(q.output) && q.output.topic == p.output.topic).size() == 1)")
+        .message("spec.processors[].output.topic must be unique: two stages writing one topic would mix their records")
+        .field_path(".processors"),
+    validation = Rule::new("self.processors.all(p, !has(p.output) || ((!has(self.receiver.deadLetter) || self.receiver.deadLetter.topic != p.output.topic) && self.processors.all(q, !has(q.deadLetter) || q.deadLetter.topic != p.output.topic)))")
+        .message("spec.processors[].output.topic must not be a stage's deadLetter.topic")
+        .field_path(".processors"),
+    validation = Rule::new("self.processors.all(p, !has(p.input) || !has(p.input.topic) || !has(p.output) || p.input.topic != p.output.topic)")
+        .message("spec.processors[].input.topic must differ from its output.topic, or the processor would consume its own output")
         .field_path(".processors"),
     validation = Rule::new("!has(self.kafka.autoOffsetReset) || self.kafka.autoOffsetReset != 'latest' || ((!has(self.receiver.scaling) || !has(self.receiver.scaling.minReplicas) || self.receiver.scaling.minReplicas > 0 || (has(self.receiver.scaling.mode) && self.receiver.scaling.mode == 'manual')) && self.processors.all(p, !has(p.scaling) || !has(p.scaling.minReplicas) || p.scaling.minReplicas > 0 || (has(p.scaling.mode) && p.scaling.mode == 'manual')))")
         .message("spec.kafka.autoOffsetReset latest needs minReplicas of at least 1 in auto scaling: a group that never committed shows no lag, so a stage at zero replicas would never wake, and records produced meanwhile would be skipped")
@@ -294,6 +322,10 @@ fn default_key_prefix() -> String {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ReceiverSpec {
+    /// Where the receiver reads: another stage's output (`{from: <processor>}`) or a topic
+    /// (`{topic: <name>}`); `spec.kafka.topic` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<StageInputSpec>,
     #[serde(default)]
     pub storage: StorageSpec,
     /// Records older than this are dead-lettered and counted instead of stored.
@@ -495,6 +527,10 @@ pub struct ProcessorSpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub name: String,
+    /// Where the processor reads: another stage's output (`{from: <processor>}`) or a topic
+    /// (`{topic: <name>}`); `spec.kafka.topic` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<StageInputSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<StatsSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -558,6 +594,34 @@ pub struct EnrichSpec {
     pub fields: Vec<String>,
 }
 
+/// A stage's input: exactly one of `from` or `topic`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.from) != has(self.topic)")
+        .message("input: set exactly one of from or topic"),
+    validation = Rule::new("!has(self.format) || has(self.topic)")
+        .message("input.format goes with input.topic; a stage read with from takes its source's output format")
+        .field_path(".format"),
+)]
+pub struct StageInputSpec {
+    /// A processor of this Pipeline: this stage reads its `output.topic`, in the format that
+    /// processor writes (`json` after enrich, its input's format otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 20),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub from: Option<String>,
+    /// A topic written outside this Pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+    pub topic: Option<String>,
+    /// How records on `topic` are encoded; `spec.format` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<RecordFormat>,
+}
+
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct OutputSpec {
@@ -588,6 +652,9 @@ pub struct PipelineStatus {
     /// The receiver pods' label selector, for the scale subresource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// How many stages the Pipeline runs: the receiver and each processor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_count: Option<i32>,
     /// The bootstrap address in use, after Strimzi resolution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_servers: Option<String>,
@@ -620,6 +687,13 @@ pub struct StageStatus {
     pub desired_replicas: i32,
     pub replicas: i32,
     pub ready_replicas: i32,
+    /// The topic this stage reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// The topic this stage writes, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Its own group's lag on its input topic, in records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
     /// RFC 3339.

@@ -740,3 +740,140 @@ async fn two_validate_processors_in_one_pipeline_each_count_exactly_once() {
     first.stop();
     second.stop();
 }
+
+/// A chain of three stages, each its own worker on its own input: raw → enrich (json on
+/// `enriched`) → validate with rules naming the enriched fields (`validated`) → a receiver
+/// that stores only the validated records. Judged by what lands in Redis.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_stores_only_the_records_validated_on_their_enriched_fields() {
+    let stack = stack();
+    let (raw, enriched, validated) = (unique("raw"), unique("enriched"), unique("validated"));
+    let (no_ref, invalid) = (unique("no-ref"), unique("invalid"));
+    let prefix = unique("ferry");
+    create_topics(
+        &stack,
+        &[
+            (&raw, 2),
+            (&enriched, 2),
+            (&validated, 2),
+            (&no_ref, 1),
+            (&invalid, 1),
+        ],
+    )
+    .await;
+    let mut redis = redis(&stack).await;
+    let reference = format!("{prefix}:ref");
+    for (source, desk) in [("s1", "fx"), ("s2", "rates")] {
+        let hash = format!("{reference}:v:{source}");
+        let _: () = redis
+            .hset_multiple(&hash, &[("desk", desk), ("limit", "100")])
+            .await
+            .unwrap();
+        let _: () = redis
+            .zadd(format!("{reference}:{source}"), &hash, 0)
+            .await
+            .unwrap();
+    }
+    // s1: desk fx, two within the limit and one above; s2: desk rates; s3: no reference.
+    let records = vec![
+        ("s1".to_owned(), json_record(1000, &[5.0], "a")),
+        ("s1".to_owned(), json_record(2000, &[500.0], "over")),
+        ("s1".to_owned(), json_record(3000, &[7.0], "b")),
+        ("s2".to_owned(), json_record(1000, &[1.0], "c")),
+        ("s3".to_owned(), json_record(1000, &[1.0], "d")),
+    ];
+    produce(&producer(&stack), &raw, &records).await;
+
+    let enrich = format!(
+        "    name: enrich\n    output: {{topic: {enriched}}}\n    dead_letter: {{topic: {no_ref}}}\n    kind:\n      enrich: {{reference_key: {reference}}}\n"
+    );
+    let check = format!(
+        "    name: check\n    output: {{topic: {validated}}}\n    dead_letter: {{topic: {invalid}}}\n    kind:\n      validate:\n        rules:\n          - {{name: fx-desk, expression: \"ref.desk EQ 'fx'\"}}\n          - {{name: within-limit, expression: \"values[0] IN RANGE 0 ref.limit\"}}\n"
+    );
+    let group = unique("group");
+    let mut enrich = Worker::start(&processor_config(
+        &stack,
+        &raw,
+        &format!("{group}:enrich"),
+        &prefix,
+        &enrich,
+    ));
+    // What the operator renders for a stage downstream of enrich: its input topic, json.
+    let mut check = Worker::start(&processor_config(
+        &stack,
+        &enriched,
+        &format!("{group}:check"),
+        &prefix,
+        &check,
+    ));
+    let dir = std::env::temp_dir().join(unique("chain-receiver"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "pipeline: test\nkafka: {{bootstrap_servers: \"{kafka}\", topic: {validated}, consumer_group: {group}}}\nredis: {{url: \"{redis_url}\", key_prefix: {prefix}}}\nformat: json\nhttp: {{listen: \"127.0.0.1:{port}\"}}\nstage:\n  receiver:\n    storage: {{type: list, history_depth: 100}}\n    batch: {{max_records: 100, max_wait: 20ms}}\n",
+            kafka = stack.kafka,
+            redis_url = stack.redis_url,
+            port = free_port(),
+        ),
+    )
+    .unwrap();
+    let args = ["receive", "--config"].map(std::ffi::OsStr::new);
+    let mut receiver = oracle::spawn_worker(
+        &[&args[..], &[config.as_os_str()]].concat(),
+        &[("RUST_LOG", "info")],
+        &dir.join("worker.log"),
+    );
+
+    let s1 = format!("{prefix}:list:s1");
+    let stored: Vec<Vec<u8>> = eventually(&mut check, Duration::from_secs(60), || {
+        let mut redis = redis.clone();
+        let s1 = s1.clone();
+        async move {
+            let stored: Vec<Vec<u8>> = redis.lrange(&s1, 0, -1).await.ok()?;
+            (stored.len() >= 2).then_some(stored)
+        }
+    })
+    .await;
+    // Give a stray record time to arrive before judging what is absent.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    enrich.assert_running();
+    let stored_now: Vec<Vec<u8>> = redis.lrange(&s1, 0, -1).await.unwrap();
+    assert_eq!(stored_now.len(), 2, "s1 holds only its two valid records");
+    let texts: Vec<(String, String)> = stored
+        .iter()
+        .map(|bytes| {
+            let row: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            (
+                row["text"].as_str().unwrap().to_owned(),
+                row["ref"]["desk"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            ("b".to_owned(), "fx".to_owned()),
+            ("a".to_owned(), "fx".to_owned())
+        ],
+        "newest first, the enriched records as enrich wrote them"
+    );
+    for absent in ["s2", "s3"] {
+        let exists: bool = redis
+            .exists(format!("{prefix}:list:{absent}"))
+            .await
+            .unwrap();
+        assert!(!exists, "{absent} was not valid and must not be stored");
+    }
+    let counters: HashMap<String, i64> = redis
+        .hgetall(format!("{prefix}:counters:check:_total"))
+        .await
+        .unwrap();
+    assert_eq!(counters.get("valid"), Some(&2), "{counters:?}");
+    assert_eq!(counters.get("invalid"), Some(&2), "{counters:?}");
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    check.stop();
+    enrich.stop();
+}

@@ -12,8 +12,11 @@
 //!             | operand [NOT] IN RANGE operand operand   -- inclusive at both ends
 //!             | operand [IS] [NOT] NULL
 //!             | operand [NOT] LOOKUP redis-key           -- member of a set, or field of a hash
-//! operand    := values '[' index ']' | text | ts | key | number | 'string' | "string"
+//! operand    := values '[' index ']' | text | ts | key | ref.<field> | number | 'string' | "string"
 //! ```
+//!
+//! `ref.<field>` is a reference field an upstream `enrich` stage added to the record (its
+//! `ref` object); NULL when the record has no such field, or was not enriched.
 //!
 //! Keywords are case-insensitive. The LOOKUP target is a bare word (`ferry:allowed`) or a
 //! quoted string, used as the Redis key verbatim.
@@ -64,6 +67,8 @@ pub enum Operand {
     Text,
     Timestamp,
     Key,
+    /// `ref.<field>`: a field of the enriched record's `ref` object.
+    Reference(String),
     Number(f64),
     String(String),
 }
@@ -119,6 +124,10 @@ pub trait RecordView {
     fn timestamp_ms(&self) -> i64;
     fn values(&self) -> &[f64];
     fn text(&self) -> Option<&str>;
+    /// A reference field an upstream enrich stage added; none unless the record is enriched.
+    fn reference(&self, _field: &str) -> Option<&str> {
+        None
+    }
 }
 
 /// A record in plain fields: for evaluating rules outside a stage (tests, fuzzing, tools).
@@ -164,6 +173,10 @@ impl Operand {
             },
             Self::Timestamp => Scalar::Number(record.timestamp_ms() as f64),
             Self::Key => Scalar::String(record.key().to_owned()),
+            Self::Reference(field) => match record.reference(field) {
+                Some(value) if !value.is_empty() => Scalar::String(value.to_owned()),
+                _ => Scalar::Null,
+            },
             Self::Number(n) => Scalar::number(*n),
             Self::String(s) => Scalar::String(s.clone()),
         }
@@ -601,7 +614,11 @@ impl Parser {
                 Ok(Operand::String(text))
             }
             TokenKind::Word(word) => {
-                let operand = match word.to_ascii_lowercase().as_str() {
+                let lower = word.to_ascii_lowercase();
+                let operand = match lower.as_str() {
+                    _ if lower.starts_with("ref.") && word.len() > 4 => {
+                        Operand::Reference(word[4..].to_owned())
+                    }
                     "text" => Operand::Text,
                     "ts" => Operand::Timestamp,
                     "key" => Operand::Key,
@@ -613,7 +630,7 @@ impl Parser {
                         return Err(ParseError {
                             column: token.column,
                             message: format!(
-                                "unknown operand `{word}`; expected values[i], text, ts, key, a number or a quoted string"
+                                "unknown operand `{word}`; expected values[i], text, ts, key, ref.<field>, a number or a quoted string"
                             ),
                         });
                     }
@@ -954,5 +971,46 @@ mod tests {
             }
         }
         assert!(count > 300_000);
+    }
+
+    struct Enriched(PlainRecord, Vec<(&'static str, &'static str)>);
+
+    impl RecordView for Enriched {
+        fn key(&self) -> &str {
+            self.0.key()
+        }
+        fn timestamp_ms(&self) -> i64 {
+            self.0.timestamp_ms()
+        }
+        fn values(&self) -> &[f64] {
+            self.0.values()
+        }
+        fn text(&self) -> Option<&str> {
+            self.0.text()
+        }
+        fn reference(&self, field: &str) -> Option<&str> {
+            self.1.iter().find(|(f, _)| *f == field).map(|(_, v)| *v)
+        }
+    }
+
+    #[test]
+    fn rules_name_the_fields_enrich_added() {
+        let rule = parse("ref.desk EQ 'fx' AND ref.Limit NOT NULL AND ref.missing NULL").unwrap();
+        let enriched = Enriched(record(), vec![("desk", "fx"), ("Limit", "5")]);
+        assert!(rule.evaluate(&enriched, &FakeLookups::default()));
+        let other_desk = Enriched(record(), vec![("desk", "rates"), ("Limit", "5")]);
+        assert!(!rule.evaluate(&other_desk, &FakeLookups::default()));
+        // A record no enrich stage touched has no reference fields.
+        assert!(!rule.evaluate(&record(), &FakeLookups::default()));
+        let range = parse("values[0] IN RANGE 0 ref.Limit").unwrap();
+        assert!(!range.evaluate(&enriched, &FakeLookups::default()));
+        let range = parse("values[1] IN RANGE -10 ref.Limit").unwrap();
+        assert!(range.evaluate(&enriched, &FakeLookups::default()));
+        assert!(
+            parse("ref. NULL")
+                .unwrap_err()
+                .message
+                .contains("unknown operand")
+        );
     }
 }

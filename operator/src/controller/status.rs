@@ -75,6 +75,8 @@ pub fn healthy_status(
                 desired_replicas: replicas,
                 replicas: observed.and_then(|s| s.replicas).unwrap_or(0),
                 ready_replicas: observed.and_then(|s| s.ready_replicas).unwrap_or(0),
+                input: Some(stage.input_topic.clone()),
+                output: stage.output_topic.clone(),
                 lag: previous_stage.and_then(|s| s.lag),
                 last_scale_time: if scaled {
                     Some(now.to_owned())
@@ -178,6 +180,7 @@ pub fn healthy_status(
             super::build::LABEL_STAGE,
         )),
         bootstrap_servers: Some(bootstrap_servers.to_owned()),
+        stage_count: i32::try_from(stages.len()).ok(),
         stages,
     }
 }

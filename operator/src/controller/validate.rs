@@ -2,11 +2,13 @@
 //! `ValidatedPipeline`. Synchronous and pure: the schema already rejected most bad input at
 //! admission; this catches what only the operator can know.
 
+use std::collections::BTreeMap;
+
 use ferry_config::config::{
     BatchConfig, DeadLetterConfig, EnrichConfig, HttpConfig, KAFKA_SASL_PASSWORD_ENV, KafkaConfig,
-    OutputConfig, ProcessorConfig, ProcessorKind, REDIS_PASSWORD_ENV, ReceiverConfig, RedisConfig,
-    SaslConfig, StageConfig, StatsConfig, StorageConfig, TLS_MOUNT_DIR, TlsFiles, ValidateConfig,
-    ValidationRule, WorkerConfig,
+    OutputConfig, ProcessorConfig, ProcessorKind, REDIS_PASSWORD_ENV, ReceiverConfig, RecordFormat,
+    RedisConfig, SaslConfig, StageConfig, StatsConfig, StorageConfig, TLS_MOUNT_DIR, TlsFiles,
+    ValidateConfig, ValidationRule, WorkerConfig,
 };
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -14,8 +16,8 @@ use kube::Resource;
 
 use super::dereference::{Bootstrap, Dereferenced};
 use crate::crd::{
-    BatchSpec, DeletionPolicy, Pipeline, ProcessorSpec, ScalingMode, ScalingSpec, SecretKeyRef,
-    TlsSpec,
+    BatchSpec, DeletionPolicy, Pipeline, PipelineSpec, ProcessorSpec, ScalingMode, ScalingSpec,
+    SecretKeyRef, StageInputSpec, TlsSpec,
 };
 use crate::scaling::DesiredReplicas;
 
@@ -34,6 +36,8 @@ pub enum ValidateError {
         "spec.processors[].name {name:?} is reserved: the receiver's Deployment uses that suffix"
     )]
     ReservedProcessorName { name: String },
+    #[error("{field}: {message}")]
+    InvalidGraph { field: String, message: String },
     #[error(
         "spec.receiver.image {image:?} is not in the operator's allow-list of worker images ({allowed}); ask the cluster admin, or leave spec.receiver.image out for the default"
     )]
@@ -206,6 +210,10 @@ pub struct ValidatedStage {
     pub autoscaled: bool,
     pub image: String,
     pub resources: Option<ResourceRequirements>,
+    /// The topic this stage reads (also `worker_config.kafka.topic`).
+    pub input_topic: String,
+    /// The topic this stage writes, if any.
+    pub output_topic: Option<String>,
 }
 
 pub use ferry_config::config::RECEIVER_STAGE;
@@ -310,9 +318,10 @@ pub fn validate(
         .creation_timestamp
         .as_ref()
         .map(|created| created.0.as_millisecond());
-    let kafka_for_group = |group: String| KafkaConfig {
+    let chain = resolve_chain(spec)?;
+    let kafka_for_group = |group: String, topic: String| KafkaConfig {
         bootstrap_servers: bootstrap_servers.clone(),
-        topic: spec.kafka.topic.clone(),
+        topic,
         consumer_group: group,
         auto_offset_reset: spec.kafka.auto_offset_reset,
         latest_from_ms: created_ms,
@@ -321,12 +330,12 @@ pub fn validate(
     };
     // The data set's epoch: a Pipeline created again under the same name is a new one.
     let epoch = pipeline.metadata.uid.clone();
-    let worker_config = |group: String, stage: StageConfig| WorkerConfig {
+    let worker_config = |group: String, input: &ResolvedInput, stage: StageConfig| WorkerConfig {
         pipeline: name.clone(),
         epoch: epoch.clone(),
-        kafka: kafka_for_group(group),
+        kafka: kafka_for_group(group, input.topic.clone()),
         redis: redis.clone(),
-        format: spec.format,
+        format: input.format,
         http: HttpConfig::default(),
         stage,
     };
@@ -355,6 +364,7 @@ pub fn validate(
         config_key: format!("{RECEIVER_STAGE}.yaml"),
         worker_config: worker_config(
             receiver_group.clone(),
+            &chain.receiver,
             StageConfig::Receiver(ReceiverConfig {
                 storage: StorageConfig {
                     kind: receiver.storage.kind,
@@ -374,8 +384,10 @@ pub fn validate(
         autoscaled: autoscaled(&receiver.scaling, spec.paused),
         image: image.clone(),
         resources: receiver.resources.clone(),
+        input_topic: chain.receiver.topic.clone(),
+        output_topic: None,
     }];
-    for processor in &spec.processors {
+    for (processor, input) in spec.processors.iter().zip(&chain.processors) {
         if processor.name == RECEIVER_STAGE || processor.name == "config" {
             return Err(ValidateError::ReservedProcessorName {
                 name: processor.name.clone(),
@@ -388,6 +400,7 @@ pub fn validate(
             config_key: format!("processor-{}.yaml", processor.name),
             worker_config: worker_config(
                 processor_group(&receiver_group, &processor.name),
+                input,
                 StageConfig::Processor(processor_config(processor)),
             ),
             scaling: processor.scaling.clone(),
@@ -395,6 +408,8 @@ pub fn validate(
             autoscaled: autoscaled(&processor.scaling, spec.paused),
             image: image.clone(),
             resources: processor.resources.clone(),
+            input_topic: input.topic.clone(),
+            output_topic: processor.output.as_ref().map(|o| o.topic.clone()),
         });
     }
     for stage in &stages {
@@ -439,6 +454,214 @@ pub fn validate(
         paused: spec.paused,
         operator_version: defaults.operator_version.clone(),
     })
+}
+
+/// Where one stage reads, and how what it reads is encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedInput {
+    pub topic: String,
+    pub format: RecordFormat,
+}
+
+/// Every stage's input: the receiver's and each processor's, in `spec.processors` order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub receiver: ResolvedInput,
+    pub processors: Vec<ResolvedInput>,
+}
+
+fn graph_error(field: String, message: impl Into<String>) -> ValidateError {
+    ValidateError::InvalidGraph {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Checks the stage graph and resolves each stage's input topic and format. The schema's
+/// CEL rules refuse most bad graphs at admission; cycles through explicit topics need a
+/// walk CEL cannot do, and objects written under an older schema get the same checks here.
+pub fn resolve_chain(spec: &PipelineSpec) -> Result<Chain, ValidateError> {
+    let processors = &spec.processors;
+    let field = |i: usize, rest: &str| format!("spec.processors[{i}].{rest}");
+    // Who writes which topic.
+    let mut writer: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, p) in processors.iter().enumerate() {
+        let Some(output) = &p.output else { continue };
+        if output.topic == spec.kafka.topic {
+            return Err(graph_error(
+                field(i, "output.topic"),
+                "must differ from spec.kafka.topic, or the processor would consume its own output",
+            ));
+        }
+        if let Some(first) = writer.insert(&output.topic, i) {
+            return Err(graph_error(
+                field(i, "output.topic"),
+                format!(
+                    "{} is also spec.processors[{first}].output.topic: two stages writing one topic would mix their records",
+                    output.topic
+                ),
+            ));
+        }
+    }
+    let dead_letters = spec
+        .receiver
+        .dead_letter
+        .iter()
+        .map(|d| {
+            (
+                "spec.receiver.deadLetter.topic".to_owned(),
+                d.topic.as_str(),
+            )
+        })
+        .chain(processors.iter().enumerate().filter_map(|(i, p)| {
+            p.dead_letter
+                .as_ref()
+                .map(|d| (field(i, "deadLetter.topic"), d.topic.as_str()))
+        }));
+    for (dead_letter_field, topic) in dead_letters {
+        if let Some(&i) = writer.get(topic) {
+            return Err(graph_error(
+                field(i, "output.topic"),
+                format!(
+                    "{topic} is {dead_letter_field}: a stage must not write into a dead-letter topic"
+                ),
+            ));
+        }
+    }
+    // The topic each stage reads, checked against the stages it names.
+    let input_topic = |input: Option<&StageInputSpec>,
+                       at: &str,
+                       own: Option<&str>|
+     -> Result<String, ValidateError> {
+        let Some(input) = input else {
+            return Ok(spec.kafka.topic.clone());
+        };
+        match (&input.from, &input.topic) {
+            (Some(from), None) => {
+                if own == Some(from.as_str()) {
+                    return Err(graph_error(
+                        format!("{at}.from"),
+                        "must not name the processor itself: it would read its own output",
+                    ));
+                }
+                let Some(source) = processors.iter().find(|p| &p.name == from) else {
+                    return Err(graph_error(
+                        format!("{at}.from"),
+                        format!("names no processor of this Pipeline: {from}"),
+                    ));
+                };
+                source
+                    .output
+                    .as_ref()
+                    .map(|o| o.topic.clone())
+                    .ok_or_else(|| {
+                        graph_error(
+                            format!("{at}.from"),
+                            format!("names processor {from}, which has no output.topic"),
+                        )
+                    })
+            }
+            (None, Some(topic)) => Ok(topic.clone()),
+            _ => Err(graph_error(
+                at.to_owned(),
+                "set exactly one of from or topic",
+            )),
+        }
+    };
+    let mut topics = Vec::with_capacity(processors.len());
+    for (i, p) in processors.iter().enumerate() {
+        let topic = input_topic(p.input.as_ref(), &field(i, "input"), Some(&p.name))?;
+        if p.output.as_ref().is_some_and(|o| o.topic == topic) {
+            return Err(graph_error(
+                field(i, "input"),
+                format!("reads {topic}, its own output.topic"),
+            ));
+        }
+        topics.push(topic);
+    }
+    let receiver_topic = input_topic(spec.receiver.input.as_ref(), "spec.receiver.input", None)?;
+    // A processor's upstream is the processor writing its input topic; following it from
+    // every processor finds any cycle within as many steps as there are processors.
+    let upstream: Vec<Option<usize>> = topics
+        .iter()
+        .map(|t| writer.get(t.as_str()).copied())
+        .collect();
+    for start in 0..processors.len() {
+        let mut path = vec![start];
+        let mut at = start;
+        while let Some(next) = upstream[at] {
+            if next == start {
+                // `path` runs against the flow: each entry reads the next one's output.
+                let names: Vec<&str> = std::iter::once(&start)
+                    .chain(path.iter().rev())
+                    .map(|&i| processors[i].name.as_str())
+                    .collect();
+                return Err(graph_error(
+                    field(start, "input"),
+                    format!("the stages {} form a cycle", names.join(" -> ")),
+                ));
+            }
+            if path.len() > processors.len() {
+                break;
+            }
+            path.push(next);
+            at = next;
+        }
+    }
+    // Formats, from the source down: a stage reads what its upstream writes, which is JSON
+    // after enrich and its own input's format otherwise.
+    let declared =
+        |input: Option<&StageInputSpec>| input.and_then(|i| i.format).unwrap_or(spec.format);
+    let mut formats: Vec<Option<RecordFormat>> = vec![None; processors.len()];
+    fn format_of(
+        i: usize,
+        upstream: &[Option<usize>],
+        processors: &[ProcessorSpec],
+        declared: &dyn Fn(Option<&StageInputSpec>) -> RecordFormat,
+        formats: &mut [Option<RecordFormat>],
+    ) -> RecordFormat {
+        if let Some(known) = formats[i] {
+            return known;
+        }
+        let format = match upstream[i] {
+            Some(up) => output_format(
+                &processors[up],
+                format_of(up, upstream, processors, declared, formats),
+            ),
+            None => declared(processors[i].input.as_ref()),
+        };
+        formats[i] = Some(format);
+        format
+    }
+    let processor_inputs = (0..processors.len())
+        .map(|i| ResolvedInput {
+            topic: topics[i].clone(),
+            format: format_of(i, &upstream, processors, &declared, &mut formats),
+        })
+        .collect();
+    let receiver_format = match writer.get(receiver_topic.as_str()) {
+        Some(&up) => output_format(
+            &processors[up],
+            format_of(up, &upstream, processors, &declared, &mut formats),
+        ),
+        None => declared(spec.receiver.input.as_ref()),
+    };
+    Ok(Chain {
+        receiver: ResolvedInput {
+            topic: receiver_topic,
+            format: receiver_format,
+        },
+        processors: processor_inputs,
+    })
+}
+
+/// What a processor writes: enrich produces JSON; stats and validate pass records on as read.
+fn output_format(processor: &ProcessorSpec, input: RecordFormat) -> RecordFormat {
+    if processor.enrich.is_some() {
+        RecordFormat::Json
+    } else {
+        input
+    }
 }
 
 /// Replicas before any lag is known: the floor of the range, or the user's number in manual mode.

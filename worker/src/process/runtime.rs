@@ -85,6 +85,8 @@ pub struct SourceRecord {
     /// The source id: the Kafka key, checked UTF-8.
     key: Box<str>,
     record: DataRecord,
+    /// The `ref` fields of a `json` record an upstream enrich stage wrote; empty otherwise.
+    reference: record::json::Reference,
     payload: Box<[u8]>,
 }
 
@@ -114,6 +116,9 @@ impl RecordView for SourceRecord {
     fn text(&self) -> Option<&str> {
         Some(&self.record.text)
     }
+    fn reference(&self, field: &str) -> Option<&str> {
+        self.reference.get(field).map(String::as_str)
+    }
 }
 
 impl SourceRecord {
@@ -141,7 +146,7 @@ impl SourceRecord {
     }
 }
 
-/// Decodes a processor's input in the Pipeline's format.
+/// Decodes a processor's input in its stage's input format (`json` downstream of enrich).
 struct SourceDecoder {
     format: RecordFormat,
 }
@@ -153,18 +158,23 @@ impl Decode for SourceDecoder {
         let payload = message.payload().unwrap_or_default();
         let kafka_timestamp_ms = message.timestamp().to_millis();
         let decoded = record::source_id(message.key()).and_then(|key| {
-            Ok((
-                key,
-                record::decode(self.format, payload, kafka_timestamp_ms)?,
-            ))
+            let (record, reference) = match self.format {
+                RecordFormat::Json => record::json::decode_enriched(payload)?,
+                format => (
+                    record::decode(format, payload, kafka_timestamp_ms)?,
+                    record::json::Reference::new(),
+                ),
+            };
+            Ok((key, record, reference))
         });
         match decoded {
-            Ok((key, record)) => Ok(SourceRecord {
+            Ok((key, record, reference)) => Ok(SourceRecord {
                 partition: message.partition(),
                 offset: message.offset(),
                 kafka_timestamp_ms,
                 key: key.into(),
                 record,
+                reference,
                 payload: payload.into(),
             }),
             Err(err) => Err(Box::new(Rejected {

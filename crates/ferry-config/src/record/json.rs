@@ -2,6 +2,9 @@
 //!
 //! All three fields are required; unknown fields are ignored so sources can add fields
 //! without breaking receivers. The limits of [`dsdata`](super::dsdata) apply.
+//!
+//! A record an `enrich` stage wrote also carries a `ref` object of reference fields;
+//! [`decode_enriched`] returns them too, so validate rules downstream can name them.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +16,9 @@ struct WireIn<'a> {
     values: Vec<f64>,
     #[serde(borrow)]
     text: std::borrow::Cow<'a, str>,
+    /// Any JSON, so a source's own `ref` of another shape decodes as before enrich existed.
+    #[serde(default, rename = "ref")]
+    reference: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -23,10 +29,38 @@ struct WireOut<'a> {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<DataRecord, DecodeError> {
-    let wire: WireIn<'_> =
-        serde_json::from_slice(bytes).map_err(|err| DecodeError::InvalidJson {
-            message: err.to_string(),
-        })?;
+    checked(parse(bytes)?)
+}
+
+/// Decodes like [`decode`], and also returns the record's `ref` object: its string fields as
+/// they are, numbers and booleans as their JSON text; anything else in `ref` is left out.
+pub fn decode_enriched(bytes: &[u8]) -> Result<(DataRecord, Reference), DecodeError> {
+    let mut wire = parse(bytes)?;
+    let reference = match wire.reference.take() {
+        Some(serde_json::Value::Object(fields)) => fields
+            .into_iter()
+            .filter_map(|(name, value)| match value {
+                serde_json::Value::String(s) => Some((name, s)),
+                serde_json::Value::Number(n) => Some((name, n.to_string())),
+                serde_json::Value::Bool(b) => Some((name, b.to_string())),
+                _ => None,
+            })
+            .collect(),
+        _ => Reference::new(),
+    };
+    Ok((checked(wire)?, reference))
+}
+
+/// Reference fields by name, as enrich wrote them.
+pub type Reference = std::collections::BTreeMap<String, String>;
+
+fn parse(bytes: &[u8]) -> Result<WireIn<'_>, DecodeError> {
+    serde_json::from_slice(bytes).map_err(|err| DecodeError::InvalidJson {
+        message: err.to_string(),
+    })
+}
+
+fn checked(wire: WireIn<'_>) -> Result<DataRecord, DecodeError> {
     if wire.values.len() > MAX_FLOATS {
         return Err(DecodeError::TooManyFloats {
             count: wire.values.len(),
@@ -75,6 +109,27 @@ mod tests {
         assert_eq!(record.timestamp_ms, 5);
         assert_eq!(record.values, vec![1.0, 2.5]);
         assert_eq!(record.text, "a\"b");
+    }
+
+    #[test]
+    fn an_enriched_record_keeps_its_reference_fields() {
+        let bytes = br#"{"key":"s1","ts":1500,"values":[1.5],"text":"hi","ref":{"desk":"fx","limit":5,"nested":{}},"ref_version":"v1","ref_valid_from":1000}"#;
+        let (record, reference) = decode_enriched(bytes).unwrap();
+        assert_eq!(record, decode(bytes).unwrap());
+        assert_eq!(record.values, vec![1.5]);
+        assert_eq!(
+            reference.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("desk".to_owned(), "fx".to_owned()),
+                ("limit".to_owned(), "5".to_owned())
+            ]
+        );
+        let (_, none) = decode_enriched(br#"{"ts":1,"values":[],"text":"","ref":7}"#).unwrap();
+        assert!(none.is_empty());
+        assert_eq!(
+            decode_enriched(b"{").unwrap_err().reason(),
+            RejectReason::InvalidJson
+        );
     }
 
     #[test]
