@@ -1090,12 +1090,18 @@ impl<K: StageKind> Writer<K> {
     /// Asks the consumer task to place `partition` at `offset` (`None`: its beginning);
     /// its records are skipped until the seek is done.
     fn request_seek(&mut self, partition: i32, offset: Option<i64>) {
+        self.seek_partition(partition, offset, false);
+    }
+
+    /// Drops the partition's records from the batch and asks the consumer task to place it
+    /// at `offset`, paused there when `hold`.
+    fn seek_partition(&mut self, partition: i32, offset: Option<i64>, hold: bool) {
         self.batch.drop_partition(partition);
         self.pending_seeks.insert(partition, offset);
         let _ = self.seeks.send(SeekRequest {
             partition,
             offset,
-            hold: false,
+            hold,
         });
     }
 
@@ -1127,13 +1133,7 @@ impl<K: StageKind> Writer<K> {
             "holding the partition: a record of it cannot go out; the others go on"
         );
         self.metrics.partitions_held.inc();
-        self.batch.drop_partition(partition);
-        self.pending_seeks.insert(partition, Some(offset));
-        let _ = self.seeks.send(SeekRequest {
-            partition,
-            offset: Some(offset),
-            hold: true,
-        });
+        self.seek_partition(partition, Some(offset), true);
         true
     }
 
