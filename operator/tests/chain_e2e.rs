@@ -335,6 +335,9 @@ async fn a_three_stage_chain_carries_every_record_and_stores_only_the_validated_
                     .ok()?
                     .1
                     >= invalid_count
+                // Offsets are committed after each stage's EXEC: its Redis effects are in.
+                && lag(&format!("{group}:enrich"), &topics.raw)? == 0
+                && lag(&format!("{group}:check"), &topics.enriched)? == 0
                 && lag(&group, &topics.validated)? == 0;
             done.then_some(())
         },
