@@ -79,6 +79,10 @@ struct ServeArgs {
     /// Redis response timeout.
     #[arg(long, default_value = "5s", env = "FERRY_REDIS_TIMEOUT")]
     redis_timeout: HumanDuration,
+    /// Multiplexed Redis connections the requests are spread over (each parses its replies
+    /// on one task: more of them use more cores of a larger machine).
+    #[arg(long, default_value_t = 1, env = "FERRY_API_REDIS_CONNECTIONS")]
+    redis_connections: usize,
 }
 
 /// The consumption pipeline's process-level knobs, the same for every stage kind.
@@ -261,6 +265,7 @@ fn run(command: Command) -> Result<(), ExitCode> {
                 validate: args.validate,
                 other_processors: args.processor,
                 redis_timeout: args.redis_timeout.as_duration(),
+                redis_connections: args.redis_connections,
             };
             runtime()?.block_on(async move {
                 let shutdown = Shutdown::from_signals().map_err(|err| {
