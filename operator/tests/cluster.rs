@@ -912,3 +912,110 @@ async fn with_deletion_policy_delete_the_created_topic_goes_with_the_pipeline() 
         "the source is the user's"
     );
 }
+
+/// With Strimzi the output topic is a labelled, never-owned KafkaTopic sized like the source
+/// (read from the real Kafka the Kafka resource's status points at); removing its stage
+/// under `deletionPolicy: delete` deletes it. The test plays Strimzi's operators.
+#[tokio::test]
+async fn with_strimzi_an_output_topic_is_a_kafka_topic_sized_like_the_source() {
+    support::install_strimzi_crds();
+    let (client, ns, _operator) = setup("strimzi-output").await;
+    let env = support::StackEnv::load();
+    let bootstrap = env.get("KAFKA_BOOTSTRAP").to_owned();
+    let source = format!("chain-src-{}", support::random_suffix());
+    let middle = format!("chain-mid-{}", support::random_suffix());
+    support::create_topic(&bootstrap, &source, 3).await;
+    let kafka_api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &ferry_operator::controller::dereference::kafka_api_resource(),
+    );
+    let kafka: kube::api::DynamicObject = serde_json::from_value(strimzi_kafka(&ns.name)).unwrap();
+    kafka_api
+        .create(&PostParams::default(), &kafka)
+        .await
+        .unwrap();
+    let ready_kafka = json!({"status": {
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "listeners": [{"name": "plain", "bootstrapServers": bootstrap}]
+    }});
+    kafka_api
+        .patch_status(
+            "my-cluster",
+            &PatchParams::default(),
+            &Patch::Merge(&ready_kafka),
+        )
+        .await
+        .unwrap();
+
+    let mut pipeline = chain_pipeline(
+        "viakt",
+        &source,
+        &middle,
+        CREATE,
+        "  deletionPolicy: delete\n",
+    );
+    pipeline.spec.kafka.bootstrap_servers = None;
+    pipeline.spec.kafka.strimzi = Some(
+        serde_json::from_value(json!({"cluster": "my-cluster", "listener": "plain"})).unwrap(),
+    );
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    pipelines
+        .create(&PostParams::default(), &pipeline)
+        .await
+        .unwrap();
+
+    let topics: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &ferry_operator::controller::dereference::kafka_topic_api_resource(),
+    );
+    let topic = eventually(WAIT, "the output KafkaTopic", || async {
+        topics.get_opt("viakt-check-output").await.ok()?
+    })
+    .await;
+    assert_eq!(topic.data["spec"]["topicName"], json!(middle));
+    assert_eq!(topic.data["spec"]["partitions"], 3, "the source's count");
+    assert_eq!(topic.labels()["ferry.dev/stage"], "check");
+    assert_eq!(topic.labels()["strimzi.io/cluster"], "my-cluster");
+    assert!(topic.owner_references().is_empty(), "labelled, never owned");
+    let created = eventually(WAIT, "status.createdTopics", || async {
+        let status = pipelines.get("viakt").await.ok()?.status?;
+        status.created_topics.first().cloned()
+    })
+    .await;
+    assert_eq!(created.via, ferry_operator::crd::TopicCreator::KafkaTopic);
+    assert_eq!(
+        created.kafka_topic.as_deref(),
+        Some(format!("{}/viakt-check-output", ns.name).as_str())
+    );
+    // Strimzi has not made the topic: the receiver waits for it, and says so.
+    eventually(WAIT, "the receiver waiting for its input", || async {
+        conditions(&pipelines, "viakt")
+            .await?
+            .into_iter()
+            .find(|c| c.reason == "InputTopicMissing" && c.message.contains(&middle))
+    })
+    .await;
+
+    let patch = json!({"spec": {"processors": [], "receiver": {"input": null}}});
+    pipelines
+        .patch("viakt", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    eventually(WAIT, "the KafkaTopic deleted with its stage", || async {
+        topics
+            .get_opt("viakt-check-output")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let status = pipelines.get("viakt").await.unwrap().status.unwrap();
+    assert!(
+        status.created_topics.is_empty(),
+        "{:?}",
+        status.created_topics
+    );
+}
