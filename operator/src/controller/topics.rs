@@ -229,6 +229,12 @@ pub async fn reconcile_topics(
                     && matches!(access, KafkaAccess::Unsupported(_))
                     && wanted.partitions.is_some());
             if !allowed {
+                if let (None, KafkaAccess::Unsupported(reason)) = (&existing, access) {
+                    outcome.unsupported = Some(format!(
+                        "the operator cannot see whether topic {} ({}.create) exists: it would need {reason}; set {}.create.partitions to have its KafkaTopic applied anyway (an existing topic of that name then comes under it), or create the topic",
+                        wanted.topic, wanted.field, wanted.field
+                    ));
+                }
                 continue;
             }
             let Some(partitions) = partitions else {

@@ -608,3 +608,47 @@ fn topic_names_of_output_kafka_topics_are_per_stage() {
         "risk-enrich-output"
     );
 }
+
+#[tokio::test]
+async fn with_strimzi_and_no_view_of_kafka_only_an_explicitly_sized_topic_is_applied() {
+    let admin = FakeAdmin::with(&[("trades.raw", 4)]);
+    let strimzi_sasl = |partitions: Option<i32>| {
+        pipeline(CHAIN, |p| {
+            p.spec.kafka.bootstrap_servers = None;
+            p.spec.kafka.strimzi =
+                Some(serde_json::from_value(serde_json::json!({"cluster": "main"})).unwrap());
+            p.spec.kafka.sasl = Some(
+                serde_json::from_value(serde_json::json!({
+                    "mechanism": "SCRAM-SHA-512", "username": "u",
+                    "passwordSecretRef": {"name": "s", "key": "p"}
+                }))
+                .unwrap(),
+            );
+            p.spec.processors[0]
+                .output
+                .as_mut()
+                .unwrap()
+                .create
+                .as_mut()
+                .unwrap()
+                .partitions = partitions;
+        })
+    };
+    let unsized_round = round(&admin, &strimzi_sasl(None), &[]).await;
+    assert!(
+        admin.calls().is_empty(),
+        "the operator can't reach this Kafka"
+    );
+    assert!(unsized_round.kafka_topics.is_empty());
+    let said = unsized_round.unsupported.unwrap();
+    assert!(
+        said.contains("trades.enriched")
+            && said.contains("spec.processors[0].output.create.partitions"),
+        "{said}"
+    );
+
+    let sized = round(&admin, &strimzi_sasl(Some(8)), &[]).await;
+    assert_eq!(sized.kafka_topics.len(), 1);
+    assert_eq!(sized.kafka_topics[0].partitions, 8);
+    assert!(sized.unsupported.is_none());
+}
