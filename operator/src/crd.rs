@@ -115,9 +115,10 @@ pub struct PipelineSpec {
     /// Keeps every object but scales all stages to zero.
     #[serde(default)]
     pub paused: bool,
-    /// What deleting the Pipeline does to the `KafkaTopic` that `spec.kafka.createTopic`
-    /// made: `retain` (the default) leaves it and the topic's records; `delete` removes it,
-    /// and Strimzi then deletes the topic and its records.
+    /// What deleting the Pipeline does to the topics Ferry created: the `KafkaTopic` of
+    /// `spec.kafka.createTopic`, and each `output.create` topic (also when its stage is
+    /// removed). `retain` (the default) leaves them and their records; `delete` removes them
+    /// (for a `KafkaTopic`, Strimzi then deletes the topic and its records).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }
@@ -126,10 +127,11 @@ pub struct PipelineSpec {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum DeletionPolicy {
-    /// Keep the `KafkaTopic` (and so the topic's records).
+    /// Keep the topics Ferry created (and so their records).
     #[default]
     Retain,
-    /// Delete the `KafkaTopic` Ferry created, through a finalizer on the Pipeline.
+    /// Delete the topics Ferry created, through a finalizer on the Pipeline; an `output`
+    /// topic also when its stage is removed.
     Delete,
 }
 
@@ -627,6 +629,34 @@ pub struct StageInputSpec {
 pub struct OutputSpec {
     #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     pub topic: String,
+    /// Have the operator create `topic` when it does not exist: a Strimzi `KafkaTopic` with
+    /// `spec.kafka.strimzi`, the Kafka admin API otherwise. The topic stays when the stage or
+    /// the Pipeline goes away, unless `spec.deletionPolicy` is `delete`; `status.createdTopics`
+    /// lists what Ferry created. Absent: the topic must exist (a stage reading it waits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create: Option<OutputTopicSpec>,
+}
+
+/// How the operator creates a stage's output topic. No CEL rule on `config`'s keys: a
+/// regex over map keys of unbounded length exceeds the API server's rule cost budget, and
+/// Kafka refuses an unknown key itself (the `TopicAdminFailed` condition names it).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputTopicSpec {
+    /// Partitions of the topic; the source topic's (`spec.kafka.topic`) partition count
+    /// when absent, so a chained stage can run as many consumers as the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub partitions: Option<i32>,
+    /// Replicas of each partition; the Kafka cluster's `default.replication.factor` when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 32))]
+    pub replicas: Option<i32>,
+    /// Topic configuration, e.g. `retention.ms`; at most 64 entries.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub config: BTreeMap<String, String>,
 }
 
 /// What the operator observed. Conditions follow Strimzi's shape.
@@ -658,6 +688,39 @@ pub struct PipelineStatus {
     /// The bootstrap address in use, after Strimzi resolution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_servers: Option<String>,
+    /// The output topics Ferry created (`output.create`). An entry stays after its stage
+    /// is removed, as the topic does: only `spec.deletionPolicy: delete` removes both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub created_topics: Vec<CreatedTopic>,
+}
+
+/// One topic the operator created for a stage's output.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedTopic {
+    /// The Kafka topic's name.
+    pub topic: String,
+    /// The stage whose `output.topic` it is, at creation.
+    pub stage: String,
+    /// The partitions it was created with.
+    pub partitions: i32,
+    /// How it was created.
+    pub via: TopicCreator,
+    /// The Strimzi `KafkaTopic` (`namespace/name`) when created through Strimzi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_topic: Option<String>,
+    /// RFC 3339: when Ferry created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+}
+
+/// Who holds the topic Ferry created.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopicCreator {
+    /// A Strimzi `KafkaTopic`, labelled with the Pipeline (never owned by it).
+    KafkaTopic,
+    /// The Kafka admin API, from the operator.
+    AdminApi,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

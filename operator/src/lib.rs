@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod retry;
 pub mod scaling;
 pub mod telemetry;
+pub mod topics;
 pub mod worker_status;

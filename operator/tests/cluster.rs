@@ -678,3 +678,344 @@ async fn status_reaches_ready_when_the_worker_pods_are_ready() {
         .unwrap();
     assert_eq!(ready.reason, "AllStagesReady");
 }
+
+// --- The topics between chained stages (issue 18) ---
+
+/// The conditions of Pipeline `name`, once its status is written.
+async fn conditions(
+    pipelines: &Api<Pipeline>,
+    name: &str,
+) -> Option<Vec<ferry_operator::crd::Condition>> {
+    Some(pipelines.get(name).await.ok()?.status?.conditions)
+}
+
+/// A chain of one validate stage writing `middle`, which the receiver reads.
+fn chain_pipeline(name: &str, source: &str, middle: &str, create: &str, extra: &str) -> Pipeline {
+    let spec_extra = format!(
+        "{extra}  processors:\n  - name: check\n    validate:\n      rules:\n      - name: present\n        expression: text NOT NULL\n    output:\n      topic: {middle}\n{create}"
+    );
+    let prefix = format!("{name}-{}", support::random_suffix());
+    support::StackPipeline {
+        receiver_extra: "    input:\n      from: check\n",
+        spec_extra: &spec_extra,
+        ..support::StackPipeline::new(name, source, &prefix)
+    }
+    .build()
+}
+
+#[tokio::test]
+async fn a_stage_whose_input_topic_is_missing_waits_and_says_so_until_it_exists() {
+    let (client, ns, _operator) = setup("input-missing").await;
+    let env = support::StackEnv::load();
+    let bootstrap = env.get("KAFKA_BOOTSTRAP").to_owned();
+    let source = format!("chain-src-{}", support::random_suffix());
+    let middle = format!("chain-mid-{}", support::random_suffix());
+    support::create_topic(&bootstrap, &source, 2).await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    pipelines
+        .create(
+            &PostParams::default(),
+            &chain_pipeline("waits", &source, &middle, "", ""),
+        )
+        .await
+        .unwrap();
+
+    let waiting = eventually(WAIT, "a condition naming the missing input", || async {
+        conditions(&pipelines, "waits")
+            .await?
+            .into_iter()
+            .find(|c| c.reason == "InputTopicMissing")
+    })
+    .await;
+    assert!(
+        waiting.message.contains("receiver") && waiting.message.contains(&middle),
+        "{waiting:?}"
+    );
+    // The Deployments are there, waiting with the Pipeline.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    assert_eq!(
+        deployment_names(&deployments, "waits").await,
+        ["waits-check", "waits-receiver"]
+    );
+
+    support::create_topic(&bootstrap, &middle, 2).await;
+    eventually(
+        Duration::from_secs(30),
+        "the waiting reason cleared",
+        || async {
+            let conditions = conditions(&pipelines, "waits").await?;
+            conditions
+                .iter()
+                .all(|c| c.reason != "InputTopicMissing")
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// The partitions of `topic` on the local Kafka, `None` when it does not exist.
+fn kafka_partitions(bootstrap: &str, topic: &str) -> Option<usize> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .filter(|n| *n > 0)
+}
+
+const CREATE: &str = "      create: {}\n";
+
+#[tokio::test]
+async fn an_output_topic_is_created_with_the_source_partitions_and_retained_by_default() {
+    let (client, ns, _operator) = setup("output-create").await;
+    let env = support::StackEnv::load();
+    let bootstrap = env.get("KAFKA_BOOTSTRAP").to_owned();
+    let source = format!("chain-src-{}", support::random_suffix());
+    let middle = format!("chain-mid-{}", support::random_suffix());
+    support::create_topic(&bootstrap, &source, 3).await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    pipelines
+        .create(
+            &PostParams::default(),
+            &chain_pipeline("made", &source, &middle, CREATE, ""),
+        )
+        .await
+        .unwrap();
+
+    let created = eventually(WAIT, "status.createdTopics", || async {
+        let status = pipelines.get("made").await.ok()?.status?;
+        status.created_topics.first().cloned()
+    })
+    .await;
+    assert_eq!(created.topic, middle);
+    assert_eq!(created.stage, "check");
+    assert_eq!(created.partitions, 3);
+    assert_eq!(created.via, ferry_operator::crd::TopicCreator::AdminApi);
+    assert_eq!(
+        kafka_partitions(&bootstrap, &middle),
+        Some(3),
+        "on the real Kafka"
+    );
+    // The receiver reads it: nothing waits.
+    let conditions = conditions(&pipelines, "made").await.unwrap();
+    assert!(
+        conditions.iter().all(|c| c.reason != "InputTopicMissing"),
+        "{conditions:?}"
+    );
+
+    // The stage goes (the receiver reads the source again): its topic stays.
+    let patch = json!({"spec": {"processors": [], "receiver": {"input": null}}});
+    pipelines
+        .patch("made", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let status = eventually(WAIT, "the one-stage generation applied", || async {
+        let pipeline = pipelines.get("made").await.ok()?;
+        let status = pipeline.status?;
+        (status.observed_generation == pipeline.metadata.generation && status.stages.len() == 1)
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(status.created_topics.len(), 1, "still listed as Ferry's");
+    assert_eq!(kafka_partitions(&bootstrap, &middle), Some(3), "retained");
+
+    // So does the Pipeline's deletion.
+    pipelines
+        .delete("made", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(WAIT, "the Pipeline gone", || async {
+        pipelines
+            .get_opt("made")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(kafka_partitions(&bootstrap, &middle), Some(3), "retained");
+}
+
+#[tokio::test]
+async fn with_deletion_policy_delete_the_created_topic_goes_with_the_pipeline() {
+    let (client, ns, _operator) = setup("output-delete").await;
+    let env = support::StackEnv::load();
+    let bootstrap = env.get("KAFKA_BOOTSTRAP").to_owned();
+    let source = format!("chain-src-{}", support::random_suffix());
+    let middle = format!("chain-mid-{}", support::random_suffix());
+    support::create_topic(&bootstrap, &source, 2).await;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    pipelines
+        .create(
+            &PostParams::default(),
+            &chain_pipeline(
+                "doomed",
+                &source,
+                &middle,
+                CREATE,
+                "  deletionPolicy: delete\n",
+            ),
+        )
+        .await
+        .unwrap();
+    eventually(WAIT, "the topic created", || async {
+        let status = pipelines.get("doomed").await.ok()?.status?;
+        (!status.created_topics.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(kafka_partitions(&bootstrap, &middle), Some(2));
+    let pipeline = pipelines.get("doomed").await.unwrap();
+    assert!(
+        pipeline
+            .finalizers()
+            .iter()
+            .any(|f| f == "ferry.dev/delete-kafka-topic"),
+        "{:?}",
+        pipeline.finalizers()
+    );
+
+    pipelines
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(WAIT, "the Pipeline gone", || async {
+        pipelines
+            .get_opt("doomed")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the topic deleted from Kafka",
+        || async {
+            kafka_partitions(&bootstrap, &middle)
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        kafka_partitions(&bootstrap, &source),
+        Some(2),
+        "the source is the user's"
+    );
+}
+
+/// With Strimzi the output topic is a labelled, never-owned KafkaTopic sized like the source
+/// (read from the real Kafka the Kafka resource's status points at); removing its stage
+/// under `deletionPolicy: delete` deletes it. The test plays Strimzi's operators.
+#[tokio::test]
+async fn with_strimzi_an_output_topic_is_a_kafka_topic_sized_like_the_source() {
+    support::install_strimzi_crds();
+    let (client, ns, _operator) = setup("strimzi-output").await;
+    let env = support::StackEnv::load();
+    let bootstrap = env.get("KAFKA_BOOTSTRAP").to_owned();
+    let source = format!("chain-src-{}", support::random_suffix());
+    let middle = format!("chain-mid-{}", support::random_suffix());
+    support::create_topic(&bootstrap, &source, 3).await;
+    let kafka_api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &ferry_operator::controller::dereference::kafka_api_resource(),
+    );
+    let kafka: kube::api::DynamicObject = serde_json::from_value(strimzi_kafka(&ns.name)).unwrap();
+    kafka_api
+        .create(&PostParams::default(), &kafka)
+        .await
+        .unwrap();
+    let ready_kafka = json!({"status": {
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "listeners": [{"name": "plain", "bootstrapServers": bootstrap}]
+    }});
+    kafka_api
+        .patch_status(
+            "my-cluster",
+            &PatchParams::default(),
+            &Patch::Merge(&ready_kafka),
+        )
+        .await
+        .unwrap();
+
+    let mut pipeline = chain_pipeline(
+        "viakt",
+        &source,
+        &middle,
+        CREATE,
+        "  deletionPolicy: delete\n",
+    );
+    pipeline.spec.kafka.bootstrap_servers = None;
+    pipeline.spec.kafka.strimzi = Some(
+        serde_json::from_value(json!({"cluster": "my-cluster", "listener": "plain"})).unwrap(),
+    );
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    pipelines
+        .create(&PostParams::default(), &pipeline)
+        .await
+        .unwrap();
+
+    let topics: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &ferry_operator::controller::dereference::kafka_topic_api_resource(),
+    );
+    let topic = eventually(WAIT, "the output KafkaTopic", || async {
+        topics.get_opt("viakt-check-output").await.ok()?
+    })
+    .await;
+    assert_eq!(topic.data["spec"]["topicName"], json!(middle));
+    assert_eq!(topic.data["spec"]["partitions"], 3, "the source's count");
+    assert_eq!(topic.labels()["ferry.dev/stage"], "check");
+    assert_eq!(topic.labels()["strimzi.io/cluster"], "my-cluster");
+    assert!(topic.owner_references().is_empty(), "labelled, never owned");
+    let created = eventually(WAIT, "status.createdTopics", || async {
+        let status = pipelines.get("viakt").await.ok()?.status?;
+        status.created_topics.first().cloned()
+    })
+    .await;
+    assert_eq!(created.via, ferry_operator::crd::TopicCreator::KafkaTopic);
+    assert_eq!(
+        created.kafka_topic.as_deref(),
+        Some(format!("{}/viakt-check-output", ns.name).as_str())
+    );
+    // Strimzi has not made the topic: the receiver waits for it, and says so.
+    eventually(WAIT, "the receiver waiting for its input", || async {
+        conditions(&pipelines, "viakt")
+            .await?
+            .into_iter()
+            .find(|c| c.reason == "InputTopicMissing" && c.message.contains(&middle))
+    })
+    .await;
+
+    let patch = json!({"spec": {"processors": [], "receiver": {"input": null}}});
+    pipelines
+        .patch("viakt", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    eventually(WAIT, "the KafkaTopic deleted with its stage", || async {
+        topics
+            .get_opt("viakt-check-output")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let status = pipelines.get("viakt").await.unwrap().status.unwrap();
+    assert!(
+        status.created_topics.is_empty(),
+        "{:?}",
+        status.created_topics
+    );
+}

@@ -96,6 +96,8 @@ pub enum ApplyError {
 pub struct Applied {
     /// The `KafkaTopic` as the API server returned it, status included.
     pub kafka_topic: Option<DynamicObject>,
+    /// The output `KafkaTopic`s as the API server returned them.
+    pub output_topics: Vec<DynamicObject>,
     pub config_map: ConfigMap,
     pub deployments: Vec<Deployment>,
     /// Names of children deleted because this round no longer builds them.
@@ -112,15 +114,17 @@ pub async fn apply(
 ) -> Result<Applied, ApplyError> {
     let Children {
         kafka_topic,
+        output_topics,
         config_map,
         deployments,
     } = children;
+    let topics: Vec<&DynamicObject> = kafka_topic.iter().chain(&output_topics).collect();
     let foreign = not_owned(
         client,
         caches,
         namespace,
         pipeline,
-        kafka_topic.as_ref(),
+        &topics,
         &config_map,
         &deployments,
     )
@@ -136,6 +140,10 @@ pub async fn apply(
         Some(topic) => Some(apply_kafka_topic(client, &params, topic).await?),
         None => None,
     };
+    let mut applied_output_topics = Vec::with_capacity(output_topics.len());
+    for topic in output_topics {
+        applied_output_topics.push(apply_kafka_topic(client, &params, topic).await?);
+    }
 
     // The ConfigMap first: new pods must find the config their template's hash points at.
     let config_map = apply_one(
@@ -188,6 +196,7 @@ pub async fn apply(
     }
     Ok(Applied {
         kafka_topic,
+        output_topics: applied_output_topics,
         config_map,
         deployments: applied_deployments,
         deleted,
@@ -201,12 +210,12 @@ async fn not_owned(
     caches: Option<&ChildCaches>,
     namespace: &str,
     pipeline: &str,
-    kafka_topic: Option<&DynamicObject>,
+    kafka_topics: &[&DynamicObject],
     config_map: &ConfigMap,
     deployments: &[Deployment],
 ) -> Result<Vec<String>, ApplyError> {
     let mut foreign = Vec::new();
-    if let Some(topic) = kafka_topic {
+    for topic in kafka_topics {
         let name = topic.name_any();
         let topic_namespace = topic.namespace().unwrap_or_default();
         let api: Api<DynamicObject> = Api::namespaced_with(

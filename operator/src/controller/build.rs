@@ -65,6 +65,8 @@ pub enum BuildError {
 #[derive(Debug, Clone)]
 pub struct Children {
     pub kafka_topic: Option<DynamicObject>,
+    /// The `KafkaTopic`s of stage outputs (`output.create` with Strimzi).
+    pub output_topics: Vec<DynamicObject>,
     pub config_map: ConfigMap,
     pub deployments: Vec<Deployment>,
 }
@@ -90,6 +92,11 @@ pub fn build(
             .kafka_topic
             .as_ref()
             .map(|topic| build_kafka_topic(pipeline, topic)),
+        output_topics: pipeline
+            .output_topics
+            .iter()
+            .map(|topic| build_kafka_topic(pipeline, topic))
+            .collect(),
         config_map,
         deployments,
     })
@@ -163,7 +170,8 @@ fn render_configs(pipeline: &ValidatedPipeline) -> Result<BTreeMap<String, Strin
         .collect()
 }
 
-/// A Strimzi `KafkaTopic` for the Pipeline's source topic. `spec.topicName` carries the real
+/// A Strimzi `KafkaTopic` for the Pipeline's source topic, or a stage's output topic (then
+/// labelled with the stage). `spec.topicName` carries the real
 /// name, since Kafka topic names may hold characters a Kubernetes name may not.
 ///
 /// Labelled, never owned: an owner reference would let the garbage collector delete it with
@@ -176,6 +184,9 @@ pub fn build_kafka_topic(pipeline: &ValidatedPipeline, topic: &ValidatedTopic) -
         LABEL_PIPELINE_NAMESPACE.to_owned(),
         topic.pipeline_namespace.clone(),
     );
+    if let Some(stage) = &topic.stage {
+        labels.insert(LABEL_STAGE.to_owned(), stage.clone());
+    }
     let mut object = DynamicObject::new(&topic.resource_name, &kafka_topic_api_resource())
         .within(&topic.namespace);
     object.metadata.labels = Some(labels);

@@ -16,6 +16,7 @@ use super::validate::OperatorDefaults;
 use crate::autoscale::{Autoscaler, Peer};
 use crate::crd::Pipeline;
 use crate::metrics::Metrics;
+use crate::topics::{KafkaTopicAdmin, TopicAdmin};
 use crate::worker_status::{self, WorkerReports};
 
 pub(super) type ChildWriters = (
@@ -33,6 +34,8 @@ pub struct Context {
     pub autoscaler: Arc<Autoscaler>,
     /// What each Pipeline's worker pods report on `/status`, owned by the status reader.
     pub worker_reports: Arc<WorkerReports>,
+    /// The Kafka admin API, for the topics between chained stages.
+    pub topic_admin: Arc<dyn TopicAdmin>,
     /// Consecutive failed reconciles per Pipeline: the backoff, and whether the last round
     /// failed (its status then differs from what a success writes, whatever the cache says).
     failures: Mutex<HashMap<ObjectRef<Pipeline>, u32>>,
@@ -73,6 +76,7 @@ impl Context {
             metrics,
             autoscaler: Arc::new(Autoscaler::new()),
             worker_reports: Arc::new(WorkerReports::default()),
+            topic_admin: Arc::new(KafkaTopicAdmin::default()),
             failures: Mutex::new(HashMap::new()),
             child_caches: apply::ChildCaches {
                 deployments,
@@ -82,6 +86,12 @@ impl Context {
             pipelines,
             pipeline_writer: Mutex::new(Some(pipeline_writer)),
         }
+    }
+
+    /// The same with another topic admin (the unit tests' in-process fake).
+    pub fn with_topic_admin(mut self, admin: Arc<dyn TopicAdmin>) -> Self {
+        self.topic_admin = admin;
+        self
     }
 
     /// The Pipelines as the controller's watch sees them.

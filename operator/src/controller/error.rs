@@ -17,6 +17,8 @@ pub enum Error {
     Apply(#[from] apply::ApplyError),
     #[error(transparent)]
     Status(#[from] status::StatusError),
+    #[error(transparent)]
+    Topics(#[from] crate::topics::TopicError),
 }
 
 /// What a failed reconcile waits for before the next try.
@@ -42,6 +44,7 @@ impl Error {
             Self::Apply(apply::ApplyError::NotOwned { .. }) => "not_owned",
             Self::Apply(_) => "apply",
             Self::Status(_) => "status",
+            Self::Topics(_) => "topics",
         }
     }
 
@@ -55,7 +58,8 @@ impl Error {
             Self::Dereference(DereferenceError::FetchKafka { .. })
             | Self::Build(_)
             | Self::Apply(_)
-            | Self::Status(_) => Recovery::Retry,
+            | Self::Status(_)
+            | Self::Topics(_) => Recovery::Retry,
         }
     }
 
@@ -70,6 +74,7 @@ impl Error {
             Self::Apply(apply::ApplyError::NotOwned { .. }) => "ObjectNotOwned",
             Self::Apply(_) => "ApplyFailed",
             Self::Status(_) => "StatusFailed",
+            Self::Topics(_) => status::TOPIC_ADMIN_FAILED,
         };
         // Someone must remove or rename the other object; it may go without any change to
         // the Pipeline, so the round is still retried.

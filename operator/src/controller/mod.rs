@@ -1,6 +1,7 @@
 //! The Pipeline controller. Reconcile is a staged pipeline whose module names are the
-//! stage names: `dereference` → `validate` → `build` → `apply` → `status`. Only
-//! `dereference` (reads), `apply` and `status` talk to the API server.
+//! stage names: `dereference` → `validate` → `topics` → `build` → `apply` → `status`. Only
+//! `dereference` (reads), `apply` and `status` talk to the API server; `topics`
+//! talks to Kafka, and only for chained stages.
 //!
 //! Around the stages: `error` (the one error type, and user error versus retry),
 //! `context` (what every reconcile shares), `reconcile` (one round, and what follows a
@@ -14,6 +15,7 @@ pub mod error;
 pub mod reconcile;
 pub mod run;
 pub mod status;
+pub mod topics;
 pub mod triggers;
 pub mod validate;
 
@@ -30,3 +32,5 @@ mod fixture_tests;
 mod mock_api;
 #[cfg(test)]
 mod reconcile_tests;
+#[cfg(test)]
+mod topics_tests;

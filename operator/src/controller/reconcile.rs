@@ -20,14 +20,16 @@ use super::context::Context;
 use super::dereference::{self, Bootstrap};
 use super::error::{Error, Recovery};
 use super::validate::ValidatedPipeline;
-use super::{apply, build, status, validate};
+use super::{apply, build, status, topics, validate};
 use crate::autoscale::StageTarget;
-use crate::crd::{Pipeline, PipelineStatus};
+use crate::crd::{DeletionPolicy, Pipeline, PipelineStatus};
 use crate::lag::{ClusterConfig, LagQuery};
 use crate::scaling::ScalingPolicy;
 
 /// How long a Pipeline waiting on Strimzi waits before the next look, besides the watch.
 pub const WAITING_REQUEUE: Duration = Duration::from_secs(15);
+/// How soon a Pipeline with a stage waiting for its input topic looks again.
+pub const INPUT_WAIT_REQUEUE: Duration = Duration::from_secs(5);
 /// A healthy Pipeline is looked at again at least this often.
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// Held by a Pipeline with `deletionPolicy: delete` and `createTopic`, so that deleting it
@@ -69,7 +71,21 @@ async fn reconcile_stages(
     sync_finalizer(pipeline, ctx).await?;
     let dereferenced = dereference::dereference(&ctx.client, pipeline).await?;
     let Bootstrap::Resolved(bootstrap_servers) = &dereferenced.bootstrap;
-    let validated = validate::validate(pipeline, &dereferenced, &ctx.defaults)?;
+    let mut validated = validate::validate(pipeline, &dereferenced, &ctx.defaults)?;
+    let recorded = pipeline
+        .status
+        .as_ref()
+        .map(|s| s.created_topics.clone())
+        .unwrap_or_default();
+    let topics_outcome = topics::reconcile_topics(
+        ctx.topic_admin.clone(),
+        &topics::plan(pipeline, &validated),
+        &topics::kafka_access(pipeline, bootstrap_servers),
+        &recorded,
+        &now_rfc3339(),
+    )
+    .await;
+    validated.output_topics = topics_outcome.kafka_topics.clone();
     let desired = ctx.autoscaler.register(
         &validated.namespace,
         &validated.name,
@@ -106,6 +122,16 @@ async fn reconcile_stages(
         prune,
     )
     .await?;
+    for (topic_namespace, topic) in &topics_outcome.kafka_topics_to_delete {
+        apply::delete_kafka_topic(
+            &ctx.client,
+            topic_namespace,
+            topic,
+            &validated.namespace,
+            &validated.name,
+        )
+        .await?;
+    }
     let topic_pending = validated.kafka_topic.is_some()
         && !applied
             .kafka_topic
@@ -123,6 +149,13 @@ async fn reconcile_stages(
     status::fill_lag(
         &mut status,
         &ctx.autoscaler.lags(&validated.namespace, &validated.name),
+    );
+    status::fill_topics(
+        &mut status,
+        &validated,
+        &topics_outcome,
+        pipeline.status.as_ref(),
+        &now_rfc3339(),
     );
     status::fill_worker_reports(
         &mut status,
@@ -192,11 +225,82 @@ async fn reconcile_stages(
             info!(stage = %stage.name, from = before, to = now, "replicas changed");
         }
     }
-    if topic_pending {
-        // Strimzi's Topic Operator fills the KafkaTopic status on its own schedule.
+    publish_topic_events(pipeline, &topics_outcome, ctx).await;
+    if !topics_outcome.missing_inputs.is_empty() {
+        // Nothing in Kubernetes changes when a topic appears: look again soon.
+        return Ok(Action::requeue(INPUT_WAIT_REQUEUE));
+    }
+    if topic_pending || !topics_outcome.failures.is_empty() {
+        // Strimzi's Topic Operator fills the KafkaTopic status on its own schedule; a
+        // failed admin call is tried again, its condition and Event saying why meanwhile.
         return Ok(Action::requeue(WAITING_REQUEUE));
     }
     Ok(Action::requeue(RESYNC))
+}
+
+/// Events for what the `topics` stage did, and for each new reason to wait or fail (not
+/// again while the status already says the same).
+async fn publish_topic_events(pipeline: &Pipeline, outcome: &topics::TopicsOutcome, ctx: &Context) {
+    for entry in outcome
+        .created
+        .iter()
+        .filter(|c| outcome.newly_created.contains(&c.topic))
+    {
+        let via = match &entry.kafka_topic {
+            Some(kafka_topic) => format!("as KafkaTopic {kafka_topic}"),
+            None => "through the Kafka admin API".to_owned(),
+        };
+        ctx.publish(
+            pipeline,
+            EventType::Normal,
+            "TopicCreated",
+            "Topics",
+            format!(
+                "created topic {} (output of stage {}) with {} partitions {via}",
+                entry.topic, entry.stage, entry.partitions
+            ),
+        )
+        .await;
+    }
+    if !outcome.deleted.is_empty() {
+        ctx.publish(
+            pipeline,
+            EventType::Normal,
+            "TopicDeleted",
+            "Topics",
+            format!(
+                "deleted topic(s) {} Ferry created for stages that are gone (deletionPolicy: delete)",
+                outcome.deleted.join(", ")
+            ),
+        )
+        .await;
+    }
+    let said = |reason: &str, message: &str| {
+        pipeline.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.reason == reason && c.message == message)
+        })
+    };
+    let mut warnings = Vec::new();
+    if !outcome.missing_inputs.is_empty() {
+        warnings.push((
+            status::INPUT_TOPIC_MISSING,
+            status::missing_inputs_message(&outcome.missing_inputs),
+        ));
+    }
+    if !outcome.failures.is_empty() {
+        warnings.push((status::TOPIC_ADMIN_FAILED, outcome.failures.join("; ")));
+    }
+    if let Some(unsupported) = &outcome.unsupported {
+        warnings.push((status::TOPICS_NOT_MANAGED, unsupported.clone()));
+    }
+    for (reason, message) in warnings {
+        if !said(reason, &message) {
+            ctx.publish(pipeline, EventType::Warning, reason, "Topics", message)
+                .await;
+        }
+    }
 }
 
 fn holds_finalizer(pipeline: &Pipeline) -> bool {
@@ -246,6 +350,9 @@ async fn finalize(pipeline: &Pipeline, ctx: &Context) -> Result<Action, Error> {
             .await;
         }
     }
+    if pipeline.spec.deletion_policy == DeletionPolicy::Delete {
+        delete_created_topics(pipeline, ctx).await?;
+    }
     let finalizers = pipeline
         .finalizers()
         .iter()
@@ -254,6 +361,46 @@ async fn finalize(pipeline: &Pipeline, ctx: &Context) -> Result<Action, Error> {
         .collect();
     patch_finalizers(ctx, pipeline, finalizers).await?;
     Ok(Action::await_change())
+}
+
+/// Deletes the output topics the status records as Ferry's: each `KafkaTopic` through the
+/// API server, the others through the Kafka admin API.
+async fn delete_created_topics(pipeline: &Pipeline, ctx: &Context) -> Result<(), Error> {
+    let name = pipeline.name_any();
+    let namespace = pipeline.namespace().unwrap_or_default();
+    let recorded = pipeline
+        .status
+        .as_ref()
+        .map(|s| s.created_topics.clone())
+        .unwrap_or_default();
+    let mut deleted = Vec::new();
+    for entry in &recorded {
+        if let Some((topic_namespace, topic)) =
+            entry.kafka_topic.as_deref().and_then(|k| k.split_once('/'))
+            && apply::delete_kafka_topic(&ctx.client, topic_namespace, topic, &namespace, &name)
+                .await?
+        {
+            deleted.push(format!("KafkaTopic {topic_namespace}/{topic}"));
+        }
+    }
+    if let Some(bootstrap) = &pipeline.spec.kafka.bootstrap_servers {
+        let access = topics::kafka_access(pipeline, bootstrap);
+        for topic in topics::delete_created(ctx.topic_admin.clone(), &access, &recorded).await? {
+            deleted.push(format!("topic {topic}"));
+        }
+    }
+    if !deleted.is_empty() {
+        info!(pipeline = %name, deleted = %deleted.join(", "), "deleted the topics Ferry created (deletionPolicy: delete)");
+        ctx.publish(
+            pipeline,
+            EventType::Normal,
+            "Deleted",
+            "Finalize",
+            format!("removed {} (deletionPolicy: delete)", deleted.join(", ")),
+        )
+        .await;
+    }
+    Ok(())
 }
 
 /// Replaces the Pipeline's finalizers, at the resourceVersion read: a concurrent change to

@@ -8,6 +8,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
 use super::apply::FIELD_MANAGER;
+use super::topics::TopicsOutcome;
 use super::validate::{RECEIVER_STAGE, ValidatedPipeline};
 use crate::crd::{Condition, Pipeline, PipelineStatus, StageStatus};
 use crate::scaling::DesiredReplicas;
@@ -182,6 +183,10 @@ pub fn healthy_status(
         bootstrap_servers: Some(bootstrap_servers.to_owned()),
         stage_count: i32::try_from(stages.len()).ok(),
         stages,
+        // The `topics` stage's to say ([`fill_topics`]); kept until it does.
+        created_topics: previous
+            .map(|p| p.created_topics.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -198,6 +203,87 @@ pub fn fill_lag(status: &mut PipelineStatus, lags: &BTreeMap<String, i64>) {
         .iter()
         .find(|s| s.name == RECEIVER_STAGE)
         .and_then(|s| s.lag);
+}
+
+/// Reasons the `topics` stage puts into the conditions.
+pub const INPUT_TOPIC_MISSING: &str = "InputTopicMissing";
+pub const TOPIC_ADMIN_FAILED: &str = "TopicAdminFailed";
+pub const TOPICS_NOT_MANAGED: &str = "TopicsNotManaged";
+
+/// The message of a waiting Pipeline: each stage and the topic it waits for.
+pub fn missing_inputs_message(missing: &[(String, String)]) -> String {
+    let each: Vec<String> = missing
+        .iter()
+        .map(|(stage, topic)| {
+            format!("stage {stage} reads topic {topic}, which does not exist yet")
+        })
+        .collect();
+    format!(
+        "{}; its Deployment runs and its workers wait for the topic",
+        each.join("; ")
+    )
+}
+
+/// Puts what the `topics` stage found into `status`: the topics Ferry created, and
+/// - a stage waiting for its input topic: `Ready=False` and `Progressing=True`, reason
+///   `InputTopicMissing`, naming each stage and topic (unless paused: nothing runs then);
+/// - a failed admin call: `Degraded=True`, reason `TopicAdminFailed`, naming the topic;
+/// - topics asked for on a cluster the operator cannot write to: `Degraded=True`, reason
+///   `TopicsNotManaged`.
+///
+/// Each clears on the first round that no longer finds it.
+pub fn fill_topics(
+    status: &mut PipelineStatus,
+    pipeline: &ValidatedPipeline,
+    outcome: &TopicsOutcome,
+    previous: Option<&PipelineStatus>,
+    now: &str,
+) {
+    status.created_topics = outcome.created.clone();
+    let mut changed = Vec::new();
+    if !outcome.missing_inputs.is_empty() && !pipeline.paused {
+        let message = missing_inputs_message(&outcome.missing_inputs);
+        let ready_reason = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .map(|c| c.reason.clone());
+        // A pending KafkaTopic says more: the input is missing because of it.
+        if ready_reason.as_deref() != Some("KafkaTopicNotReady") {
+            changed.push(condition(
+                READY,
+                false,
+                INPUT_TOPIC_MISSING,
+                message.clone(),
+            ));
+        }
+        changed.push(condition(PROGRESSING, true, INPUT_TOPIC_MISSING, message));
+    }
+    if !outcome.failures.is_empty() {
+        changed.push(condition(
+            DEGRADED,
+            true,
+            TOPIC_ADMIN_FAILED,
+            outcome.failures.join("; "),
+        ));
+    } else if let Some(unsupported) = &outcome.unsupported {
+        changed.push(condition(
+            DEGRADED,
+            true,
+            TOPICS_NOT_MANAGED,
+            unsupported.clone(),
+        ));
+    }
+    for condition in stamp(changed, previous, pipeline.generation, now) {
+        match status
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == condition.type_)
+        {
+            Some(slot) => *slot = condition,
+            None => status.conditions.push(condition),
+        }
+    }
 }
 
 /// The longest `Degraded` message built from worker reports.

@@ -117,6 +117,9 @@ pub struct ValidatedPipeline {
     pub paused: bool,
     /// The Strimzi `KafkaTopic` to create, when `spec.kafka.createTopic` asks for it.
     pub kafka_topic: Option<ValidatedTopic>,
+    /// The `KafkaTopic`s of stage outputs (`output.create` with Strimzi); the `topics`
+    /// stage fills them in, since their partitions may come from Kafka's metadata.
+    pub output_topics: Vec<ValidatedTopic>,
     /// The `app.kubernetes.io/version` of the children's metadata.
     pub operator_version: String,
 }
@@ -135,6 +138,8 @@ pub struct ValidatedTopic {
     /// The Pipeline's namespace, which the topic's labels name: the topic may live in the
     /// Kafka's namespace, where another namespace's Pipeline may have the same name.
     pub pipeline_namespace: String,
+    /// The stage whose output it is; `None` for the source topic.
+    pub stage: Option<String>,
 }
 
 /// Where the `KafkaTopic` of `spec.kafka.createTopic` lives: `(namespace, name)`. Needs no
@@ -155,10 +160,20 @@ fn kafka_topic_name(pipeline: &str) -> String {
     format!("{pipeline}-topic")
 }
 
-/// Whether deleting `pipeline` must delete its `KafkaTopic` first, through the finalizer.
+/// Whether deleting `pipeline` must delete topics first, through the finalizer: its
+/// `KafkaTopic`, or output topics it asks for or created.
 pub fn deletes_topic(pipeline: &Pipeline) -> bool {
+    let creates_outputs = pipeline
+        .spec
+        .processors
+        .iter()
+        .any(|p| p.output.as_ref().is_some_and(|o| o.create.is_some()));
+    let created = pipeline
+        .status
+        .as_ref()
+        .is_some_and(|s| !s.created_topics.is_empty());
     pipeline.spec.deletion_policy == DeletionPolicy::Delete
-        && kafka_topic_location(pipeline).is_some()
+        && (kafka_topic_location(pipeline).is_some() || creates_outputs || created)
 }
 
 /// Where Secret material comes from; it reaches pods only through references.
@@ -437,6 +452,7 @@ pub fn validate(
                 partitions: create.partitions,
                 replicas: create.replicas,
                 config: create.config.clone(),
+                stage: None,
             })
         }
         _ => None,
@@ -444,6 +460,7 @@ pub fn validate(
 
     Ok(ValidatedPipeline {
         kafka_topic,
+        output_topics: Vec::new(),
         config_map_name: format!("{name}-config"),
         name,
         namespace,
