@@ -20,7 +20,9 @@ const state = {
   lastEventAt: 0,
   deadLetters: null, // {at, perStage: {stage: total}}
   deadLetterRates: {},
-  drawn: 0, // points drawn in all, for the browser test
+  drawn: 0, // points on the chart now
+  loadedAt: Date.now(),
+  livePoints: 0, // points drawn whose record is younger than the page: live data arrived
 };
 window.ferryDashboard = state;
 
@@ -212,8 +214,13 @@ function draw() {
     g.stroke();
   }
   state.drawn = points.length;
+  state.livePoints = points.filter((p) => p.ts > state.loadedAt).length;
+  // What the chart shows, readable from the DOM (the browser test reads it).
   canvas.dataset.points = String(points.length);
+  canvas.dataset.livePoints = String(state.livePoints);
   canvas.dataset.newest = String(t1);
+  document.documentElement.dataset.scrollWidth = String(document.documentElement.scrollWidth);
+  document.documentElement.dataset.innerWidth = String(window.innerWidth);
   $("legend").replaceChildren(...Array.from({ length: lines }, (_, line) => {
     const item = document.createElement("span");
     const swatch = document.createElement("i");
@@ -307,7 +314,7 @@ async function showStages() {
     const rate = state.deadLetterRates[stage.name];
     const cells = [
       [stage.name, ""],
-      [stage.replicas === undefined ? "–" : `${stage.readyReplicas ?? 0}/${stage.desiredReplicas ?? stage.replicas}`, "num"],
+      [stage.replicas === undefined || stage.replicas === null ? "–" : `${stage.ready_replicas ?? 0}/${stage.desired_replicas ?? stage.replicas}`, "num"],
       [stage.lag === undefined || stage.lag === null ? "–" : String(stage.lag), "num"],
       [rate === undefined ? "–" : rate.toFixed(1), "num"],
     ];
@@ -370,7 +377,22 @@ function setLive(live) {
 
 // ---- start ----
 
+// A link may carry the token in its fragment (`#token=…`), which never reaches a server
+// or its logs; it moves into this tab's session storage and out of the address bar.
+function tokenFromFragment() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const token = fragment.get("token");
+  if (!token) return;
+  state.token = token;
+  sessionStorage.setItem("ferry-api-token", token);
+  fragment.delete("token");
+  const url = new URL(location.href);
+  url.hash = fragment.toString();
+  history.replaceState(null, "", url);
+}
+
 async function start() {
+  tokenFromFragment();
   $("search").addEventListener("input", (e) => {
     clearTimeout(searchTimer);
     const text = e.target.value.trim();
