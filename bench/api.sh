@@ -20,14 +20,21 @@ PREFIX="bench-api-$(date +%s)-$RANDOM"
 WORK="$(mktemp -d)"
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 
-cargo build --release -q -p ferry-worker --bin ferry-worker
-BENCH="$(cargo bench -q -p ferry-worker --bench read_api --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json,sys
+# FERRY_BENCH_SERVE and FERRY_BENCH_CLIENT name prebuilt binaries (a copy of one build, so
+# that a build in another tree of the shared target dir cannot swap them mid-run).
+if [[ -n "${FERRY_BENCH_SERVE:-}" && -n "${FERRY_BENCH_CLIENT:-}" ]]; then
+  BIN="$FERRY_BENCH_SERVE"
+  BENCH="$FERRY_BENCH_CLIENT"
+else
+  cargo build --release -q -p ferry-worker --bin ferry-worker
+  BENCH="$(cargo bench -q -p ferry-worker --bench read_api --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "read_api" and m.get("executable"):
         print(m["executable"])')"
-BIN="$CARGO_TARGET_DIR/release/ferry-worker"
+  BIN="$CARGO_TARGET_DIR/release/ferry-worker"
+fi
 
 cat >"$WORK/receiver.yaml" <<YAML
 pipeline: bench

@@ -10,7 +10,8 @@
 //!
 //! Environment: `FERRY_BENCH_API` (host:port of serve), `REDIS_URL`, `FERRY_BENCH_PREFIX`
 //! (the key prefix serve reads), `FERRY_BENCH_SOURCES` (how many sources hold data),
-//! `FERRY_BENCH_SECONDS` (per level, default 5).
+//! `FERRY_BENCH_SECONDS` (per level, default 5), `FERRY_BENCH_LEVELS` (the client counts,
+//! default `1,50,500`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
@@ -176,7 +177,11 @@ async fn main() {
         "ratio",
         "p99 delta"
     );
-    for clients in [1usize, 50, 500] {
+    let levels: Vec<usize> = env("FERRY_BENCH_LEVELS", "1,50,500")
+        .split(',')
+        .map(|level| level.trim().parse().unwrap())
+        .collect();
+    for clients in levels {
         let deadline = Duration::from_secs_f64(seconds);
         let api_level = run_level(clients, |client| {
             let api = api.clone();

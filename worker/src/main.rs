@@ -79,6 +79,10 @@ struct ServeArgs {
     /// Redis response timeout.
     #[arg(long, default_value = "5s", env = "FERRY_REDIS_TIMEOUT")]
     redis_timeout: HumanDuration,
+    /// Multiplexed Redis connections the requests are spread over (each parses its replies
+    /// on one task: more of them use more cores of a larger machine).
+    #[arg(long, default_value_t = 1, env = "FERRY_API_REDIS_CONNECTIONS")]
+    redis_connections: usize,
     /// A file holding the bearer token every data route asks for (mounted from a Secret).
     #[arg(long, env = "FERRY_API_TOKEN_FILE")]
     token_file: Option<PathBuf>,
@@ -286,6 +290,7 @@ fn run(command: Command) -> Result<(), ExitCode> {
                 validate: args.validate,
                 other_processors: args.processor,
                 redis_timeout: args.redis_timeout.as_duration(),
+                redis_connections: args.redis_connections,
                 token: match &args.token_file {
                     Some(path) => Some(read_token(path)?),
                     None => None,

@@ -40,13 +40,30 @@ fn receiver(stack: &Stack, topic: &str, kind: &str, encoding: &str, format: &str
 }
 
 /// Every storage type in both encodings, and `raw` records, from one topic: each source's
-/// history, `since`, slices, and the errors.
+/// history, `since`, slices, the sources listed page by page, stats and totals (the
+/// receiver's dead letters counted per reason), the batch events naming every source, and
+/// the errors.
 #[tokio::test(flavor = "multi_thread")]
-async fn histories_and_slices_match_the_topic_for_every_storage_and_encoding() {
+async fn every_endpoint_matches_the_topic_for_every_storage_and_encoding() {
     let stack = stack();
     let topic = unique("api-read");
     create_topic(&stack, &topic, 3).await;
-    let produced = produce_keyed(&stack, &topic, 30, 900).await;
+    let mut produced = produce_keyed(&stack, &topic, 30, 900).await;
+    // Values no dsdata receiver stores: each counts as a dead letter of its reason.
+    let bad: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (format!("bad-{i}"), b"not dsdata".to_vec()))
+        .collect();
+    let bad_reason = ferry_worker::record::dsdata::decode(&bad[0].1)
+        .unwrap_err()
+        .reason()
+        .as_str();
+    let support = process_support::stack();
+    let bad_last =
+        process_support::produce(&process_support::producer(&support), &topic, &bad).await;
+    for (partition, offset) in bad_last {
+        let last = produced.last_offsets.entry(partition).or_insert(offset);
+        *last = (*last).max(offset);
+    }
     let mut receivers = Vec::new();
     for kind in ["list", "stream", "hash", "zset"] {
         for encoding in ["bytes", "json"] {
@@ -54,6 +71,12 @@ async fn histories_and_slices_match_the_topic_for_every_storage_and_encoding() {
         }
     }
     receivers.push(receiver(&stack, &topic, "list", "bytes", "raw"));
+    // Each API subscribed to its Pipeline's events before its receiver writes anything.
+    let serves: Vec<Serve> = receivers
+        .iter()
+        .map(|receiver| Serve::start(&receiver.config, &[]))
+        .collect();
+    let mut streams: Vec<EventStream> = serves.iter().map(|s| EventStream::open(s.port)).collect();
     let workers: Vec<Worker> = receivers.iter_mut().map(Receiver::start).collect();
     let _reap: Vec<Reap> = workers.iter().map(|w| Reap(w.child.id())).collect();
     for receiver in &receivers {
@@ -64,7 +87,7 @@ async fn histories_and_slices_match_the_topic_for_every_storage_and_encoding() {
     }
     let source = oracle::read_source(&stack.kafka, &topic);
     let mut compared = 0;
-    for receiver in &receivers {
+    for ((receiver, serve), events) in receivers.iter().zip(&serves).zip(&mut streams) {
         let what = format!(
             "{:?} {}",
             receiver.storage,
@@ -75,7 +98,77 @@ async fn histories_and_slices_match_the_topic_for_every_storage_and_encoding() {
                 .unwrap()
                 .trim()
         );
-        let serve = Serve::start(&receiver.config, &[]);
+        // The events of the receiver's batches name every source it wrote, within 30 s.
+        let mut stored: BTreeSet<String> = (0..30).map(|i| format!("src-{i:04}")).collect();
+        if receiver.format == RecordFormat::Raw {
+            stored.extend(bad.iter().map(|(key, _)| key.clone()));
+        }
+        let mut named = BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !stored.is_subset(&named) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(event) = events.next_batch(left) else {
+                break;
+            };
+            let sources = event["sources"].as_array().unwrap();
+            assert_eq!(
+                event["keys"].as_u64().unwrap(),
+                sources.len() as u64 + event["more_sources"].as_u64().unwrap(),
+                "{what} {event}"
+            );
+            named.extend(sources.iter().map(|s| s.as_str().unwrap().to_owned()));
+        }
+        assert_eq!(
+            named, stored,
+            "{what}: the sources its events named within 30 s"
+        );
+        // Totals: what the receiver dead-lettered, per reason; a raw receiver stores all.
+        let totals = serve.ok("/v1/totals");
+        let dead: BTreeMap<String, i64> =
+            serde_json::from_value(totals["dead_letters"]["receiver"].clone()).unwrap();
+        let want_dead: BTreeMap<String, i64> = if receiver.format == RecordFormat::Raw {
+            BTreeMap::new()
+        } else {
+            BTreeMap::from([(bad_reason.to_owned(), 3)])
+        };
+        assert_eq!(dead, want_dead, "{what} {totals}");
+        assert_eq!(totals["pipeline"], "test", "{what}");
+        // A stored source has stats (none without processors); an unknown one is a 404.
+        let stats = serve.ok("/v1/sources/src-0001/stats");
+        assert_eq!(
+            (&stats["source"], &stats["stats"], &stats["validation"]),
+            (
+                &"src-0001".into(),
+                &serde_json::json!({}),
+                &serde_json::json!({})
+            ),
+            "{what}"
+        );
+        let (status, body) = serve.get("/v1/sources/none-such/stats");
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (404, &"unknown_source".into()),
+            "{what}"
+        );
+        // Sources, 7 a page through the cursor: every stored source.
+        let mut listed = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..100 {
+            let page = serve.ok(&match &cursor {
+                Some(cursor) => format!("/v1/sources?limit=7&cursor={cursor}"),
+                None => "/v1/sources?limit=7".to_owned(),
+            });
+            let ids = page["sources"].as_array().unwrap();
+            assert!(ids.len() <= 7 + 10, "{what}: a page of {}", ids.len());
+            listed.extend(ids.iter().map(|id| id.as_str().unwrap().to_owned()));
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        // SCAN may return a key twice, never miss one.
+        let listed: BTreeSet<String> = listed.into_iter().collect();
+        assert_eq!(listed, stored, "{what}: the sources listed");
         if receiver.format == RecordFormat::Raw {
             // Raw: the bytes as base64, no time in a list.
             let history = serve.ok(&format!("/v1/sources/src-0003/history?limit={DEPTH}"));

@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -39,6 +40,7 @@ use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use futures::{Stream, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
@@ -48,7 +50,9 @@ use crate::consume::Shutdown;
 use crate::process::ProcessorKeys;
 use crate::process::validate::TOTAL_COUNTERS;
 use crate::sink::{self, SinkError, StorageLayout};
-use decode::{ApiRecord, BadParameter, ValueCodec, integer, only_known, query_pairs, single};
+use decode::{
+    BadParameter, Records, StoredRecord, ValueCodec, integer, only_known, query_pairs, single,
+};
 
 /// The OpenAPI document, kept in the repo beside this file and served as is.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -75,6 +79,9 @@ pub struct ServeOptions {
     /// Processors whose only keys the API reads are their dead-letter counts.
     pub other_processors: Vec<String>,
     pub redis_timeout: Duration,
+    /// Multiplexed Redis connections requests are spread over: one connection's replies
+    /// are parsed by one task, so more of them use more cores.
+    pub redis_connections: usize,
     /// The bearer token every data route asks for; `None` asks for none.
     pub token: Option<String>,
     /// `<namespace>/<name>` of the Pipeline whose status `/v1/pipeline` serves.
@@ -197,15 +204,22 @@ impl IntoResponse for ApiError {
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
-    // Plain structs of strings and numbers: serializing cannot fail.
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    json_sized(status, body, 128)
+}
+
+/// `body` as JSON into one buffer of about `capacity` bytes.
+fn json_sized<T: Serialize>(status: StatusCode, body: &T, capacity: usize) -> Response {
+    let mut bytes = Vec::with_capacity(capacity);
+    // Plain structs of strings and numbers into a Vec: serializing cannot fail.
+    let _ = serde_json::to_writer(&mut bytes, body);
     (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
 }
 
-/// What every request reads with: one multiplexed connection (reconnecting), the key
-/// layout, and the processors' names.
+/// What every request reads with: a few multiplexed connections (each reconnecting),
+/// the key layout, and the processors' names.
 struct Api {
-    redis: ConnectionManager,
+    redis: Vec<ConnectionManager>,
+    next_connection: AtomicUsize,
     client: redis::Client,
     pipeline: String,
     layout: StorageLayout,
@@ -228,8 +242,10 @@ impl Api {
         format!("{}{source}", self.data_prefix)
     }
 
+    /// The connections in turn.
     fn conn(&self) -> ConnectionManager {
-        self.redis.clone()
+        let turn = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        self.redis[turn % self.redis.len()].clone()
     }
 }
 
@@ -246,10 +262,12 @@ pub async fn run(
     let manager = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(options.redis_timeout));
-    let redis = client
-        .get_connection_manager_with_config(manager)
-        .await
-        .map_err(ServeError::Connect)?;
+    let redis = futures::future::try_join_all(
+        (0..options.redis_connections.max(1))
+            .map(|_| client.get_connection_manager_with_config(manager.clone())),
+    )
+    .await
+    .map_err(ServeError::Connect)?;
     let layout = StorageLayout::new(&config.redis.key_prefix, &receiver.storage);
     let prefix = &config.redis.key_prefix;
     let named = |names: &[String]| {
@@ -265,6 +283,7 @@ pub async fn run(
         .collect();
     let api = Api {
         redis,
+        next_connection: AtomicUsize::new(0),
         client,
         pipeline: config.pipeline.clone(),
         data_prefix: format!("{prefix}:{}:", sink::storage_name(layout.kind)),
@@ -290,6 +309,12 @@ pub async fn run(
             source,
         })?;
     tracing::info!(listen = %options.listen, pipeline = %config.pipeline, "serving the read API");
+    // Without Nagle: an answer written in two parts must not wait for the client's ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%err, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(Arc::new(api), token))
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await
@@ -392,7 +417,7 @@ struct History<'a> {
     source: &'a str,
     storage: &'static str,
     encoding: &'static str,
-    records: Vec<ApiRecord>,
+    records: Records,
 }
 
 fn parse_since(pairs: &[(String, String)]) -> Result<Option<i64>, BadParameter> {
@@ -426,9 +451,13 @@ async fn history(
         source: &id,
         storage: sink::storage_name(api.layout.kind),
         encoding: api.codec.encoding.as_str(),
-        records,
+        records: Records {
+            codec: api.codec,
+            records,
+        },
     };
-    Ok(json(StatusCode::OK, &body))
+    let capacity = body.records.json_len_estimate() + id.len() + 64;
+    Ok(json_sized(StatusCode::OK, &body, capacity))
 }
 
 async fn exists(api: &Api, key: &str) -> Result<bool, ApiError> {
@@ -443,25 +472,49 @@ async fn exists(api: &Api, key: &str) -> Result<bool, ApiError> {
 /// A stream entry as `XRANGE` returns it: the id and the flat field-value list.
 type StreamEntry = (String, Vec<Vec<u8>>);
 
-fn stream_record(codec: ValueCodec, (id, fields): &StreamEntry) -> ApiRecord {
-    let field = |name: &[u8]| {
-        fields
-            .chunks(2)
-            .find(|pair| pair.first().is_some_and(|f| f == name))
-            .and_then(|pair| pair.get(1))
-    };
-    let ts = field(b"ts").and_then(|ts| std::str::from_utf8(ts).ok()?.parse().ok());
-    let mut record = codec.decode(field(b"v").map_or(&[][..], Vec::as_slice), ts);
-    record.id = Some(id.clone());
+fn parse_ts(text: &[u8]) -> Option<i64> {
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+/// A stream entry's `v` and `ts` fields, moved out of the reply.
+fn stream_record((id, fields): StreamEntry) -> StoredRecord {
+    let mut record = StoredRecord::default();
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        match name.as_slice() {
+            b"v" if record.bytes.is_empty() => record.bytes = value,
+            b"ts" if record.stored_ts.is_none() => record.stored_ts = parse_ts(&value),
+            _ => {}
+        }
+    }
+    record.id = Some(id);
     record
 }
 
-fn hash_record(codec: ValueCodec, fields: &HashMap<String, Vec<u8>>) -> Option<ApiRecord> {
-    let value = fields.get("v")?;
-    let ts = fields
-        .get("ts")
-        .and_then(|ts| std::str::from_utf8(ts).ok()?.parse().ok());
-    Some(codec.decode(value, ts))
+fn hash_record(mut fields: HashMap<String, Vec<u8>>) -> Option<StoredRecord> {
+    let bytes = fields.remove("v")?;
+    let stored_ts = fields.get("ts").and_then(|ts| parse_ts(ts));
+    Some(StoredRecord {
+        bytes,
+        stored_ts,
+        id: None,
+    })
+}
+
+fn zset_record((bytes, score): (Vec<u8>, f64)) -> StoredRecord {
+    StoredRecord {
+        bytes,
+        stored_ts: Some(score_ms(score)),
+        id: None,
+    }
+}
+
+fn list_record(bytes: Vec<u8>) -> StoredRecord {
+    StoredRecord {
+        bytes,
+        stored_ts: None,
+        id: None,
+    }
 }
 
 /// A zset's score is the record's time in ms, exact in an f64 for any real date.
@@ -478,11 +531,12 @@ async fn read_history(
     key: &str,
     limit: usize,
     since: Option<i64>,
-) -> Result<Vec<ApiRecord>, ApiError> {
+) -> Result<Vec<StoredRecord>, ApiError> {
     let mut redis = api.conn();
     let codec = api.codec;
-    let keep =
-        |record: &ApiRecord| since.is_none_or(|since| record.ts.is_some_and(|ts| ts >= since));
+    let keep = |record: &StoredRecord| {
+        since.is_none_or(|since| codec.timestamp(record).is_some_and(|ts| ts >= since))
+    };
     let chunk = if since.is_some() {
         limit.max(FILTER_CHUNK)
     } else {
@@ -501,12 +555,7 @@ async fn read_history(
                     .await
                     .map_err(ApiError::redis("lrange", key))?;
                 let got = values.len();
-                records.extend(
-                    values
-                        .iter()
-                        .map(|value| codec.decode(value, None))
-                        .filter(keep),
-                );
+                records.extend(values.into_iter().map(list_record).filter(keep));
                 if got < chunk || records.len() >= limit || since.is_none() {
                     break;
                 }
@@ -526,15 +575,11 @@ async fn read_history(
                     .await
                     .map_err(ApiError::redis("xrevrange", key))?;
                 let got = entries.len();
-                records.extend(
-                    entries
-                        .iter()
-                        .map(|entry| stream_record(codec, entry))
-                        .filter(keep),
-                );
-                match entries.last() {
-                    Some((id, _)) if got == chunk && records.len() < limit && since.is_some() => {
-                        end = format!("({id}");
+                let last = entries.last().map(|(id, _)| format!("({id}"));
+                records.extend(entries.into_iter().map(stream_record).filter(keep));
+                match last {
+                    Some(last) if got == chunk && records.len() < limit && since.is_some() => {
+                        end = last;
                     }
                     _ => break,
                 }
@@ -546,7 +591,7 @@ async fn read_history(
                 .query_async(&mut redis)
                 .await
                 .map_err(ApiError::redis("hgetall", key))?;
-            records.extend(hash_record(codec, &fields).filter(keep));
+            records.extend(hash_record(fields).filter(keep));
         }
         StorageKind::Zset => {
             let min = since.map_or_else(|| "-inf".to_owned(), |since| since.to_string());
@@ -561,11 +606,7 @@ async fn read_history(
                 .query_async(&mut redis)
                 .await
                 .map_err(ApiError::redis("zrevrangebyscore", key))?;
-            records.extend(
-                members
-                    .iter()
-                    .map(|(value, score)| codec.decode(value, Some(score_ms(*score)))),
-            );
+            records.extend(members.into_iter().map(zset_record));
         }
     }
     records.truncate(limit);
@@ -585,7 +626,7 @@ struct Slices {
 struct Slice {
     source: String,
     /// Null for a source the Pipeline does not hold (`error` says `unknown_source`).
-    records: Option<Vec<ApiRecord>>,
+    records: Option<Records>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'static str>,
 }
@@ -703,42 +744,54 @@ async fn slices(State(api): Shared, RawQuery(query): RawQuery) -> Result<Respons
             match kind {
                 StorageKind::List => redis::from_redis_value::<Vec<Vec<u8>>>(reply)
                     .map_err(|err| unexpected(err.into()))?
-                    .iter()
-                    .map(|value| codec.decode(value, None))
+                    .into_iter()
+                    .map(list_record)
                     .collect(),
                 StorageKind::Zset => redis::from_redis_value::<Vec<(Vec<u8>, f64)>>(reply)
                     .map_err(|err| unexpected(err.into()))?
-                    .iter()
-                    .map(|(value, score)| codec.decode(value, Some(score_ms(*score))))
+                    .into_iter()
+                    .map(zset_record)
                     .collect(),
                 StorageKind::Stream => {
                     let entries = redis::from_redis_value::<Vec<StreamEntry>>(reply)
                         .map_err(|err| unexpected(err.into()))?;
-                    let newest_first: Vec<&StreamEntry> = if from_oldest(range, *len) {
+                    if from_oldest(range, *len) {
                         // XRANGE gave the oldest `len - start`, oldest first: reversed, they
                         // start at index `start`.
-                        entries.iter().rev().take(range.len()).collect()
+                        entries
+                            .into_iter()
+                            .rev()
+                            .take(range.len())
+                            .map(stream_record)
+                            .collect()
                     } else {
-                        entries.iter().skip(range.start).collect()
-                    };
-                    newest_first
-                        .into_iter()
-                        .map(|entry| stream_record(codec, entry))
-                        .collect()
+                        entries
+                            .into_iter()
+                            .skip(range.start)
+                            .map(stream_record)
+                            .collect()
+                    }
                 }
                 StorageKind::Hash => {
                     let fields = redis::from_redis_value::<HashMap<String, Vec<u8>>>(reply)
                         .map_err(|err| unexpected(err.into()))?;
-                    hash_record(codec, &fields).into_iter().collect()
+                    hash_record(fields).into_iter().collect()
                 }
             }
         };
         out.push(Slice {
             source: id,
-            records: Some(records),
+            records: Some(Records { codec, records }),
             error: None,
         });
     }
+    let capacity = out
+        .iter()
+        .map(|slice| {
+            slice.source.len() + 64 + slice.records.as_ref().map_or(0, Records::json_len_estimate)
+        })
+        .sum::<usize>()
+        + 128;
     let body = Slices {
         start,
         stop,
@@ -746,7 +799,7 @@ async fn slices(State(api): Shared, RawQuery(query): RawQuery) -> Result<Respons
         encoding: api.codec.encoding.as_str(),
         sources: out,
     };
-    Ok(json(StatusCode::OK, &body))
+    Ok(json_sized(StatusCode::OK, &body, capacity))
 }
 
 /// Whether a slice of a stream of `len` entries is nearer its oldest end.

@@ -31,16 +31,18 @@ use ferry_worker::config::{RecordFormat, StorageKind};
 use ferry_worker::process::stats::RollingWindow;
 use ferry_worker::record::{self, DataRecord};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 /// The worker binary the tests start: `FERRY_WORKER_BIN` when set (to pin one build: the
 /// target directory's `ferry-worker` is shared by every worktree building into it), else
-/// the one cargo built for this test.
+/// the one cargo built for this test. Looked up at compile time only when present: the
+/// operator's tests include this module too, and cargo names no other package's binary.
 pub fn worker_bin() -> std::path::PathBuf {
-    std::env::var_os("FERRY_WORKER_BIN").map_or_else(
-        || std::path::PathBuf::from(env!("CARGO_BIN_EXE_ferry-worker")),
-        std::path::PathBuf::from,
-    )
+    std::env::var_os("FERRY_WORKER_BIN")
+        .map(std::path::PathBuf::from)
+        .or_else(|| option_env!("CARGO_BIN_EXE_ferry-worker").map(std::path::PathBuf::from))
+        .expect("FERRY_WORKER_BIN is not set and this test crate has no ferry-worker binary")
 }
 
 /// Starts `ferry-worker` with `args`, `RUST_LOG=info` unless `env` sets it, and `env`; its
@@ -76,6 +78,8 @@ pub struct SourceRecord {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub kafka_timestamp_ms: Option<i64>,
+    /// Its headers, values as UTF-8 (lossy): a stage's output names its source in them.
+    pub headers: BTreeMap<String, String>,
 }
 
 impl SourceRecord {
@@ -151,6 +155,15 @@ pub fn read_source(kafka: &str, topic: &str) -> Vec<SourceRecord> {
                     key: message.key().map(<[u8]>::to_vec),
                     payload: message.payload().unwrap_or_default().to_vec(),
                     kafka_timestamp_ms: message.timestamp().to_millis(),
+                    headers: message.headers().map_or_else(BTreeMap::new, |headers| {
+                        headers
+                            .iter()
+                            .map(|h| {
+                                let value = h.value.map(String::from_utf8_lossy);
+                                (h.key.to_owned(), value.unwrap_or_default().into_owned())
+                            })
+                            .collect()
+                    }),
                 });
             }
             Some(Err(error)) => eprintln!("oracle: consume error {error}, retrying"),
