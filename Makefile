@@ -118,6 +118,10 @@ bench-receiver: ## One receiver over 1,000,000 dsdata records, beside redis-benc
 bench: ## Ferry's receiver vs Redpanda Connect and the Kafka/Redis limits, 2M records: bench/results/
 	bash bench/run.sh
 
+.PHONY: dashboard-screenshot
+dashboard-screenshot: ## Refresh docs/dashboard-*.png: the dashboard's browser test on the local cluster, its screenshots copied
+	bash e2e/local/dashboard-screenshot.sh
+
 .PHONY: bench-api
 bench-api: ## The read API: one source's 100-value history at 1/50/500 clients beside a direct LRANGE; SSE event delay
 	bash bench/api.sh

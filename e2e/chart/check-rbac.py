@@ -3,7 +3,8 @@
 
   helm template ... | e2e/chart/check-rbac.py [--namespaced] [--expect-scale]
                                               [--expect-topics NS[,NS...]]
-                                              [--expect-lease] [--expect-strimzi] [FILE...]
+                                              [--expect-lease] [--expect-strimzi]
+                                              [--expect-api] [FILE...]
 
 Fails when:
   - a rule has a wildcard (`*`) anywhere: apiGroups, resources, verbs, resourceNames;
@@ -17,7 +18,9 @@ Fails when:
     for the given options (pipelines/scale, kafkatopics writes, kafkas reads, leases) is present;
   - KafkaTopics are granted in a ClusterRole, in a namespace outside --expect-topics, not in
     one of those, or with verbs beyond get, create, patch and delete (the scope that keeps a
-    Pipeline from having a topic written into any namespace it likes).
+    Pipeline from having a topic written into any namespace it likes);
+  - Roles and RoleBindings are written without --expect-api (readApi.enabled), or with verbs
+    beyond get, create, patch and delete, or in a ClusterRole in single-namespace mode.
 """
 
 import argparse
@@ -40,6 +43,13 @@ WRITE_VERBS = {"create", "update", "patch", "delete"}
 # KafkaTopics: get (the ownership check), create and patch (server-side apply), delete
 # (deletionPolicy: delete). Never list or watch, never cluster-wide.
 TOPIC_VERBS = {"get", "create", "patch", "delete"}
+# The read API's objects (readApi.enabled): get (the ownership check), create and patch
+# (server-side apply), delete (spec.api turned off). Never list, watch, bind or escalate.
+API_VERBS = {"get", "create", "patch", "delete"}
+API_RESOURCES = {
+    ("", "services"), ("", "serviceaccounts"),
+    ("rbac.authorization.k8s.io", "roles"), ("rbac.authorization.k8s.io", "rolebindings"),
+}
 
 # (group, resource) -> verbs the operator needs in every configuration.
 REQUIRED = {
@@ -90,6 +100,11 @@ def check(objects, args):
     lease_namespaces = set()
     for obj, _rule, group, resource, verbs in grants(roles):
         base = resource.split("/")[0]
+        if args.expect_api and (group, resource) in API_RESOURCES:
+            extra = verbs - API_VERBS
+            if extra:
+                problems.append(f"{name_of(obj)}: {group or 'core'}/{resource} verbs {sorted(extra)} the read API does not need")
+            continue
         if (group, resource) in SENSITIVE or (group == "" and base == "secrets"):
             problems.append(f"{name_of(obj)}: touches sensitive {group or 'core'}/{resource} ({sorted(verbs)})")
         if group == "coordination.k8s.io" and base == "leases":
@@ -145,6 +160,10 @@ def check(objects, args):
         ("kafka.strimzi.io", "kafkas"): args.expect_strimzi or bool(args.expect_topics),
         ("kafka.strimzi.io", "kafkatopics"): bool(args.expect_topics),
         ("coordination.k8s.io", "leases"): args.expect_lease,
+        ("rbac.authorization.k8s.io", "roles"): args.expect_api,
+        ("rbac.authorization.k8s.io", "rolebindings"): args.expect_api,
+        ("", "services"): args.expect_api,
+        ("", "serviceaccounts"): args.expect_api,
     }
     for key, expected in optional.items():
         present = key in granted
@@ -172,6 +191,7 @@ def main():
                         help="strimzi.manageTopics is on, with these Kafka namespaces")
     parser.add_argument("--expect-strimzi", action="store_true", help="strimzi.enabled is on")
     parser.add_argument("--expect-lease", action="store_true", help="leader election is on")
+    parser.add_argument("--expect-api", action="store_true", help="readApi.enabled is on")
     args = parser.parse_args()
 
     texts = [open(f, encoding="utf-8").read() for f in args.files] if args.files else [sys.stdin.read()]

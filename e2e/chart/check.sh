@@ -53,6 +53,8 @@ scenarios=(
   "defaults||--expect-strimzi"
   "ha-all-options|--set replicaCount=2 --set manualScaling=true --set strimzi.manageTopics=true --set strimzi.kafkaNamespaces={kafka,kafka-eu} --set worker.allowedImages={registry.example/ferry/worker:*} --set metrics.serviceMonitor.enabled=true --set networkPolicy.enabled=true --set networkPolicy.egress.enabled=true --set-json networkPolicy.metricsFrom=[{\"namespaceSelector\":{\"matchLabels\":{\"kubernetes.io/metadata.name\":\"monitoring\"}}}]|--expect-strimzi --expect-lease --expect-scale --expect-topics kafka,kafka-eu"
   "single-namespace|--set watchNamespace=apps --set strimzi.enabled=false --set leaderElection.enabled=true|--namespaced --expect-lease"
+  "read-api|--set readApi.enabled=true|--expect-strimzi --expect-api"
+  "single-namespace-read-api|--set watchNamespace=apps --set readApi.enabled=true|--namespaced --expect-strimzi --expect-api"
   "single-namespace-topics|--set watchNamespace=apps --set strimzi.manageTopics=true|--namespaced --expect-strimzi --expect-topics apps"
   "no-rbac-no-sa|--set rbac.create=false --set serviceAccount.create=false --set serviceAccount.name=ferry-admin-made|"
   "kind-path|-f $REPO_ROOT/e2e/kind/ferry-values.yaml|--expect-strimzi"

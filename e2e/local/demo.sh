@@ -63,7 +63,7 @@ done
 step "starting the operator (log: $FERRY_LOG_DIR/operator.log)"
 stop_daemon ferry-operator >/dev/null 2>&1 || true
 start_daemon ferry-operator "$FERRY_LOG_DIR/operator.log" \
-  env KUBECONFIG="$KUBECONFIG" FERRY_WORKER_IMAGE=ferry/worker:dev RUST_LOG=info \
+  env KUBECONFIG="$KUBECONFIG" FERRY_WORKER_IMAGE=ferry/worker:dev FERRY_READ_API=true RUST_LOG=info \
   "$CARGO_TARGET_DIR/release/ferry-operator" run --listen 127.0.0.1:18080 --log-format json
 wait_for 30 "the operator's /readyz" curl -fsS -o /dev/null http://127.0.0.1:18080/readyz
 ok "operator ready"
@@ -89,6 +89,12 @@ sed "s/10\.244\.0\.1/$FERRY_ADVERTISE_HOST/g" examples/pipeline.yaml | kubectl a
 wait_for 180 "the sample Pipeline to be Ready" \
   bash -c "'$FERRY_BIN/kubectl' get pl sensors -n $DEMO_NS -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
 kubectl get pl -n "$DEMO_NS"
+step "enabling the read API and dashboard (spec.api)"
+kubectl patch pl sensors -n "$DEMO_NS" --type merge -p '{"spec":{"api":{"enabled":true}}}' >/dev/null
+wait_for 120 "the dashboard's pod to be ready" \
+  "$FERRY_BIN/kubectl" rollout status deploy/sensors-api -n "$DEMO_NS" --timeout=5s
+dashboard_ip="$(kubectl get svc sensors-api -n "$DEMO_NS" -o jsonpath='{.spec.clusterIP}')"
+ok "dashboard at http://$dashboard_ip/ (the Service sensors-api)"
 phase_end pipeline
 
 phase_start load
@@ -115,3 +121,4 @@ printf '  validation counters: %s\n' "$(redis-cli -p "$REDIS_PORT" HGETALL ferry
 kubectl get pl,deploy -n "$DEMO_NS"
 phase_summary
 ok "demo done. The chart is $DEMO_DIR/scaling.svg. The stack is still up: 'make stack-down' removes it."
+ok "dashboard: http://$dashboard_ip/?source=src-0042 from this machine while the stack is up, or 'kubectl port-forward -n $DEMO_NS svc/sensors-api 8090:80' and http://localhost:8090/"

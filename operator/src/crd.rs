@@ -66,6 +66,9 @@ pub const VERSION: &str = "v1alpha1";
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
+    validation = Rule::new("!has(self.api) || !self.api.enabled || self.processors.all(p, p.name != 'api')")
+        .message("spec.processors[].name must not be api while spec.api is enabled: the API's Deployment is <name>-api")
+        .field_path(".processors"),
     validation = Rule::new("self.processors.all(p, self.processors.filter(q, q.name == p.name).size() == 1)")
         .message("spec.processors[].name must be unique within the Pipeline")
         .field_path(".processors"),
@@ -121,6 +124,35 @@ pub struct PipelineSpec {
     /// (for a `KafkaTopic`, Strimzi then deletes the topic and its records).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// The read API and dashboard (`ferry-worker serve`) over this Pipeline's data: a
+    /// Deployment, a ClusterIP Service, and a ServiceAccount that may only `get` this
+    /// Pipeline, all named `<name>-api`. `kubectl port-forward svc/<name>-api 8090:80` opens
+    /// the dashboard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiSpec>,
+}
+
+/// The read API and dashboard of one Pipeline. It reads Redis with the receiver's config
+/// and Secret references and writes nothing.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiSpec {
+    /// Deploy the API. Setting it to false (or removing `api`) removes what it deployed.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Replicas of the API Deployment. It is stateless: any number serve alike.
+    #[serde(default = "default_api_replicas")]
+    #[schemars(range(min = 1, max = 10))]
+    pub replicas: i32,
+    /// A key of a Secret in the Pipeline's namespace holding a bearer token: every data
+    /// route then answers 401 without `Authorization: Bearer <token>` (the dashboard asks
+    /// for it). Without it, anyone who reaches the Service reads the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
+}
+
+const fn default_api_replicas() -> i32 {
+    1
 }
 
 /// What deleting a Pipeline does to the data it created.

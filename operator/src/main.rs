@@ -44,6 +44,10 @@ struct RunArgs {
     /// pods); this build's version by default.
     #[arg(long, env = "FERRY_OPERATOR_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
     operator_version: String,
+    /// Let Pipelines deploy the read API (`spec.api`): the operator then creates a
+    /// ServiceAccount, a Role (get on that one Pipeline) and a RoleBinding per Pipeline.
+    #[arg(long, env = "FERRY_READ_API")]
+    read_api: bool,
     /// Serves /metrics, /healthz and /readyz.
     #[arg(long, env = "FERRY_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -123,6 +127,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             worker_image: args.worker_image.clone(),
             allowed_images: ImageAllowList::new(args.allowed_worker_images.clone()),
             operator_version: args.operator_version.clone(),
+            read_api: args.read_api,
         },
         metrics,
         identity.clone(),

@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::controller::build::{
-    HTTP_PORT_NAME, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_STAGE, MANAGED_BY,
+    API_COMPONENT, HTTP_PORT_NAME, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_STAGE,
+    MANAGED_BY,
 };
 use crate::crd::Pipeline;
 
@@ -115,7 +116,9 @@ pub async fn run(
         Some(namespace) => Api::namespaced(peer.client.clone(), namespace),
         None => Api::all(peer.client.clone()),
     };
-    let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_STAGE}");
+    // The read API's pods carry a stage label too, but report no /status.
+    let selector =
+        format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_STAGE},{LABEL_COMPONENT}!={API_COMPONENT}");
     let mut tick = tokio::time::interval(SCRAPE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

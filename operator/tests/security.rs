@@ -1010,3 +1010,311 @@ mod safety {
         );
     }
 }
+
+/// `spec.api` on the local cluster with real pods: the read API and dashboard, reached
+/// through its Service as a user would after `kubectl port-forward`.
+mod read_api {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use kube::Api;
+    use kube::api::{ListParams, Patch, PatchParams, PostParams};
+    use serde_json::json;
+
+    use super::support::{
+        self, OperatorProcess, StackEnv, StackPipeline, TestNamespace, eventually, install_crds,
+        kubectl, kubectl_ok, wait_ready,
+    };
+    use super::{pod_problems, secret_value};
+
+    const WAIT: Duration = Duration::from_secs(120);
+
+    /// One HTTP/1.1 GET: the status code and the body.
+    fn get(address: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect(address).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .ok()?;
+        let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split(' ').nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n")?.1.to_owned();
+        Some((status, body))
+    }
+
+    /// A JSON body, de-chunked: the API answers small bodies whole, so the chunked framing
+    /// is a length line, the JSON, and a zero.
+    fn json_body(body: &str) -> serde_json::Value {
+        serde_json::from_str(body)
+            .or_else(|_| {
+                let inner = body.lines().nth(1).unwrap_or_default();
+                serde_json::from_str(inner)
+            })
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {body}"))
+    }
+
+    struct Simulator(Child);
+
+    impl Drop for Simulator {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Headless Chromium through `e2e/local/browser.py` (the DevTools protocol over a pipe):
+    /// waits up to `wait` for the chart to draw a point younger than the page, then reports
+    /// the page's widths and what it shows, and takes a screenshot.
+    fn browse(
+        url: &str,
+        size: (u32, u32),
+        wait: Duration,
+        screenshot: &std::path::Path,
+    ) -> serde_json::Value {
+        let out = Command::new("python3")
+            .arg(support::repo_root().join("e2e/local/browser.py"))
+            .arg(url)
+            .args(["--size", &format!("{}x{}", size.0, size.1)])
+            .args([
+                "--until",
+                "window.ferryDashboard && window.ferryDashboard.livePoints > 0",
+            ])
+            .args(["--timeout", &wait.as_secs().to_string()])
+            .arg("--screenshot")
+            .arg(screenshot)
+            .args([
+                "--report",
+                "{points: ferryDashboard.drawn, live: ferryDashboard.livePoints, \
+                 stats: document.getElementById('stats').innerText, \
+                 stages: document.getElementById('stages').innerText}",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("python3 runs e2e/local/browser.py");
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.trim()).unwrap_or_else(|err| {
+            panic!(
+                "browser.py printed no result ({err}): {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    #[tokio::test]
+    async fn spec_api_serves_a_live_dashboard_behind_its_token_and_goes_when_turned_off() {
+        install_crds();
+        let ns = TestNamespace::new("read-api");
+        let client = support::client().await;
+        let env = StackEnv::load();
+        let _operator =
+            OperatorProcess::start_with_env(&ns.name, "read-api", &[("FERRY_READ_API", "true")]);
+        let token = secret_value("apitoken");
+        kubectl_ok(&[
+            "create",
+            "secret",
+            "generic",
+            "dash-token",
+            "-n",
+            &ns.name,
+            &format!("--from-literal=token={token}"),
+        ]);
+        let topic = ferry_test_support::unique("read-api");
+        support::create_topic(env.get("KAFKA_BOOTSTRAP"), &topic, 2).await;
+        let prefix = ferry_test_support::unique("dash");
+        let mut stack = StackPipeline::new("dash", &topic, &prefix);
+        stack.history_depth = 200;
+        stack.spec_extra = "  api:\n    enabled: true\n    tokenSecretRef: {name: dash-token, key: token}\n  \
+             processors:\n    - name: stats\n      stats: {window: 20}\n";
+        let pipelines: Api<ferry_operator::crd::Pipeline> =
+            Api::namespaced(client.clone(), &ns.name);
+        pipelines
+            .create(&PostParams::default(), &stack.build())
+            .await
+            .unwrap();
+
+        // Live data from the simulator for the whole test.
+        let _simulator = Simulator(
+            Command::new(support::worker_binary())
+                .args([
+                    "simulate",
+                    "--topic",
+                    &topic,
+                    "--sources",
+                    "5",
+                    "--rate",
+                    "4",
+                    "--duration",
+                    "5m",
+                    "--log-format",
+                    "pretty",
+                ])
+                .env("KAFKA_BOOTSTRAP", env.get("KAFKA_BOOTSTRAP"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("the simulator starts"),
+        );
+
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+        wait_ready(&deployments, "dash-api", 1).await;
+        wait_ready(&deployments, "dash-receiver", 1).await;
+
+        // Who the API runs as, and what that may do: get this Pipeline, nothing else.
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
+        let roles: Api<Role> = Api::namespaced(client.clone(), &ns.name);
+        let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns.name);
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+        assert!(accounts.get_opt("dash-api").await.unwrap().is_some());
+        assert!(bindings.get_opt("dash-api").await.unwrap().is_some());
+        let role = roles.get("dash-api").await.unwrap();
+        eprintln!("Role dash-api rules: {:?}", role.rules);
+        let account = format!("--as=system:serviceaccount:{}:dash-api", ns.name);
+        let can = |args: &[&str]| {
+            let out = kubectl(&[&["auth", "can-i"], args, &["-n", &ns.name, &account]].concat());
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        assert_eq!(can(&["get", "pipelines.ferry.dev/dash"]), "yes");
+        for denied in [
+            &["get", "pipelines.ferry.dev/other"][..],
+            &["list", "pipelines.ferry.dev"],
+            &["get", "secrets/dash-token"],
+            &["patch", "pipelines.ferry.dev/dash"],
+        ] {
+            assert_eq!(can(denied), "no", "the API's account may {denied:?}");
+        }
+
+        // The pod: hardened like every worker, the token only as a mounted file.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+        let api_pods = pods
+            .list(&ListParams::default().labels("ferry.dev/stage=api"))
+            .await
+            .unwrap();
+        assert!(!api_pods.items.is_empty());
+        for pod in &api_pods.items {
+            let spec = pod.spec.as_ref().unwrap();
+            let problems: Vec<String> = pod_problems(spec)
+                .into_iter()
+                // Its one deliberate difference: it reads its Pipeline with its own account.
+                .filter(|p| !p.contains("automountServiceAccountToken"))
+                .collect();
+            assert!(problems.is_empty(), "API pod: {problems:?}");
+            let text = serde_json::to_string(pod).unwrap();
+            assert!(
+                !text.contains(&token),
+                "the token's value is in the pod spec"
+            );
+        }
+
+        // Through the Service, as port-forward would reach it.
+        let service = services.get("dash-api").await.unwrap();
+        let address = format!(
+            "{}:80",
+            service
+                .spec
+                .as_ref()
+                .unwrap()
+                .cluster_ip
+                .as_deref()
+                .unwrap()
+        );
+        let (status, _) = eventually(WAIT, "the API to answer through its Service", || async {
+            get(&address, "/healthz", None)
+        })
+        .await;
+        assert_eq!(status, 200);
+        for wrong in [None, Some("wrong-token"), Some(&token[1..])] {
+            let (status, body) = get(&address, "/v1/sources", wrong).unwrap();
+            eprintln!(
+                "GET /v1/sources with {:?}: {status} {body}",
+                wrong.map(|_| "a wrong token")
+            );
+            assert_eq!(status, 401, "{body}");
+        }
+        let sources = eventually(WAIT, "sources listed with the token", || async {
+            let (status, body) = get(&address, "/v1/sources?limit=100", Some(&token))?;
+            let body = json_body(&body);
+            (status == 200 && body["sources"].as_array()?.len() == 5).then_some(body)
+        })
+        .await;
+        eprintln!("sources: {sources}");
+        let stages = eventually(WAIT, "the Pipeline's stages from its status", || async {
+            let (status, body) = get(&address, "/v1/pipeline", Some(&token))?;
+            let body = json_body(&body);
+            (status == 200 && body["stages"].as_array()?.len() == 2).then_some(body)
+        })
+        .await;
+        eprintln!("/v1/pipeline: {stages}");
+
+        // The dashboard in a real browser: the chart draws points that arrived after the
+        // page loaded, the stats and the stages' replicas are shown, nothing overflows.
+        let shots = support::repo_root().join("target/dashboard");
+        std::fs::create_dir_all(&shots).unwrap();
+        let url = format!("http://{address}/?source=src-0001#token={token}");
+        for (name, size) in [("desktop", (1280, 900)), ("phone", (390, 844))] {
+            let shot = shots.join(format!("dashboard-{name}.png"));
+            let _ = std::fs::remove_file(&shot);
+            let result = browse(&url, size, Duration::from_secs(60), &shot);
+            eprintln!("{name} {}x{}: {result}; {}", size.0, size.1, shot.display());
+            assert_eq!(
+                result["until_held"], true,
+                "{name}: no point drawn from live data"
+            );
+            assert!(
+                result["scroll_width"].as_i64() <= result["inner_width"].as_i64()
+                    && result["inner_width"].as_i64() == Some(i64::from(size.0)),
+                "{name}: the page overflows horizontally, or the viewport is not {}px",
+                size.0
+            );
+            let report: serde_json::Value =
+                serde_json::from_str(result["report"].as_str().unwrap_or("null")).unwrap();
+            let stats = report["stats"].as_str().unwrap_or_default();
+            let stages = report["stages"].as_str().unwrap_or_default();
+            assert!(
+                stats.contains("stats: stats") && stats.contains("count"),
+                "{name}: stats not shown: {stats:?}"
+            );
+            assert!(
+                stages.contains("receiver") && stages.contains("stats") && stages.contains("1/1"),
+                "{name}: the stages and their replicas are not shown: {stages:?}"
+            );
+            assert!(shot.exists(), "{name}: no screenshot");
+        }
+
+        // Turned off: every object it made goes, the stages stay.
+        pipelines
+            .patch(
+                "dash",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"api": {"enabled": false}}})),
+            )
+            .await
+            .unwrap();
+        eventually(WAIT, "the API's objects to be removed", || async {
+            let gone = deployments.get_opt("dash-api").await.ok()?.is_none()
+                && services.get_opt("dash-api").await.ok()?.is_none()
+                && accounts.get_opt("dash-api").await.ok()?.is_none()
+                && roles.get_opt("dash-api").await.ok()?.is_none()
+                && bindings.get_opt("dash-api").await.ok()?.is_none();
+            gone.then_some(())
+        })
+        .await;
+        assert!(
+            deployments
+                .get_opt("dash-receiver")
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+}

@@ -83,6 +83,13 @@ struct ServeArgs {
     /// on one task: more of them use more cores of a larger machine).
     #[arg(long, default_value_t = 1, env = "FERRY_API_REDIS_CONNECTIONS")]
     redis_connections: usize,
+    /// A file holding the bearer token every data route asks for (mounted from a Secret).
+    #[arg(long, env = "FERRY_API_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// `<namespace>/<name>` of the Pipeline whose stages `/v1/pipeline` and the dashboard
+    /// show, read from its status on Kubernetes.
+    #[arg(long, env = "FERRY_API_PIPELINE")]
+    pipeline_object: Option<String>,
 }
 
 /// The consumption pipeline's process-level knobs, the same for every stage kind.
@@ -204,6 +211,24 @@ fn load_config(path: &Path, subcommand: &str, stage: &str) -> Result<WorkerConfi
     Ok(config)
 }
 
+/// The API's bearer token: the file's content, trimmed; an empty file is refused, since it
+/// would let every request through.
+fn read_token(path: &Path) -> Result<String, ExitCode> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        eprintln!("ferry-worker: --token-file {}: {err}", path.display());
+        ExitCode::from(2)
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        eprintln!(
+            "ferry-worker: --token-file {}: the file is empty",
+            path.display()
+        );
+        return Err(ExitCode::from(2));
+    }
+    Ok(token.to_owned())
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -266,6 +291,11 @@ fn run(command: Command) -> Result<(), ExitCode> {
                 other_processors: args.processor,
                 redis_timeout: args.redis_timeout.as_duration(),
                 redis_connections: args.redis_connections,
+                token: match &args.token_file {
+                    Some(path) => Some(read_token(path)?),
+                    None => None,
+                },
+                pipeline_object: args.pipeline_object,
             };
             runtime()?.block_on(async move {
                 let shutdown = Shutdown::from_signals().map_err(|err| {

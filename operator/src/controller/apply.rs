@@ -16,7 +16,8 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
@@ -25,8 +26,8 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::build::{
-    Children, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_PIPELINE_NAMESPACE, MANAGED_BY,
-    owned_children_selector,
+    API_COMPONENT, ApiChildren, Children, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY,
+    LABEL_PIPELINE_NAMESPACE, MANAGED_BY, owned_children_selector,
 };
 use super::dereference::kafka_topic_api_resource;
 
@@ -100,6 +101,7 @@ pub struct Applied {
     pub output_topics: Vec<DynamicObject>,
     pub config_map: ConfigMap,
     pub deployments: Vec<Deployment>,
+    pub api: Option<ApiChildren>,
     /// Names of children deleted because this round no longer builds them.
     pub deleted: Vec<String>,
 }
@@ -117,9 +119,10 @@ pub async fn apply(
         output_topics,
         config_map,
         deployments,
+        api,
     } = children;
     let topics: Vec<&DynamicObject> = kafka_topic.iter().chain(&output_topics).collect();
-    let foreign = not_owned(
+    let mut foreign = not_owned(
         client,
         caches,
         namespace,
@@ -129,6 +132,9 @@ pub async fn apply(
         &deployments,
     )
     .await?;
+    if let Some(api) = &api {
+        foreign.extend(api_not_owned(client, caches, namespace, pipeline, api).await?);
+    }
     if !foreign.is_empty() {
         return Err(ApplyError::NotOwned { objects: foreign });
     }
@@ -170,19 +176,23 @@ pub async fn apply(
         );
     }
 
+    let mut keep: BTreeSet<String> = applied_deployments
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    let api = match api {
+        Some(api) => {
+            let applied = apply_api(client, caches, namespace, &params, api).await?;
+            keep.insert(applied.deployment.name_any());
+            Some(applied)
+        }
+        None => None,
+    };
+
     let mut deleted = Vec::new();
     if prune {
-        deleted = delete_orphans::<Deployment>(
-            client,
-            namespace,
-            pipeline,
-            "Deployment",
-            applied_deployments
-                .iter()
-                .map(ResourceExt::name_any)
-                .collect(),
-        )
-        .await?;
+        deleted =
+            delete_orphans::<Deployment>(client, namespace, pipeline, "Deployment", keep).await?;
         deleted.extend(
             delete_orphans::<ConfigMap>(
                 client,
@@ -199,8 +209,132 @@ pub async fn apply(
         output_topics: applied_output_topics,
         config_map,
         deployments: applied_deployments,
+        api,
         deleted,
     })
+}
+
+/// The API's objects in dependency order: who it runs as and what that may do, then the
+/// Service, then the pods. The ServiceAccount, Role, RoleBinding and Service are in no
+/// watch cache, so each round applies them (four small patches, only for a Pipeline with
+/// `spec.api`); the Deployment goes through the Deployments' cache like the stages'.
+async fn apply_api(
+    client: &Client,
+    caches: Option<&ChildCaches>,
+    namespace: &str,
+    params: &PatchParams,
+    api: ApiChildren,
+) -> Result<ApiChildren, ApplyError> {
+    let ApiChildren {
+        service_account,
+        role,
+        role_binding,
+        service,
+        deployment,
+    } = api;
+    Ok(ApiChildren {
+        service_account: apply_one(
+            client,
+            None,
+            namespace,
+            params,
+            "ServiceAccount",
+            service_account,
+        )
+        .await?,
+        role: apply_one(client, None, namespace, params, "Role", role).await?,
+        role_binding: apply_one(client, None, namespace, params, "RoleBinding", role_binding)
+            .await?,
+        service: apply_one(client, None, namespace, params, "Service", service).await?,
+        deployment: apply_one(
+            client,
+            caches.map(|c| &c.deployments),
+            namespace,
+            params,
+            "Deployment",
+            deployment,
+        )
+        .await?,
+    })
+}
+
+/// The API's objects that exist but were not created by this Pipeline.
+async fn api_not_owned(
+    client: &Client,
+    caches: Option<&ChildCaches>,
+    namespace: &str,
+    pipeline: &str,
+    api: &ApiChildren,
+) -> Result<Vec<String>, ApplyError> {
+    let name = api.deployment.name_any();
+    let (service_account, role, role_binding, service, deployment) = futures::future::try_join5(
+        live_meta::<ServiceAccount>(client, None, namespace, "ServiceAccount", &name),
+        live_meta::<Role>(client, None, namespace, "Role", &name),
+        live_meta::<RoleBinding>(client, None, namespace, "RoleBinding", &name),
+        live_meta::<Service>(client, None, namespace, "Service", &name),
+        live_meta(
+            client,
+            caches.map(|c| &c.deployments),
+            namespace,
+            "Deployment",
+            &name,
+        ),
+    )
+    .await?;
+    Ok([
+        ("ServiceAccount", service_account),
+        ("Role", role),
+        ("RoleBinding", role_binding),
+        ("Service", service),
+        ("Deployment", deployment),
+    ]
+    .into_iter()
+    .filter_map(|(kind, live)| {
+        live.filter(|meta| !created_by(meta, namespace, pipeline))
+            .map(|_| format!("{kind} {namespace}/{name}"))
+    })
+    .collect())
+}
+
+/// Deletes the API's companions of an API Deployment about to be pruned, before it, so a
+/// failure leaves the Deployment for the next round to find. 404 counts as done.
+async fn delete_api_companions(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<String>, ApplyError> {
+    let mut deleted = Vec::new();
+    deleted.extend(delete_named::<Service>(client, namespace, "Service", name).await?);
+    deleted.extend(delete_named::<RoleBinding>(client, namespace, "RoleBinding", name).await?);
+    deleted.extend(delete_named::<Role>(client, namespace, "Role", name).await?);
+    deleted
+        .extend(delete_named::<ServiceAccount>(client, namespace, "ServiceAccount", name).await?);
+    Ok(deleted)
+}
+
+async fn delete_named<K>(
+    client: &Client,
+    namespace: &str,
+    kind: &'static str,
+    name: &str,
+) -> Result<Option<String>, ApplyError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(Some(format!("{kind}/{name}"))),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        Err(source) => Err(ApplyError::DeleteOrphan {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// The children that exist but were not created by Pipeline `namespace/pipeline`, as
@@ -479,6 +613,9 @@ where
         let name = object.name_any();
         if keep.contains(&name) {
             continue;
+        }
+        if object.labels().get(LABEL_COMPONENT).map(String::as_str) == Some(API_COMPONENT) {
+            deleted.extend(delete_api_companions(client, namespace, &name).await?);
         }
         match api.delete(&name, &DeleteParams::background()).await {
             Ok(_) => deleted.push(format!("{kind}/{name}")),

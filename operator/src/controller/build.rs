@@ -9,8 +9,9 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec,
     Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -18,7 +19,9 @@ use kube::api::DynamicObject;
 use sha2::{Digest, Sha256};
 
 use super::dereference::kafka_topic_api_resource;
-use super::validate::{SecretRefs, StageRole, ValidatedPipeline, ValidatedStage, ValidatedTopic};
+use super::validate::{
+    SecretRefs, StageRole, ValidatedApi, ValidatedPipeline, ValidatedStage, ValidatedTopic,
+};
 use crate::crd::SecretKeyRef;
 use crate::scaling::DesiredReplicas;
 
@@ -69,6 +72,17 @@ pub struct Children {
     pub output_topics: Vec<DynamicObject>,
     pub config_map: ConfigMap,
     pub deployments: Vec<Deployment>,
+    pub api: Option<ApiChildren>,
+}
+
+/// The read API's objects, all named `<pipeline>-api`.
+#[derive(Debug, Clone)]
+pub struct ApiChildren {
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+    pub service: Service,
+    pub deployment: Deployment,
 }
 
 /// Every child of `pipeline`, each stage's Deployment at the replicas `desired` gives it
@@ -87,7 +101,16 @@ pub fn build(
             build_deployment(pipeline, stage, config_yaml, stage.replicas_with(desired))
         })
         .collect();
+    let api = pipeline.api.as_ref().and_then(|api| {
+        let receiver = pipeline
+            .stages
+            .iter()
+            .find(|s| s.role == StageRole::Receiver)?;
+        let config_yaml = rendered.get(&api.config_key).map_or("", String::as_str);
+        Some(build_api(pipeline, api, receiver, config_yaml))
+    });
     Ok(Children {
+        api,
         kafka_topic: pipeline
             .kafka_topic
             .as_ref()
@@ -391,6 +414,163 @@ pub fn build_deployment(
         }),
         ..Deployment::default()
     }
+}
+
+/// Where the API's token file is mounted.
+const API_TOKEN_DIR: &str = "/etc/ferry/api-token";
+pub const API_COMPONENT: &str = "api";
+/// The Service's port; the pods listen on the worker's HTTP port.
+pub const API_SERVICE_PORT: i32 = 80;
+
+/// The read API: the receiver's pod re-pointed at `serve`, so it has the same hardening,
+/// config and Secret references by construction; its own ServiceAccount, whose Role may
+/// only `get` this one Pipeline (for the stages' replicas and lag), a Service in front.
+pub fn build_api(
+    pipeline: &ValidatedPipeline,
+    api: &ValidatedApi,
+    receiver: &ValidatedStage,
+    config_yaml: &str,
+) -> ApiChildren {
+    let replicas = if api.paused { 0 } else { api.replicas };
+    let mut deployment = build_deployment(pipeline, receiver, config_yaml, replicas);
+    let mut selector = selector_labels(pipeline, receiver);
+    selector.insert(LABEL_STAGE.to_owned(), API_COMPONENT.to_owned());
+    let retarget = |labels: &mut BTreeMap<String, String>| {
+        labels.insert(LABEL_STAGE.to_owned(), API_COMPONENT.to_owned());
+        labels.insert(LABEL_COMPONENT.to_owned(), API_COMPONENT.to_owned());
+    };
+    deployment.metadata.name = Some(api.name.clone());
+    if let Some(labels) = deployment.metadata.labels.as_mut() {
+        retarget(labels);
+    }
+    let labels = deployment.metadata.labels.clone().unwrap_or_default();
+    if let Some(spec) = deployment.spec.as_mut() {
+        spec.selector.match_labels = Some(selector.clone());
+        if let Some(labels) = spec
+            .template
+            .metadata
+            .as_mut()
+            .and_then(|m| m.labels.as_mut())
+        {
+            retarget(labels);
+        }
+        if let Some(pod) = spec.template.spec.as_mut() {
+            // Its one call to the Kubernetes API: get this Pipeline.
+            pod.automount_service_account_token = Some(true);
+            pod.service_account_name = Some(api.name.clone());
+            if let Some(token) = &api.token {
+                pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+                    name: "api-token".to_owned(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(token.name.clone()),
+                        default_mode: Some(0o440),
+                        items: Some(vec![KeyToPath {
+                            key: token.key.clone(),
+                            path: "token".to_owned(),
+                            mode: None,
+                        }]),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                });
+            }
+            for container in &mut pod.containers {
+                container.name = API_COMPONENT.to_owned();
+                container.args = Some(api_args(pipeline, api));
+                if let Some(probe) = container.readiness_probe.as_mut()
+                    && let Some(get) = probe.http_get.as_mut()
+                {
+                    get.path = Some("/healthz".to_owned());
+                }
+                if api.token.is_some() {
+                    container
+                        .volume_mounts
+                        .get_or_insert_with(Vec::new)
+                        .push(VolumeMount {
+                            name: "api-token".to_owned(),
+                            mount_path: API_TOKEN_DIR.to_owned(),
+                            read_only: Some(true),
+                            ..VolumeMount::default()
+                        });
+                }
+            }
+        }
+    }
+    let meta = |name: &str| object_meta(pipeline, name, labels.clone());
+    ApiChildren {
+        service_account: ServiceAccount {
+            metadata: meta(&api.name),
+            ..ServiceAccount::default()
+        },
+        role: Role {
+            metadata: meta(&api.name),
+            rules: Some(vec![PolicyRule {
+                api_groups: Some(vec!["ferry.dev".to_owned()]),
+                resources: Some(vec!["pipelines".to_owned()]),
+                resource_names: Some(vec![pipeline.name.clone()]),
+                verbs: vec!["get".to_owned()],
+                ..PolicyRule::default()
+            }]),
+        },
+        role_binding: RoleBinding {
+            metadata: meta(&api.name),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".to_owned(),
+                kind: "Role".to_owned(),
+                name: api.name.clone(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".to_owned(),
+                name: api.name.clone(),
+                namespace: Some(pipeline.namespace.clone()),
+                ..Subject::default()
+            }]),
+        },
+        service: Service {
+            metadata: meta(&api.name),
+            spec: Some(ServiceSpec {
+                type_: Some("ClusterIP".to_owned()),
+                selector: Some(selector),
+                ports: Some(vec![ServicePort {
+                    name: Some(HTTP_PORT_NAME.to_owned()),
+                    port: API_SERVICE_PORT,
+                    target_port: Some(IntOrString::String(HTTP_PORT_NAME.to_owned())),
+                    protocol: Some("TCP".to_owned()),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        },
+        deployment,
+    }
+}
+
+fn api_args(pipeline: &ValidatedPipeline, api: &ValidatedApi) -> Vec<String> {
+    let mut args = vec![
+        "serve".to_owned(),
+        "--config".to_owned(),
+        format!("{CONFIG_DIR}/worker.yaml"),
+        "--log-format".to_owned(),
+        "json".to_owned(),
+        "--listen".to_owned(),
+        format!("0.0.0.0:{DEFAULT_HTTP_PORT}"),
+        "--pipeline-object".to_owned(),
+        format!("{}/{}", pipeline.namespace, pipeline.name),
+    ];
+    let named = |flag: &str, names: &[String]| {
+        names
+            .iter()
+            .flat_map(|name| [flag.to_owned(), name.clone()])
+            .collect::<Vec<_>>()
+    };
+    args.extend(named("--stats", &api.stats));
+    args.extend(named("--validate", &api.validate));
+    args.extend(named("--processor", &api.other_processors));
+    if api.token.is_some() {
+        args.extend(["--token-file".to_owned(), format!("{API_TOKEN_DIR}/token")]);
+    }
+    args
 }
 
 fn worker_env(secrets: &SecretRefs) -> Vec<EnvVar> {

@@ -25,6 +25,8 @@ pub use reconcile::{error_policy, reconcile};
 pub use run::run;
 
 #[cfg(test)]
+mod api_tests;
+#[cfg(test)]
 mod chain_tests;
 #[cfg(test)]
 mod fixture_tests;

@@ -16,8 +16,8 @@ use kube::Resource;
 
 use super::dereference::{Bootstrap, Dereferenced};
 use crate::crd::{
-    BatchSpec, DeletionPolicy, Pipeline, PipelineSpec, ProcessorSpec, ScalingMode, ScalingSpec,
-    SecretKeyRef, StageInputSpec, TlsSpec,
+    ApiSpec, BatchSpec, DeletionPolicy, Pipeline, PipelineSpec, ProcessorSpec, ScalingMode,
+    ScalingSpec, SecretKeyRef, StageInputSpec, TlsSpec,
 };
 use crate::scaling::DesiredReplicas;
 
@@ -42,6 +42,10 @@ pub enum ValidateError {
         "spec.receiver.image {image:?} is not in the operator's allow-list of worker images ({allowed}); ask the cluster admin, or leave spec.receiver.image out for the default"
     )]
     ImageNotAllowed { image: String, allowed: String },
+    #[error(
+        "spec.api.enabled: this operator does not deploy the read API: it would create a ServiceAccount, Role and RoleBinding per Pipeline, which the cluster admin has not allowed (chart value readApi.enabled, operator flag --read-api)"
+    )]
+    ReadApiNotEnabled,
 }
 
 /// The operator's own settings that a Pipeline inherits.
@@ -52,6 +56,9 @@ pub struct OperatorDefaults {
     pub allowed_images: ImageAllowList,
     /// The `app.kubernetes.io/version` the children's metadata carries (never their pods).
     pub operator_version: String,
+    /// Whether a Pipeline may ask for the read API (`spec.api`): it makes the operator
+    /// write RBAC objects, so the cluster admin opts in.
+    pub read_api: bool,
 }
 
 impl OperatorDefaults {
@@ -61,6 +68,7 @@ impl OperatorDefaults {
             worker_image: worker_image.into(),
             allowed_images: ImageAllowList::default(),
             operator_version: env!("CARGO_PKG_VERSION").to_owned(),
+            read_api: false,
         }
     }
 }
@@ -122,6 +130,26 @@ pub struct ValidatedPipeline {
     pub output_topics: Vec<ValidatedTopic>,
     /// The `app.kubernetes.io/version` of the children's metadata.
     pub operator_version: String,
+    /// The read API and dashboard, when `spec.api.enabled`.
+    pub api: Option<ValidatedApi>,
+}
+
+/// What the API's children are built from. Every one of them is named `name`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedApi {
+    pub name: String,
+    pub replicas: i32,
+    pub image: String,
+    /// The receiver's config key: `serve` reads Redis as the receiver writes it.
+    pub config_key: String,
+    pub token: Option<SecretKeyRef>,
+    /// Processor names by what `serve` reads of them (`--stats`, `--validate`,
+    /// `--processor`).
+    pub stats: Vec<String>,
+    pub validate: Vec<String>,
+    pub other_processors: Vec<String>,
+    /// 0 when the Pipeline is paused, like every stage.
+    pub paused: bool,
 }
 
 /// A `KafkaTopic` for Strimzi's Topic Operator, which watches the Kafka cluster's namespace.
@@ -458,7 +486,14 @@ pub fn validate(
         _ => None,
     };
 
+    let api = spec.api.as_ref().filter(|api| api.enabled);
+    if api.is_some() && !defaults.read_api {
+        return Err(ValidateError::ReadApiNotEnabled);
+    }
+    let api = api.map(|api| validated_api(&name, api, &stages, &image, spec.paused));
+
     Ok(ValidatedPipeline {
+        api,
         kafka_topic,
         output_topics: Vec::new(),
         config_map_name: format!("{name}-config"),
@@ -471,6 +506,38 @@ pub fn validate(
         paused: spec.paused,
         operator_version: defaults.operator_version.clone(),
     })
+}
+
+fn validated_api(
+    pipeline: &str,
+    api: &ApiSpec,
+    stages: &[ValidatedStage],
+    image: &str,
+    paused: bool,
+) -> ValidatedApi {
+    let mut validated = ValidatedApi {
+        name: format!("{pipeline}-api"),
+        replicas: api.replicas,
+        image: image.to_owned(),
+        config_key: format!("{RECEIVER_STAGE}.yaml"),
+        token: api.token_secret_ref.clone(),
+        stats: Vec::new(),
+        validate: Vec::new(),
+        other_processors: Vec::new(),
+        paused,
+    };
+    for stage in stages {
+        let StageConfig::Processor(processor) = &stage.worker_config.stage else {
+            continue;
+        };
+        let list = match processor.kind {
+            ProcessorKind::Stats(_) => &mut validated.stats,
+            ProcessorKind::Validate(_) => &mut validated.validate,
+            ProcessorKind::Enrich(_) => &mut validated.other_processors,
+        };
+        list.push(stage.name.clone());
+    }
+    validated
 }
 
 /// Where one stage reads, and how what it reads is encoded.

@@ -13,11 +13,19 @@
 //!   index as `LRANGE` does;
 //! - `/v1/sources/{id}/stats`: the stats and validate processors' figures of one source;
 //! - `/v1/totals`: the validate totals and the dead-letter counts of every stage;
-//! - `/v1/events`: the batch events, as server-sent events.
+//! - `/v1/events`: the batch events, as server-sent events;
+//! - `/v1/pipeline`: the Pipeline's stages and conditions, from its status on Kubernetes;
+//! - `/`: the dashboard ([`dashboard`]), a page over the routes above.
+//!
+//! With `--token-file`, every route but `/healthz` and the page's files needs
+//! `Authorization: Bearer <token>` ([`auth`]).
 //!
 //! Errors are `{"error": {"code", "message", "parameter"?}}` with a stable `code`.
 
+mod auth;
+pub mod dashboard;
 pub mod decode;
+pub mod pipeline_status;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -74,6 +82,10 @@ pub struct ServeOptions {
     /// Multiplexed Redis connections requests are spread over: one connection's replies
     /// are parsed by one task, so more of them use more cores.
     pub redis_connections: usize,
+    /// The bearer token every data route asks for; `None` asks for none.
+    pub token: Option<String>,
+    /// `<namespace>/<name>` of the Pipeline whose status `/v1/pipeline` serves.
+    pub pipeline_object: Option<String>,
 }
 
 /// A failure of `serve` itself (not of one request).
@@ -92,6 +104,8 @@ pub enum ServeError {
     },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    PipelineStatus(#[from] pipeline_status::PipelineStatusError),
 }
 
 /// A failed request, as JSON with a stable code.
@@ -110,6 +124,8 @@ pub enum ApiError {
     },
     #[error("no such endpoint; see /openapi.json")]
     NotFound,
+    #[error(transparent)]
+    PipelineStatus(#[from] pipeline_status::PipelineStatusError),
 }
 
 impl ApiError {
@@ -121,6 +137,10 @@ impl ApiError {
             Self::WrongType { .. } => "wrong_type",
             Self::Redis { .. } => "redis_unavailable",
             Self::NotFound => "not_found",
+            Self::PipelineStatus(pipeline_status::PipelineStatusError::NotConfigured) => {
+                "pipeline_not_configured"
+            }
+            Self::PipelineStatus(_) => "pipeline_unavailable",
         }
     }
 
@@ -130,6 +150,10 @@ impl ApiError {
             Self::UnknownSource { .. } | Self::NotFound => StatusCode::NOT_FOUND,
             Self::WrongType { .. } => StatusCode::CONFLICT,
             Self::Redis { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::PipelineStatus(pipeline_status::PipelineStatusError::NotConfigured) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::PipelineStatus(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -161,7 +185,7 @@ struct ErrorDetail<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::Redis { .. } = &self {
+        if let Self::Redis { .. } | Self::PipelineStatus(_) = &self {
             tracing::warn!(error = %self, "request failed");
         }
         let parameter = match &self {
@@ -208,6 +232,7 @@ struct Api {
     stages: Vec<String>,
     /// Ends the event streams, which would otherwise hold a graceful shutdown forever.
     shutdown: Shutdown,
+    pipeline_status: Option<pipeline_status::PipelineReader>,
 }
 
 type Shared = State<Arc<Api>>;
@@ -271,7 +296,12 @@ pub async fn run(
         validate: named(&options.validate),
         stages,
         shutdown: shutdown.clone(),
+        pipeline_status: match &options.pipeline_object {
+            Some(reference) => Some(pipeline_status::PipelineReader::connect(reference).await?),
+            None => None,
+        },
     };
+    let token = auth::BearerToken(options.token.as_deref().map(Arc::from));
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -285,13 +315,13 @@ pub async fn run(
             tracing::debug!(%err, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(Arc::new(api)))
+    axum::serve(listener, router(Arc::new(api), token))
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await
         .map_err(ServeError::Serve)
 }
 
-fn router(api: Arc<Api>) -> Router {
+fn router(api: Arc<Api>, token: auth::BearerToken) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -304,8 +334,22 @@ fn router(api: Arc<Api>) -> Router {
         .route("/v1/slices", get(slices))
         .route("/v1/totals", get(totals))
         .route("/v1/events", get(events))
+        .route("/v1/pipeline", get(pipeline))
+        .merge(dashboard::routes())
         .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::from_fn_with_state(token, auth::require))
         .with_state(api)
+}
+
+/// The Pipeline's stages and conditions, as its status on Kubernetes has them.
+async fn pipeline(State(api): Shared, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    only_known(&query_pairs(query.as_deref()), &[])?;
+    let reader = api
+        .pipeline_status
+        .as_ref()
+        .ok_or(pipeline_status::PipelineStatusError::NotConfigured)?;
+    let view = reader.read().await?;
+    Ok(json(StatusCode::OK, view.as_ref()))
 }
 
 #[derive(Serialize)]
@@ -318,13 +362,23 @@ struct SourcesPage {
 /// `SCAN` (never `KEYS`) over the storage's data keys, of the storage's Redis type.
 async fn sources(State(api): Shared, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
     let pairs = query_pairs(query.as_deref());
-    only_known(&pairs, &["cursor", "limit"])?;
+    only_known(&pairs, &["cursor", "limit", "match"])?;
     let limit = integer(&pairs, "limit", 100, 1, MAX_PAGE)?;
+    let contains = single(&pairs, "match")?.filter(|text| !text.is_empty());
     let mut cursor = match single(&pairs, "cursor")? {
         Some(text) => decode::decode_cursor(text)?,
         None => 0,
     };
-    let pattern = format!("{}*", decode::glob_escape(&api.data_prefix));
+    let pattern = match contains {
+        Some(text) => format!(
+            "{}*{}*",
+            decode::glob_escape(&api.data_prefix),
+            decode::glob_escape(text)
+        ),
+        None => format!("{}*", decode::glob_escape(&api.data_prefix)),
+    };
+    // A search matches few keys: scan more of the keyspace per call to fill a page.
+    let scan_count = if contains.is_some() { 1000 } else { 10 };
     let mut redis = api.conn();
     let mut found = Vec::new();
     for _ in 0..MAX_SCANS_PER_PAGE {
@@ -336,7 +390,7 @@ async fn sources(State(api): Shared, RawQuery(query): RawQuery) -> Result<Respon
             .arg("MATCH")
             .arg(&pattern)
             .arg("COUNT")
-            .arg(want.max(10))
+            .arg(want.max(scan_count))
             .arg("TYPE")
             .arg(sink::redis_type(api.layout.kind))
             .query_async(&mut redis)
@@ -939,6 +993,7 @@ mod tests {
             "/v1/slices",
             "/v1/totals",
             "/v1/events",
+            "/v1/pipeline",
             "/openapi.json",
             "/healthz",
         ] {
