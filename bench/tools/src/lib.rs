@@ -139,6 +139,11 @@ impl Resp {
         read_value(&mut self.reader)
     }
 
+    /// Bytes already received and not yet read: a reply is waiting if this is not 0.
+    pub fn buffered(&self) -> usize {
+        self.reader.buffer().len()
+    }
+
     /// Sends one command and reads its reply; a server error becomes an `Err`.
     pub fn call(&mut self, parts: &[&[u8]]) -> io::Result<Value> {
         self.push(parts);

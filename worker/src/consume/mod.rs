@@ -140,8 +140,9 @@ pub fn apply_fetch_tuning(config: &mut ClientConfig) {
 #[derive(Debug)]
 pub enum ConsumerEvent<T> {
     /// Records in consumption order: one per `recv`, sent as a chunk to spare the channel
-    /// and the writer's wakeups a round per record.
-    Items(Vec<T>),
+    /// and the writer's wakeups a round per record. `drained`: librdkafka had nothing
+    /// more to hand over when the chunk was cut, so the writer need not wait for more.
+    Items { items: Vec<T>, drained: bool },
     /// These partitions are now this worker's (the whole assignment: eager rebalancing),
     /// with what Kafka says about them. The writer answers where each starts; the
     /// consumer is placed there before it fetches anything.
@@ -237,8 +238,15 @@ impl<T: Send + 'static> StageContext<T> {
         staged: Vec<T>,
         event: ConsumerEvent<T>,
     ) -> bool {
-        if !staged.is_empty() && events.send(ConsumerEvent::Items(staged)).await.is_err() {
-            return false;
+        // Not drained: the event that follows decides what happens to the batch.
+        if !staged.is_empty() {
+            let items = ConsumerEvent::Items {
+                items: staged,
+                drained: false,
+            };
+            if events.send(items).await.is_err() {
+                return false;
+            }
         }
         events.send(event).await.is_ok()
     }

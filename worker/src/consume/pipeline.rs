@@ -512,9 +512,12 @@ where
         consumer: Arc::clone(&consumer),
         metrics: metrics.clone(),
         readiness: readiness.clone(),
-        max_records,
-        max_bytes,
-        max_wait: spec.batch.max_wait.as_duration(),
+        limits: BatchLimits {
+            max_records,
+            max_bytes,
+            max_wait: spec.batch.max_wait.as_duration(),
+        },
+        source_drained: false,
         positions: HashMap::default(),
         seeks,
         pending_seeks: HashMap::default(),
@@ -598,6 +601,7 @@ where
         }
         // Whatever librdkafka already has joins the chunk.
         let mut chunk_len = 1;
+        let mut drained = false;
         while chunk_len < chunk_limit && chunk_bytes < chunk_max_bytes {
             match consumer.recv().now_or_never() {
                 Some(Ok(message)) => {
@@ -610,9 +614,13 @@ where
                 Some(Err(error)) => {
                     metrics.kafka_error("consume");
                     warn!(%error, "kafka consume error");
+                    drained = true;
                     break;
                 }
-                None => break,
+                None => {
+                    drained = true;
+                    break;
+                }
             }
         }
         metrics.records_in.inc_by(chunk_len as u64);
@@ -624,7 +632,9 @@ where
         tokio::select! {
             biased;
             _ = shutdown.wait() => break,
-            sent = events.send(ConsumerEvent::Items(chunk)) => if sent.is_err() { break },
+            sent = events.send(ConsumerEvent::Items { items: chunk, drained }) => {
+                if sent.is_err() { break }
+            }
         }
         if writer_task.is_finished() {
             break;
@@ -697,8 +707,15 @@ async fn seek<R: Send + Sync + 'static>(
         warn!(%error, partition, "cannot resume the partition");
     }
     let staged = consumer.context().take_staged();
-    if !staged.is_empty() && events.send(ConsumerEvent::Items(staged)).await.is_err() {
-        return false;
+    if !staged.is_empty() {
+        // Not drained: the consumer reads on from the new position at once.
+        let items = ConsumerEvent::Items {
+            items: staged,
+            drained: false,
+        };
+        if events.send(items).await.is_err() {
+            return false;
+        }
     }
     events
         .send(ConsumerEvent::Sought {
@@ -894,6 +911,47 @@ enum FlushError {
     FailedInExec(Vec<String>),
 }
 
+/// A batch's caps: `batch.maxRecords`, `batch.maxBytes` and `batch.maxWait`.
+#[derive(Debug, Clone, Copy)]
+struct BatchLimits {
+    max_records: usize,
+    /// A batch is committed once its records hold this many bytes.
+    max_bytes: usize,
+    max_wait: Duration,
+}
+
+/// What the writer does with the pending batch before it takes more records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// No batch pending.
+    Nothing,
+    /// Commit it.
+    Now,
+    /// Take what the consumer sends next, committing by this instant at the latest.
+    GrowUntil(Instant),
+}
+
+impl BatchLimits {
+    fn full<R>(&self, batch: &PendingBatch<R>) -> bool {
+        batch.taken >= self.max_records || batch.bytes >= self.max_bytes
+    }
+
+    /// Adaptive batching: a batch grows only while records keep coming, so a record that
+    /// arrives alone goes out at once and a backlog still fills batches to the caps.
+    /// `drained`: the consumer had nothing more to hand over after the last records.
+    fn decide<R>(&self, batch: &PendingBatch<R>, drained: bool, now: Instant) -> Flush {
+        let Some(started) = batch.started.filter(|_| !batch.is_empty()) else {
+            return Flush::Nothing;
+        };
+        let deadline = started + self.max_wait;
+        if drained || self.full(batch) || deadline <= now {
+            Flush::Now
+        } else {
+            Flush::GrowUntil(deadline)
+        }
+    }
+}
+
 struct Writer<K: StageKind> {
     kind: K,
     checkpoints: CheckpointKeys,
@@ -904,10 +962,10 @@ struct Writer<K: StageKind> {
     consumer: Arc<StageConsumer<K::Record>>,
     metrics: Metrics,
     readiness: Readiness,
-    max_records: usize,
-    /// A batch is committed once its records hold this many bytes.
-    max_bytes: usize,
-    max_wait: Duration,
+    limits: BatchLimits,
+    /// The last records came with nothing more behind them (in librdkafka or the
+    /// channel): the pending batch goes out now instead of waiting to grow.
+    source_drained: bool,
     /// The owned partitions.
     positions: HashMap<i32, Partition, FastHash>,
     seeks: mpsc::UnboundedSender<SeekRequest>,
@@ -951,11 +1009,18 @@ impl<K: StageKind> Writer<K> {
     async fn run(mut self, mut events: mpsc::Receiver<ConsumerEvent<Consumed<K::Record>>>) {
         loop {
             self.retry_held();
-            let flush_at = self.batch.started.map(|started| started + self.max_wait);
-            if flush_at.is_some_and(|at| at <= Instant::now()) {
-                self.flush(None).await;
-                continue;
-            }
+            let flush_at =
+                match self
+                    .limits
+                    .decide(&self.batch, self.source_drained, Instant::now())
+                {
+                    Flush::Now => {
+                        self.flush(None).await;
+                        continue;
+                    }
+                    Flush::GrowUntil(at) => Some(at),
+                    Flush::Nothing => None,
+                };
             let retry_at = self.held.values().filter_map(|held| held.retry_at).min();
             let event = match flush_at.into_iter().chain(retry_at).min() {
                 None => events.recv().await,
@@ -966,20 +1031,20 @@ impl<K: StageKind> Writer<K> {
                 },
             };
             match event {
-                Some(ConsumerEvent::Items(records)) => {
-                    for record in records {
+                Some(ConsumerEvent::Items { items, drained }) => {
+                    for record in items {
                         self.take(record);
-                        if self.batch.taken >= self.max_records
-                            || self.batch.bytes >= self.max_bytes
-                        {
+                        if self.limits.full(&self.batch) {
                             self.flush(None).await;
                         }
                     }
+                    // A chunk already queued behind this one: the batch keeps growing.
+                    self.source_drained = drained && events.is_empty();
                 }
                 Some(ConsumerEvent::Assigned { facts, starts }) => {
                     // Only left over if a revoke timed out; the fencing keeps it safe.
                     self.flush(Some(
-                        Instant::now() + self.max_wait.max(Duration::from_secs(5)),
+                        Instant::now() + self.limits.max_wait.max(Duration::from_secs(5)),
                     ))
                     .await;
                     if let Some(placed) = self.assign(facts).await {
@@ -2261,6 +2326,58 @@ mod tests {
             .map(|attempt| hold_delay(attempt).as_secs())
             .collect();
         assert_eq!(delays, [5, 10, 20, 40, 60, 60, 60]);
+    }
+
+    const LIMITS: BatchLimits = BatchLimits {
+        max_records: 3,
+        max_bytes: 1000,
+        max_wait: Duration::from_millis(50),
+    };
+
+    fn batch_of(records: usize, bytes: usize) -> PendingBatch<()> {
+        let mut batch = PendingBatch::default();
+        for offset in 0..records {
+            batch.note(0, offset as i64, None);
+        }
+        batch.bytes = bytes;
+        batch
+    }
+
+    #[test]
+    fn a_lone_record_goes_out_as_soon_as_nothing_follows_it() {
+        let batch = batch_of(1, 10);
+        let now = Instant::now();
+        assert_eq!(LIMITS.decide(&batch, true, now), Flush::Now);
+    }
+
+    #[test]
+    fn a_batch_grows_while_records_keep_coming_until_max_wait() {
+        let batch = batch_of(2, 10);
+        let started = batch.started.unwrap();
+        let deadline = started + LIMITS.max_wait;
+        assert_eq!(
+            LIMITS.decide(&batch, false, started),
+            Flush::GrowUntil(deadline)
+        );
+        assert_eq!(LIMITS.decide(&batch, false, deadline), Flush::Now);
+    }
+
+    #[test]
+    fn max_records_and_max_bytes_cap_a_batch_whatever_keeps_coming() {
+        let now = Instant::now();
+        assert_eq!(LIMITS.decide(&batch_of(3, 10), false, now), Flush::Now);
+        assert_eq!(LIMITS.decide(&batch_of(1, 1000), false, now), Flush::Now);
+        assert!(!LIMITS.full(&batch_of(2, 999)));
+    }
+
+    #[test]
+    fn nothing_pending_is_never_flushed_even_when_drained() {
+        let now = Instant::now();
+        let empty = PendingBatch::<()>::default();
+        assert_eq!(LIMITS.decide(&empty, true, now), Flush::Nothing);
+        let mut cleared = batch_of(2, 10);
+        cleared.clear();
+        assert_eq!(LIMITS.decide(&cleared, true, now), Flush::Nothing);
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! End-to-end latency, produce to visible in Redis, on a sample of keys.
 //!
 //! Method: Redis keyspace notifications (`notify-keyspace-events` gets `K` and `l` for the
-//! run and its old value back afterwards) tell the moment a sampled key's list changes;
-//! the tool then reads the list head (`LRANGE key 0 199`) and, for every value not seen
-//! before, takes `notification time − the record's own dsdata timestamp`, which the
+//! run and its old value back afterwards) tell that a sampled key's list changed; the tool
+//! then reads the list heads of every key notified so far in one pipelined round
+//! (`LRANGE key 0 15`, then `16 199` only if all 16 were new) and, for every value not seen
+//! before, takes `time the reply arrived − the record's own dsdata timestamp`, which the
 //! simulator sets to the wall clock when it creates the record. Same machine, same clock.
+//! The reply time is an upper bound on when a value became visible (by the round's length,
+//! well under a millisecond on loopback); one round per key and notification instead fell
+//! behind records that each change a list (thousands of notifications a second) and then
+//! measured its own queue.
 //! Records stamped before `--from-ms` (warm-up, group join) are skipped. Prints one JSON
 //! line with the percentiles in milliseconds.
 
@@ -68,47 +73,93 @@ fn main() {
     let mut samples: Vec<f64> = Vec::with_capacity(200_000);
     let mut notifications = 0u64;
     let mut failure: Option<String> = None;
-    while now_ms_f64() < until_ms + 2000.0 {
-        let message = match sub.read() {
-            Ok(m) => m,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
-            Err(e) => {
-                failure = Some(format!("subscription: {e}"));
-                break;
-            }
-        };
-        let seen_ms = now_ms_f64();
-        let Value::Array(Some(items)) = message else { continue };
-        if items.len() != 3 || bulk(&items[0]) != Some(b"message") {
-            continue;
-        }
-        let event = bulk(&items[2]).unwrap_or_default();
-        if event != b"lpush" && event != b"rpush" {
-            continue;
-        }
-        let channel = String::from_utf8_lossy(bulk(&items[1]).unwrap_or_default()).into_owned();
-        let Some(key) = channel.strip_prefix(&channel_prefix) else { continue };
-        notifications += 1;
-        let values = match conn.call(&[b"LRANGE", key.as_bytes(), b"0", b"199"]) {
-            Ok(Value::Array(Some(values))) => values,
-            other => {
-                failure = Some(format!("LRANGE {key}: {other:?}"));
-                break;
-            }
-        };
-        let seen_before = last.get(key).copied().unwrap_or(i64::MIN);
-        let mut newest = seen_before;
-        for value in &values {
-            let Some(ts) = bulk(value).and_then(dsdata_timestamp_ms) else { continue };
-            if ts > seen_before {
-                newest = newest.max(ts);
-                let ts_f = ts as f64;
-                if ts_f >= from_ms && ts_f < until_ms {
-                    samples.push(seen_ms - ts_f);
+    let mut changed: Vec<String> = Vec::new();
+    // The newest timestamp of a key whose older values are still to be read.
+    let mut heads: HashMap<String, i64> = HashMap::new();
+    'watch: while now_ms_f64() < until_ms + 2000.0 {
+        // One notification (waiting for it), then every one already received: the keys
+        // are read once per round, so the tool keeps up however often they change.
+        changed.clear();
+        loop {
+            let message = match sub.read() {
+                Ok(m) => m,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+                Err(e) => {
+                    failure = Some(format!("subscription: {e}"));
+                    break 'watch;
+                }
+            };
+            if let Value::Array(Some(items)) = message
+                && items.len() == 3
+                && bulk(&items[0]) == Some(b"message")
+                && matches!(bulk(&items[2]), Some(b"lpush" | b"rpush"))
+            {
+                let channel = String::from_utf8_lossy(bulk(&items[1]).unwrap_or_default());
+                if let Some(key) = channel.strip_prefix(&channel_prefix) {
+                    notifications += 1;
+                    if !changed.iter().any(|k| k == key) {
+                        changed.push(key.to_owned());
+                    }
                 }
             }
+            if sub.buffered() == 0 {
+                break;
+            }
         }
-        last.insert(key.to_owned(), newest);
+        if changed.is_empty() {
+            continue;
+        }
+        // The newest 16 values of each changed key first; the rest only if all 16 are new.
+        let mut pending: Vec<(String, &[u8], &[u8])> =
+            changed.iter().map(|k| (k.clone(), &b"0"[..], &b"15"[..])).collect();
+        while !pending.is_empty() {
+            for (key, from, to) in &pending {
+                conn.push(&[b"LRANGE", key.as_bytes(), from, to]);
+            }
+            if let Err(e) = conn.flush() {
+                failure = Some(format!("LRANGE: {e}"));
+                break 'watch;
+            }
+            let mut replies = Vec::with_capacity(pending.len());
+            for (key, _, _) in &pending {
+                match conn.read() {
+                    Ok(Value::Array(Some(values))) => replies.push(values),
+                    other => {
+                        failure = Some(format!("LRANGE {key}: {other:?}"));
+                        break 'watch;
+                    }
+                }
+            }
+            // Every value read was visible by now: an upper bound on when it became so.
+            let seen_ms = now_ms_f64();
+            let mut more = Vec::new();
+            for ((key, from, _), values) in pending.iter().zip(replies) {
+                let seen_before = last.get(key).copied().unwrap_or(i64::MIN);
+                let mut newest = seen_before;
+                let mut all_new = !values.is_empty();
+                for value in &values {
+                    let Some(ts) = bulk(value).and_then(dsdata_timestamp_ms) else { continue };
+                    if ts > seen_before {
+                        newest = newest.max(ts);
+                        let ts_f = ts as f64;
+                        if ts_f >= from_ms && ts_f < until_ms {
+                            samples.push(seen_ms - ts_f);
+                        }
+                    } else {
+                        all_new = false;
+                    }
+                }
+                if *from == b"0" && all_new && values.len() == 16 {
+                    // The older values are read next, against the same `seen_before`.
+                    more.push((key.clone(), &b"16"[..], &b"199"[..]));
+                    heads.insert(key.clone(), newest);
+                } else {
+                    let head = heads.remove(key).unwrap_or(newest);
+                    last.insert(key.clone(), head.max(newest));
+                }
+            }
+            pending = more;
+        }
     }
     let _ = conn.call(&[b"CONFIG", b"SET", b"notify-keyspace-events", old_flags.as_bytes()]);
     if let Some(failure) = failure {
