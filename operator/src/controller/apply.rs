@@ -327,6 +327,7 @@ where
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(Some(format!("{kind}/{name}"))),
+        // Someone else removed it first: the goal is reached.
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
         Err(source) => Err(ApplyError::DeleteOrphan {
             kind,
@@ -617,19 +618,7 @@ where
         if object.labels().get(LABEL_COMPONENT).map(String::as_str) == Some(API_COMPONENT) {
             deleted.extend(delete_api_companions(client, namespace, &name).await?);
         }
-        match api.delete(&name, &DeleteParams::background()).await {
-            Ok(_) => deleted.push(format!("{kind}/{name}")),
-            // Someone else removed it first: the goal is reached.
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(source) => {
-                return Err(ApplyError::DeleteOrphan {
-                    kind,
-                    namespace: namespace.to_owned(),
-                    name,
-                    source,
-                });
-            }
-        }
+        deleted.extend(delete_named::<K>(client, namespace, kind, &name).await?);
     }
     Ok(deleted)
 }
