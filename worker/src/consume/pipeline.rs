@@ -538,7 +538,6 @@ where
     };
     let mut writer_task = tokio::spawn(writer.run(events_rx));
 
-    let mut backoff = Backoff::DEFAULT;
     let mut consume_health = ConsumeHealth::default();
     loop {
         let received = tokio::select! {
@@ -557,7 +556,6 @@ where
         match received {
             Ok(message) => {
                 chunk_bytes = message_bytes(&message);
-                backoff.reset();
                 if consume_health.on_record() {
                     info!("consuming again");
                     readiness.set_consume_failing(None);
@@ -569,8 +567,12 @@ where
             }
             Err(error) => {
                 metrics.kafka_error("consume");
-                let delay = backoff.next_delay();
-                warn!(%error, retry_in = ?delay, "kafka consume error");
+                // No pause here: librdkafka paces its own errors, and it queues them ahead of
+                // the rebalance that follows an outage. A sleep per error fell behind a
+                // burst of "all brokers down" and held the rejoin back for minutes.
+                if let Some(suppressed) = consume_health.should_log(Instant::now()) {
+                    warn!(%error, suppressed, "kafka consume error");
+                }
                 // Said once by librdkafka, then the stage waits without another word.
                 if matches!(
                     error.rdkafka_error_code(),
@@ -593,10 +595,7 @@ where
                     readiness.set_consume_failing(Some(reason));
                     consume_failing_metric(&metrics).set(1);
                 }
-                tokio::select! {
-                    _ = shutdown.wait() => break,
-                    _ = tokio::time::sleep(delay) => continue,
-                }
+                continue;
             }
         }
         // Whatever librdkafka already has joins the chunk.
@@ -613,7 +612,9 @@ where
                 }
                 Some(Err(error)) => {
                     metrics.kafka_error("consume");
-                    warn!(%error, "kafka consume error");
+                    if let Some(suppressed) = consume_health.should_log(Instant::now()) {
+                        warn!(%error, suppressed, "kafka consume error");
+                    }
                     drained = true;
                     break;
                 }
@@ -730,13 +731,32 @@ async fn seek<R: Send + Sync + 'static>(
 /// read (a batch it cannot decompress, say) returns the same error without advancing.
 const CONSUME_ERRORS_UNREADY: u32 = 5;
 
-/// Counts consume errors in a row.
+/// At most one consume error is logged per this interval; the rest are counted.
+const CONSUME_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Counts consume errors in a row, and paces their log lines.
 #[derive(Debug, Default)]
 struct ConsumeHealth {
     errors_in_a_row: u32,
+    last_logged: Option<Instant>,
+    suppressed: u64,
 }
 
 impl ConsumeHealth {
+    /// Whether to log this error, with how many were left unlogged since the last line.
+    fn should_log(&mut self, now: Instant) -> Option<u64> {
+        match self.last_logged {
+            Some(at) if now.duration_since(at) < CONSUME_ERROR_LOG_INTERVAL => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last_logged = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+
     /// The reason to go unready, once, when errors in a row reach the limit.
     fn on_error(&mut self, error: &KafkaError) -> Option<String> {
         self.errors_in_a_row = self.errors_in_a_row.saturating_add(1);
@@ -2426,6 +2446,19 @@ mod tests {
         assert!(!health.on_record());
         health.on_error(&error);
         assert!(!health.on_record(), "one error is not a run");
+    }
+
+    #[test]
+    fn consume_errors_are_logged_once_per_interval_with_the_count_left_out() {
+        let mut health = ConsumeHealth::default();
+        let start = Instant::now();
+        assert_eq!(health.should_log(start), Some(0));
+        assert_eq!(health.should_log(start + Duration::from_secs(1)), None);
+        assert_eq!(health.should_log(start + Duration::from_secs(2)), None);
+        assert_eq!(
+            health.should_log(start + CONSUME_ERROR_LOG_INTERVAL + Duration::from_secs(1)),
+            Some(2)
+        );
     }
 
     #[test]
