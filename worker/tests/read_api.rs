@@ -437,12 +437,13 @@ async fn the_event_stream_names_the_keys_of_each_batch() {
 
 /// Stats, validation counters and totals, dead letters per reason: what real processors
 /// and a receiver wrote, as the API serves it.
+/// Real stats and validate processors beside a receiver of each storage type (the
+/// encodings alternating): the API serves what they wrote, whatever the data keys hold.
 #[tokio::test(flavor = "multi_thread")]
 async fn stats_validation_and_dead_letters_are_served() {
     let stack = stack();
     let topic = unique("api-stats");
     create_topic(&stack, &topic, 1).await;
-    let prefix = unique("t");
     let support = process_support::stack();
     let producer = process_support::producer(&support);
     let mut records = Vec::new();
@@ -456,19 +457,28 @@ async fn stats_validation_and_dead_letters_are_served() {
     }
     records.push(("src-0".to_owned(), b"not json".to_vec()));
     let last = process_support::produce(&producer, &topic, &records).await;
+    for (kind, encoding) in [
+        ("list", "bytes"),
+        ("stream", "json"),
+        ("hash", "bytes"),
+        ("zset", "json"),
+    ] {
+        stats_served_for(&stack, &support, &topic, &last, kind, encoding).await;
+    }
+}
+
+/// One Pipeline of the test above: its own prefix, so its counters are its own.
+async fn stats_served_for(
+    stack: &Stack,
+    support: &process_support::Stack,
+    topic: &str,
+    last: &BTreeMap<i32, i64>,
+    kind: &str,
+    encoding: &str,
+) {
+    let prefix = unique("t");
     // The receiver shares the processors' prefix, as one Pipeline's stages do.
-    let mut receiver = Receiver::new(
-        &stack,
-        ReceiverSpec {
-            topic: &topic,
-            redis_url: &stack.redis,
-            format: "json",
-            storage: "list",
-            depth: DEPTH,
-            max_records: 500,
-            extra: "",
-        },
-    );
+    let mut receiver = receiver(stack, topic, kind, encoding, "json");
     let config = std::fs::read_to_string(&receiver.config)
         .unwrap()
         .replace(&receiver.prefix, &prefix);
@@ -477,26 +487,26 @@ async fn stats_validation_and_dead_letters_are_served() {
     let stats_stage = "    name: rolling\n    kind: {stats: {window: 5}}";
     let validate_stage = "    name: checks\n    kind:\n      validate:\n        rules:\n          - {name: in-range, expression: \"values[0] IN RANGE 0 100\"}";
     let mut stats = process_support::Worker::start(&process_support::processor_config(
-        &support,
-        &topic,
+        support,
+        topic,
         &unique("g"),
         &prefix,
         stats_stage,
     ));
     let mut validate = process_support::Worker::start(&process_support::processor_config(
-        &support,
-        &topic,
+        support,
+        topic,
         &unique("g"),
         &prefix,
         validate_stage,
     ));
     let worker = receiver.start();
     let _reap = Reap(worker.child.id());
-    receiver.wait_applied(&last, Duration::from_secs(60));
-    let mut redis = process_support::redis(&support).await;
+    receiver.wait_applied(last, Duration::from_secs(60));
+    let mut redis = process_support::redis(support).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     for stage in ["rolling", "checks"] {
-        while !process_support::all_applied(&mut redis, &prefix, stage, &topic, &last).await {
+        while !process_support::all_applied(&mut redis, &prefix, stage, topic, last).await {
             stats.assert_running();
             validate.assert_running();
             assert!(Instant::now() < deadline, "{stage} did not apply the topic");
@@ -518,28 +528,28 @@ async fn stats_validation_and_dead_letters_are_served() {
     assert_eq!(
         figures["count"].as_i64(),
         hash["count"].parse().ok(),
-        "{body}"
+        "{kind}/{encoding}: {body}"
     );
     assert_eq!(
         figures["mean"].as_f64(),
         hash["mean"].parse().ok(),
-        "{body}"
+        "{kind}/{encoding}: {body}"
     );
     assert_eq!(
         figures["last"].as_f64(),
         hash["last"].parse().ok(),
-        "{body}"
+        "{kind}/{encoding}: {body}"
     );
     // src-1 got i = 1, 5, 9, …, 37: i = 9, 19, 29, 39 carry 500 (invalid) where i % 10 == 9.
     let expected_invalid = (0..40).filter(|i| i % 4 == 1 && i % 10 == 9).count() as i64;
     assert_eq!(
         body["validation"]["checks"]["invalid"], expected_invalid,
-        "{body}"
+        "{kind}/{encoding}: {body}"
     );
     assert_eq!(
         body["validation"]["checks"]["valid"],
         10 - expected_invalid,
-        "{body}"
+        "{kind}/{encoding}: {body}"
     );
     let (status, body) = serve.get("/v1/sources/none-such/stats");
     assert_eq!(
@@ -549,24 +559,33 @@ async fn stats_validation_and_dead_letters_are_served() {
     // Totals: the validate totals, and dead letters per stage and reason, counted in the
     // batch transactions.
     let totals = serve.ok("/v1/totals");
-    assert_eq!(totals["validation"]["checks"]["valid"], 36, "{totals}");
-    assert_eq!(totals["validation"]["checks"]["invalid"], 4, "{totals}");
-    assert_eq!(totals["validation"]["checks"]["undecodable"], 1, "{totals}");
+    assert_eq!(
+        totals["validation"]["checks"]["valid"], 36,
+        "{kind}/{encoding}: {totals}"
+    );
+    assert_eq!(
+        totals["validation"]["checks"]["invalid"], 4,
+        "{kind}/{encoding}: {totals}"
+    );
+    assert_eq!(
+        totals["validation"]["checks"]["undecodable"], 1,
+        "{kind}/{encoding}: {totals}"
+    );
     assert_eq!(
         totals["dead_letters"]["receiver"]["invalid_json"], 1,
-        "{totals}"
+        "{kind}/{encoding}: {totals}"
     );
     assert_eq!(
         totals["dead_letters"]["checks"]["rule:in-range"], 4,
-        "{totals}"
+        "{kind}/{encoding}: {totals}"
     );
     assert_eq!(
         totals["dead_letters"]["checks"]["invalid_json"], 1,
-        "{totals}"
+        "{kind}/{encoding}: {totals}"
     );
     assert_eq!(
         totals["dead_letters"]["rolling"]["invalid_json"], 1,
-        "{totals}"
+        "{kind}/{encoding}: {totals}"
     );
     assert!(worker.terminate().success());
     stats.stop();
