@@ -689,6 +689,45 @@ async fn conditions(
     Some(pipelines.get(name).await.ok()?.status?.conditions)
 }
 
+/// A chain test's surroundings: the operator watching its own namespace, a source topic,
+/// and a name for the middle stage's topic.
+struct ChainCase {
+    client: Client,
+    ns: TestNamespace,
+    _operator: OperatorProcess,
+    bootstrap: String,
+    source: String,
+    middle: String,
+    pipelines: Api<Pipeline>,
+}
+
+impl ChainCase {
+    async fn start(test: &str, partitions: i32) -> Self {
+        let (client, ns, operator) = setup(test).await;
+        let bootstrap = support::StackEnv::load().get("KAFKA_BOOTSTRAP").to_owned();
+        let source = format!("chain-src-{}", support::random_suffix());
+        let middle = format!("chain-mid-{}", support::random_suffix());
+        support::create_topic(&bootstrap, &source, partitions).await;
+        let pipelines = Api::namespaced(client.clone(), &ns.name);
+        Self {
+            client,
+            ns,
+            _operator: operator,
+            bootstrap,
+            source,
+            middle,
+            pipelines,
+        }
+    }
+}
+
+async fn gone(pipelines: &Api<Pipeline>, name: &str) {
+    eventually(WAIT, "the Pipeline gone", || async {
+        pipelines.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
 /// A chain of one validate stage writing `middle`, which the receiver reads.
 fn chain_pipeline(name: &str, source: &str, middle: &str, create: &str, extra: &str) -> Pipeline {
     let spec_extra = format!(
@@ -705,30 +744,33 @@ fn chain_pipeline(name: &str, source: &str, middle: &str, create: &str, extra: &
 
 #[tokio::test]
 async fn a_stage_whose_input_topic_is_missing_waits_and_says_so_until_it_exists() {
-    let (client, ns, _operator) = setup("input-missing").await;
-    let env = support::StackEnv::load();
-    let bootstrap = env.get("KAFKA_BOOTSTRAP").to_owned();
-    let source = format!("chain-src-{}", support::random_suffix());
-    let middle = format!("chain-mid-{}", support::random_suffix());
-    support::create_topic(&bootstrap, &source, 2).await;
-    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    let case = ChainCase::start("input-missing", 2).await;
+    let ChainCase {
+        client,
+        ns,
+        bootstrap,
+        source,
+        middle,
+        pipelines,
+        ..
+    } = &case;
     pipelines
         .create(
             &PostParams::default(),
-            &chain_pipeline("waits", &source, &middle, "", ""),
+            &chain_pipeline("waits", source, middle, "", ""),
         )
         .await
         .unwrap();
 
     let waiting = eventually(WAIT, "a condition naming the missing input", || async {
-        conditions(&pipelines, "waits")
+        conditions(pipelines, "waits")
             .await?
             .into_iter()
             .find(|c| c.reason == "InputTopicMissing")
     })
     .await;
     assert!(
-        waiting.message.contains("receiver") && waiting.message.contains(&middle),
+        waiting.message.contains("receiver") && waiting.message.contains(middle.as_str()),
         "{waiting:?}"
     );
     // The Deployments are there, waiting with the Pipeline.
@@ -738,12 +780,12 @@ async fn a_stage_whose_input_topic_is_missing_waits_and_says_so_until_it_exists(
         ["waits-check", "waits-receiver"]
     );
 
-    support::create_topic(&bootstrap, &middle, 2).await;
+    support::create_topic(bootstrap, middle, 2).await;
     eventually(
         Duration::from_secs(30),
         "the waiting reason cleared",
         || async {
-            let conditions = conditions(&pipelines, "waits").await?;
+            let conditions = conditions(pipelines, "waits").await?;
             conditions
                 .iter()
                 .all(|c| c.reason != "InputTopicMissing")
@@ -776,17 +818,18 @@ const CREATE: &str = "      create: {}\n";
 
 #[tokio::test]
 async fn an_output_topic_is_created_with_the_source_partitions_and_retained_by_default() {
-    let (client, ns, _operator) = setup("output-create").await;
-    let env = support::StackEnv::load();
-    let bootstrap = env.get("KAFKA_BOOTSTRAP").to_owned();
-    let source = format!("chain-src-{}", support::random_suffix());
-    let middle = format!("chain-mid-{}", support::random_suffix());
-    support::create_topic(&bootstrap, &source, 3).await;
-    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    let case = ChainCase::start("output-create", 3).await;
+    let ChainCase {
+        bootstrap,
+        source,
+        middle,
+        pipelines,
+        ..
+    } = &case;
     pipelines
         .create(
             &PostParams::default(),
-            &chain_pipeline("made", &source, &middle, CREATE, ""),
+            &chain_pipeline("made", source, middle, CREATE, ""),
         )
         .await
         .unwrap();
@@ -796,17 +839,17 @@ async fn an_output_topic_is_created_with_the_source_partitions_and_retained_by_d
         status.created_topics.first().cloned()
     })
     .await;
-    assert_eq!(created.topic, middle);
+    assert_eq!(&created.topic, middle);
     assert_eq!(created.stage, "check");
     assert_eq!(created.partitions, 3);
     assert_eq!(created.via, ferry_operator::crd::TopicCreator::AdminApi);
     assert_eq!(
-        kafka_partitions(&bootstrap, &middle),
+        kafka_partitions(bootstrap, middle),
         Some(3),
         "on the real Kafka"
     );
     // The receiver reads it: nothing waits.
-    let conditions = conditions(&pipelines, "made").await.unwrap();
+    let conditions = conditions(pipelines, "made").await.unwrap();
     assert!(
         conditions.iter().all(|c| c.reason != "InputTopicMissing"),
         "{conditions:?}"
@@ -826,41 +869,34 @@ async fn an_output_topic_is_created_with_the_source_partitions_and_retained_by_d
     })
     .await;
     assert_eq!(status.created_topics.len(), 1, "still listed as Ferry's");
-    assert_eq!(kafka_partitions(&bootstrap, &middle), Some(3), "retained");
+    assert_eq!(kafka_partitions(bootstrap, middle), Some(3), "retained");
 
     // So does the Pipeline's deletion.
     pipelines
         .delete("made", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(WAIT, "the Pipeline gone", || async {
-        pipelines
-            .get_opt("made")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    assert_eq!(kafka_partitions(&bootstrap, &middle), Some(3), "retained");
+    gone(pipelines, "made").await;
+    assert_eq!(kafka_partitions(bootstrap, middle), Some(3), "retained");
 }
 
 #[tokio::test]
 async fn with_deletion_policy_delete_the_created_topic_goes_with_the_pipeline() {
-    let (client, ns, _operator) = setup("output-delete").await;
-    let env = support::StackEnv::load();
-    let bootstrap = env.get("KAFKA_BOOTSTRAP").to_owned();
-    let source = format!("chain-src-{}", support::random_suffix());
-    let middle = format!("chain-mid-{}", support::random_suffix());
-    support::create_topic(&bootstrap, &source, 2).await;
-    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
+    let case = ChainCase::start("output-delete", 2).await;
+    let ChainCase {
+        bootstrap,
+        source,
+        middle,
+        pipelines,
+        ..
+    } = &case;
     pipelines
         .create(
             &PostParams::default(),
             &chain_pipeline(
                 "doomed",
-                &source,
-                &middle,
+                source,
+                middle,
                 CREATE,
                 "  deletionPolicy: delete\n",
             ),
@@ -872,7 +908,7 @@ async fn with_deletion_policy_delete_the_created_topic_goes_with_the_pipeline() 
         (!status.created_topics.is_empty()).then_some(())
     })
     .await;
-    assert_eq!(kafka_partitions(&bootstrap, &middle), Some(2));
+    assert_eq!(kafka_partitions(bootstrap, middle), Some(2));
     let pipeline = pipelines.get("doomed").await.unwrap();
     assert!(
         pipeline
@@ -887,27 +923,15 @@ async fn with_deletion_policy_delete_the_created_topic_goes_with_the_pipeline() 
         .delete("doomed", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(WAIT, "the Pipeline gone", || async {
-        pipelines
-            .get_opt("doomed")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    gone(pipelines, "doomed").await;
     eventually(
         Duration::from_secs(30),
         "the topic deleted from Kafka",
-        || async {
-            kafka_partitions(&bootstrap, &middle)
-                .is_none()
-                .then_some(())
-        },
+        || async { kafka_partitions(bootstrap, middle).is_none().then_some(()) },
     )
     .await;
     assert_eq!(
-        kafka_partitions(&bootstrap, &source),
+        kafka_partitions(bootstrap, source),
         Some(2),
         "the source is the user's"
     );
@@ -919,12 +943,16 @@ async fn with_deletion_policy_delete_the_created_topic_goes_with_the_pipeline() 
 #[tokio::test]
 async fn with_strimzi_an_output_topic_is_a_kafka_topic_sized_like_the_source() {
     support::install_strimzi_crds();
-    let (client, ns, _operator) = setup("strimzi-output").await;
-    let env = support::StackEnv::load();
-    let bootstrap = env.get("KAFKA_BOOTSTRAP").to_owned();
-    let source = format!("chain-src-{}", support::random_suffix());
-    let middle = format!("chain-mid-{}", support::random_suffix());
-    support::create_topic(&bootstrap, &source, 3).await;
+    let case = ChainCase::start("strimzi-output", 3).await;
+    let ChainCase {
+        client,
+        ns,
+        bootstrap,
+        source,
+        middle,
+        pipelines,
+        ..
+    } = &case;
     let kafka_api: Api<kube::api::DynamicObject> = Api::namespaced_with(
         client.clone(),
         &ns.name,
@@ -950,8 +978,8 @@ async fn with_strimzi_an_output_topic_is_a_kafka_topic_sized_like_the_source() {
 
     let mut pipeline = chain_pipeline(
         "viakt",
-        &source,
-        &middle,
+        source,
+        middle,
         CREATE,
         "  deletionPolicy: delete\n",
     );
@@ -959,7 +987,6 @@ async fn with_strimzi_an_output_topic_is_a_kafka_topic_sized_like_the_source() {
     pipeline.spec.kafka.strimzi = Some(
         serde_json::from_value(json!({"cluster": "my-cluster", "listener": "plain"})).unwrap(),
     );
-    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns.name);
     pipelines
         .create(&PostParams::default(), &pipeline)
         .await
@@ -991,10 +1018,10 @@ async fn with_strimzi_an_output_topic_is_a_kafka_topic_sized_like_the_source() {
     );
     // Strimzi has not made the topic: the receiver waits for it, and says so.
     eventually(WAIT, "the receiver waiting for its input", || async {
-        conditions(&pipelines, "viakt")
+        conditions(pipelines, "viakt")
             .await?
             .into_iter()
-            .find(|c| c.reason == "InputTopicMissing" && c.message.contains(&middle))
+            .find(|c| c.reason == "InputTopicMissing" && c.message.contains(middle.as_str()))
     })
     .await;
 

@@ -1,22 +1,18 @@
 //! `spec.api`: the read API's objects as built, and who may ask for them.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::PodSpec;
 
 use super::build::{self, ApiChildren, LABEL_STAGE};
 use super::dereference::{Bootstrap, Dereferenced};
+use super::fixture_tests::{SAMPLE, deployment, pod_spec as pod, with_metadata};
 use super::validate::{OperatorDefaults, ValidateError, ValidatedPipeline, validate};
 use crate::crd::Pipeline;
 use crate::scaling::DesiredReplicas;
 
-const SAMPLE: &str = include_str!("../../../examples/pipeline.yaml");
-
 fn sample_with_api(api: &str) -> Pipeline {
     let yaml = SAMPLE.replacen("spec:\n", &format!("spec:\n  api: {api}\n"), 1);
-    let mut pipeline: Pipeline = serde_yaml::from_str(&yaml).unwrap();
+    let mut pipeline = with_metadata(&yaml);
     pipeline.metadata.namespace = Some("team".to_owned());
-    pipeline.metadata.uid = Some("11111111-2222-4333-8444-555555555555".to_owned());
-    pipeline.metadata.generation = Some(1);
     pipeline
 }
 
@@ -36,27 +32,11 @@ fn validated(pipeline: &Pipeline, read_api: bool) -> Result<ValidatedPipeline, V
 fn api_children(api: &str) -> (ApiChildren, Deployment) {
     let pipeline = validated(&sample_with_api(api), true).unwrap();
     let children = build::build(&pipeline, &DesiredReplicas::default()).unwrap();
-    let receiver = children
-        .deployments
-        .iter()
-        .find(|d| d.metadata.name.as_deref() == Some("sensors-receiver"))
-        .unwrap()
-        .clone();
+    let receiver = deployment(&children, "sensors-receiver").clone();
     (
         children.api.expect("spec.api.enabled builds the API"),
         receiver,
     )
-}
-
-fn pod(deployment: &Deployment) -> &PodSpec {
-    deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
 }
 
 #[test]

@@ -17,10 +17,10 @@ use super::validate::{
 use crate::crd::Pipeline;
 use crate::scaling::DesiredReplicas;
 
-const SAMPLE: &str = include_str!("../../../examples/pipeline.yaml");
+pub(super) const SAMPLE: &str = include_str!("../../../examples/pipeline.yaml");
 const FULL: &str = include_str!("../../tests/fixtures/full.yaml");
 
-fn with_metadata(yaml: &str) -> Pipeline {
+pub(super) fn with_metadata(yaml: &str) -> Pipeline {
     let mut pipeline: Pipeline = serde_yaml::from_str(yaml).unwrap();
     let meta = &mut pipeline.metadata;
     meta.namespace.get_or_insert_with(|| "default".to_owned());
@@ -58,7 +58,7 @@ fn built(yaml: &str) -> (ValidatedPipeline, Children) {
     (validated, children)
 }
 
-fn deployment<'a>(children: &'a Children, name: &str) -> &'a Deployment {
+pub(super) fn deployment<'a>(children: &'a Children, name: &str) -> &'a Deployment {
     children
         .deployments
         .iter()
@@ -66,7 +66,7 @@ fn deployment<'a>(children: &'a Children, name: &str) -> &'a Deployment {
         .unwrap_or_else(|| panic!("no Deployment {name}"))
 }
 
-fn pod_spec(deployment: &Deployment) -> &PodSpec {
+pub(super) fn pod_spec(deployment: &Deployment) -> &PodSpec {
     deployment
         .spec
         .as_ref()

@@ -861,17 +861,8 @@ async fn source_stats(
         .query_async(&mut api.conn())
         .await
         .map_err(ApiError::redis("stats", &key))?;
-    let mut replies: Vec<redis::Value> = replies.into_iter().rev().collect();
-    let bad = |err: redis::ParsingError| ApiError::Redis {
-        operation: "stats",
-        source: err.into(),
-    };
-    let exists: i64 = replies
-        .pop()
-        .map(redis::from_redis_value)
-        .transpose()
-        .map_err(bad)?
-        .unwrap_or(0);
+    let mut replies = replies.into_iter();
+    let exists: i64 = next_reply(&mut replies)?;
     let mut body = SourceStats {
         source: &id,
         stats: std::collections::BTreeMap::new(),
@@ -879,22 +870,12 @@ async fn source_stats(
     };
     let mut any = exists > 0;
     for (name, _) in &api.stats {
-        let fields: HashMap<String, String> = replies
-            .pop()
-            .map(redis::from_redis_value)
-            .transpose()
-            .map_err(bad)?
-            .unwrap_or_default();
+        let fields: HashMap<String, String> = next_reply(&mut replies)?;
         any |= !fields.is_empty();
         body.stats.insert(name, stats_figures(&fields));
     }
     for (name, _) in &api.validate {
-        let fields: HashMap<String, i64> = replies
-            .pop()
-            .map(redis::from_redis_value)
-            .transpose()
-            .map_err(bad)?
-            .unwrap_or_default();
+        let fields: HashMap<String, i64> = next_reply(&mut replies)?;
         any |= !fields.is_empty();
         body.validation
             .insert(name, (!fields.is_empty()).then_some(fields));
@@ -903,6 +884,21 @@ async fn source_stats(
         return Err(ApiError::UnknownSource { id });
     }
     Ok(json(StatusCode::OK, &body))
+}
+
+/// The next reply of a stats pipeline, parsed; a missing one reads as empty.
+fn next_reply<T: redis::FromRedisValue + Default>(
+    replies: &mut impl Iterator<Item = redis::Value>,
+) -> Result<T, ApiError> {
+    replies
+        .next()
+        .map(redis::from_redis_value)
+        .transpose()
+        .map(Option::unwrap_or_default)
+        .map_err(|err| ApiError::Redis {
+            operation: "stats",
+            source: err.into(),
+        })
 }
 
 #[derive(Serialize)]
