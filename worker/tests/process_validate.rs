@@ -397,7 +397,9 @@ async fn counters_and_windows_stay_exact_when_a_processor_joins_and_leaves_mid_s
         let input = input.clone();
         async move {
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            produce_paced(&stack, &input, &keys, 24_000, 1_000.0).await
+            // Fast enough that records are still coming when each rebalance lands, so the
+            // revoke meets a batch being grown (adaptive batching flushes at once otherwise).
+            produce_paced(&stack, &input, &keys, 240_000, 15_000.0).await
         }
     });
     let mut first = [Worker::start(&validate), Worker::start(&stats)];
@@ -440,6 +442,23 @@ async fn counters_and_windows_stay_exact_when_a_processor_joins_and_leaves_mid_s
         &source,
     );
     eprintln!("{counters}\n{windows}");
+    // The fault this test is for: a revoke while the first processors held a batch. Without
+    // one the exact counters prove nothing about cutting a batch at a rebalance.
+    let cut: usize = first
+        .iter()
+        .map(|worker| {
+            std::fs::read_to_string(&worker.log)
+                .unwrap_or_default()
+                .matches("revoked inside a batch")
+                .count()
+        })
+        .sum();
+    eprintln!("revokes that met a batch being grown: {cut}");
+    assert!(
+        cut > 0,
+        "no rebalance landed inside a batch; logs {:?}",
+        first[0].log
+    );
     counters.assert_exact(&first[0].log);
     windows.assert_exact(&first[1].log);
     for worker in first {

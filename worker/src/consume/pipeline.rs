@@ -1079,6 +1079,14 @@ impl<K: StageKind> Writer<K> {
                     deadline,
                     done,
                 }) => {
+                    if !self.batch.is_empty() {
+                        // The rebalance tests look for this: the case they are about.
+                        info!(
+                            records = self.batch.taken,
+                            ?partitions,
+                            "revoked inside a batch: committing it before the partitions go"
+                        );
+                    }
                     self.flush(Some(deadline)).await;
                     self.revoke(&partitions);
                     let _ = done.send(());
