@@ -158,8 +158,10 @@ pub fn storage_commands(layout: &StorageLayout, records: &[&StoredRecord]) -> St
         key.extend_from_slice(first.source());
         match layout.kind {
             StorageKind::List => {
-                let mut push = redis::cmd("LPUSH");
-                push.arg(&key);
+                // Sized up front: grown one value at a time it reallocated per record.
+                let data = newest.iter().map(|(_, r)| r.value().len()).sum::<usize>();
+                let mut push = redis::Cmd::with_capacity(newest.len() + 2, data + key.len() + 5);
+                push.arg("LPUSH").arg(&key);
                 for (_, record) in newest {
                     push.arg(record.value());
                 }
