@@ -595,6 +595,14 @@ where
                     readiness.set_consume_failing(Some(reason));
                     consume_failing_metric(&metrics).set(1);
                 }
+                // Only a client that fails every poll at once (a fatal error) gets here this
+                // often: a short breath, not a busy loop.
+                if consume_health.errors_in_a_row % CONSUME_ERRORS_PER_PAUSE == 0 {
+                    tokio::select! {
+                        _ = shutdown.wait() => break,
+                        _ = tokio::time::sleep(CONSUME_ERROR_PAUSE) => {}
+                    }
+                }
                 continue;
             }
         }
@@ -730,6 +738,12 @@ async fn seek<R: Send + Sync + 'static>(
 /// How many consume errors in a row make the stage unready: a partition librdkafka cannot
 /// read (a batch it cannot decompress, say) returns the same error without advancing.
 const CONSUME_ERRORS_UNREADY: u32 = 5;
+
+/// After this many consume errors in a row the consumer pauses for [`CONSUME_ERROR_PAUSE`]:
+/// far more than an outage's queued errors arrive at once, so those are read straight
+/// through, and a client that fails every poll does not spin.
+const CONSUME_ERRORS_PER_PAUSE: u32 = 1000;
+const CONSUME_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// At most one consume error is logged per this interval; the rest are counted.
 const CONSUME_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
