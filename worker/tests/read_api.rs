@@ -559,34 +559,20 @@ async fn stats_served_for(
     // Totals: the validate totals, and dead letters per stage and reason, counted in the
     // batch transactions.
     let totals = serve.ok("/v1/totals");
-    assert_eq!(
-        totals["validation"]["checks"]["valid"], 36,
-        "{kind}/{encoding}: {totals}"
-    );
-    assert_eq!(
-        totals["validation"]["checks"]["invalid"], 4,
-        "{kind}/{encoding}: {totals}"
-    );
-    assert_eq!(
-        totals["validation"]["checks"]["undecodable"], 1,
-        "{kind}/{encoding}: {totals}"
-    );
-    assert_eq!(
-        totals["dead_letters"]["receiver"]["invalid_json"], 1,
-        "{kind}/{encoding}: {totals}"
-    );
-    assert_eq!(
-        totals["dead_letters"]["checks"]["rule:in-range"], 4,
-        "{kind}/{encoding}: {totals}"
-    );
-    assert_eq!(
-        totals["dead_letters"]["checks"]["invalid_json"], 1,
-        "{kind}/{encoding}: {totals}"
-    );
-    assert_eq!(
-        totals["dead_letters"]["rolling"]["invalid_json"], 1,
-        "{kind}/{encoding}: {totals}"
-    );
+    for ([section, stage, field], expected) in [
+        (["validation", "checks", "valid"], 36),
+        (["validation", "checks", "invalid"], 4),
+        (["validation", "checks", "undecodable"], 1),
+        (["dead_letters", "receiver", "invalid_json"], 1),
+        (["dead_letters", "checks", "rule:in-range"], 4),
+        (["dead_letters", "checks", "invalid_json"], 1),
+        (["dead_letters", "rolling", "invalid_json"], 1),
+    ] {
+        assert_eq!(
+            totals[section][stage][field], expected,
+            "{kind}/{encoding} {section}.{stage}.{field}: {totals}"
+        );
+    }
     assert!(worker.terminate().success());
     stats.stop();
     validate.stop();
