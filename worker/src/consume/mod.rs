@@ -232,7 +232,7 @@ impl<T: Send + 'static> StageContext<T> {
         std::mem::replace(&mut *staged, Vec::with_capacity(capacity))
     }
 
-    /// Sends what is staged ahead of a rebalance event, keeping consumption order.
+    /// Sends what is staged ahead of a rebalance or seek event, keeping consumption order.
     async fn send_with_staged(
         events: mpsc::Sender<ConsumerEvent<T>>,
         staged: Vec<T>,

@@ -715,24 +715,11 @@ async fn seek<R: Send + Sync + 'static>(
     if !hold && let Err(error) = consumer.resume(&only) {
         warn!(%error, partition, "cannot resume the partition");
     }
-    let staged = consumer.context().take_staged();
-    if !staged.is_empty() {
-        // Not drained: the consumer reads on from the new position at once.
-        let items = ConsumerEvent::Items {
-            items: staged,
-            drained: false,
-        };
-        if events.send(items).await.is_err() {
-            return false;
-        }
-    }
-    events
-        .send(ConsumerEvent::Sought {
-            partition,
-            done: result.is_ok(),
-        })
-        .await
-        .is_ok()
+    let sought = ConsumerEvent::Sought {
+        partition,
+        done: result.is_ok(),
+    };
+    StageContext::send_with_staged(events.clone(), consumer.context().take_staged(), sought).await
 }
 
 /// How many consume errors in a row make the stage unready: a partition librdkafka cannot
