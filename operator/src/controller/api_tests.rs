@@ -4,7 +4,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 
 use super::build::{self, ApiChildren, LABEL_STAGE};
 use super::dereference::{Bootstrap, Dereferenced};
-use super::fixture_tests::{SAMPLE, deployment, pod_spec as pod, with_metadata};
+use super::fixture_tests::{SAMPLE, deployment, pod_spec as pod, pod_template_meta, with_metadata};
 use super::validate::{OperatorDefaults, ValidateError, ValidatedPipeline, validate};
 use crate::crd::Pipeline;
 use crate::scaling::DesiredReplicas;
@@ -108,18 +108,7 @@ fn the_api_pod_is_the_receiver_pod_hardened_alike_running_serve() {
 fn the_service_selects_the_api_pods_and_no_stage_pods() {
     let (api, receiver) = api_children("{enabled: true}");
     let selector = api.service.spec.as_ref().unwrap().selector.clone().unwrap();
-    let labels = |d: &Deployment| {
-        d.spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .labels
-            .clone()
-            .unwrap()
-    };
+    let labels = |d: &Deployment| pod_template_meta(d).labels.clone().unwrap();
     let selects = |pod: &std::collections::BTreeMap<String, String>| {
         selector.iter().all(|(k, v)| pod.get(k) == Some(v))
     };

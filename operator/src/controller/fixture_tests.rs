@@ -8,6 +8,7 @@ use ferry_config::config::{
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::build::{self, ANNOTATION_CONFIG_HASH, Children};
 use super::dereference::{Bootstrap, Dereferenced};
@@ -64,6 +65,17 @@ pub(super) fn deployment<'a>(children: &'a Children, name: &str) -> &'a Deployme
         .iter()
         .find(|d| d.metadata.name.as_deref() == Some(name))
         .unwrap_or_else(|| panic!("no Deployment {name}"))
+}
+
+pub(super) fn pod_template_meta(deployment: &Deployment) -> &ObjectMeta {
+    deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
 }
 
 pub(super) fn pod_spec(deployment: &Deployment) -> &PodSpec {
@@ -554,14 +566,7 @@ fn an_image_outside_the_allow_list_is_refused() {
 #[test]
 fn a_config_change_changes_only_that_stages_pod_template_hash() {
     let hash = |children: &Children, name: &str| {
-        deployment(children, name)
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
+        pod_template_meta(deployment(children, name))
             .annotations
             .as_ref()
             .unwrap()[ANNOTATION_CONFIG_HASH]
