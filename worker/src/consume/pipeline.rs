@@ -42,7 +42,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -539,6 +539,9 @@ where
     let mut writer_task = tokio::spawn(writer.run(events_rx));
 
     let mut consume_health = ConsumeHealth::default();
+    // One stream for the stage's life: `recv` takes and frees a waker slot, two mutex
+    // rounds, per record.
+    let mut messages = consumer.stream();
     loop {
         let received = tokio::select! {
             biased;
@@ -549,7 +552,10 @@ where
                 }
                 continue;
             }
-            received = consumer.recv() => received,
+            received = messages.next() => match received {
+                Some(received) => received,
+                None => break,
+            },
         };
         let now_ms = if decoder.needs_clock() { now_ms() } else { 0 };
         let mut chunk_bytes;
@@ -610,7 +616,7 @@ where
         let mut chunk_len = 1;
         let mut drained = false;
         while chunk_len < chunk_limit && chunk_bytes < chunk_max_bytes {
-            match consumer.recv().now_or_never() {
+            match messages.next().now_or_never().flatten() {
                 Some(Ok(message)) => {
                     chunk_bytes += message_bytes(&message);
                     consumer
@@ -650,6 +656,7 @@ where
         }
     }
 
+    drop(messages);
     info!("stopping: draining in-flight records");
     let deadline = shutdown.deadline(options.shutdown_timeout);
     let (done, drained) = oneshot::channel();
