@@ -199,6 +199,14 @@ def proc_hwm_mib(pid: int) -> float:
     return float("nan")
 
 
+def machine_busy_s() -> tuple[float, float]:
+    """CPU seconds busy and in total over all cores since boot (/proc/stat; idle and
+    iowait count as not busy)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+    return (total - fields[3] - fields[4]) / CLK_TCK, total / CLK_TCK
+
+
 def daemon_pid(name: str) -> int | None:
     try:
         return int((STACK_DIR / "pids" / f"{name}.pid").read_text().split()[0])
@@ -521,6 +529,9 @@ def run_latency(name: str, offered: float, workdir: Path) -> dict:
                  "--from-ms", f"{from_ms:.0f}", "--duration-s", str(LATENCY_S), "--keys", str(sample_keys),
                  "--key-space", str(KEYS)], stdout=subprocess.PIPE, stderr=err)
             cpu0 = proc_cpu_s(proc.pid)
+            daemons = {d: daemon_pid(d) for d in ("kafka", "redis")}
+            daemons_cpu0 = {d: proc_cpu_s(pid) for d, pid in daemons.items() if pid}
+            busy0, total0 = machine_busy_s()
             sim_started = time.monotonic()
             sim = subprocess.Popen(
                 [str(TARGET / "ferry-worker"), "--log-format", "json", "simulate",
@@ -529,12 +540,31 @@ def run_latency(name: str, offered: float, workdir: Path) -> dict:
                  "--duration", f"{int(total_s)}s", "--progress-interval", "10s",
                  *[a for x in SIM_X for a in ("-X", x)]],
                 stdout=err, stderr=err)
-            sim.wait(timeout=total_s + 120)
+            # wait4, not wait: the simulator's own CPU comes with its exit status.
+            sim_deadline = time.monotonic() + total_s + 120
+            while True:
+                pid, status, usage = os.wait4(sim.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > sim_deadline:
+                    sim.kill()
+                time.sleep(0.01)
+            sim.returncode = os.waitstatus_to_exitcode(status)
             sim_s = time.monotonic() - sim_started
+            busy1, total1 = machine_busy_s()
+            # What kept the machine's cores busy while the simulator ran: all of it, and
+            # each process of the point (cores = CPU seconds / wall seconds).
+            data_cores = {
+                "machine_busy": (busy1 - busy0) / max(total1 - total0, 1e-9),
+                "contender": (proc_cpu_s(proc.pid) - cpu0) / sim_s,
+                "simulator": (usage.ru_utime + usage.ru_stime) / sim_s,
+                **{d: (proc_cpu_s(daemons[d]) - c0) / sim_s for d, c0 in daemons_cpu0.items()},
+            }
             out, _ = probe.communicate(timeout=120)
             if probe.returncode != 0:
                 raise RuntimeError(f"bench-latency failed; see {workdir}/latency-{name}-{offered:.0f}.log")
             data = json.loads(out)
+            data["cores"] = data_cores
             data["offered"] = offered
             data["cpu_s"] = proc_cpu_s(proc.pid) - cpu0
             data["rss_mib"] = proc_hwm_mib(proc.pid)
@@ -738,6 +768,15 @@ def at_load(points: list[dict], offered: float) -> dict | None:
     return next((d for d in points if abs(d["offered"] - offered) < 1), None)
 
 
+def cores_cells(point: dict) -> str:
+    """A latency point's machine busy share and the cores each process used."""
+    cores = point.get("cores")
+    if not cores:
+        return "– | –"
+    each = " / ".join(f"{cores[k]:.2f}" if k in cores else "–" for k in ("contender", "simulator", "kafka", "redis"))
+    return f"{cores['machine_busy']:.0%} | {each}"
+
+
 def write_report(summary, latency, results, notes, evidence, started_at, text_bytes) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     s = summary
@@ -795,15 +834,17 @@ def write_report(summary, latency, results, notes, evidence, started_at, text_by
                   "![latency](latency.svg)", "",
                   "Produce → visible in Redis, per record of a sample of keys; the simulator paces the load "
                   f"({WARMUP_S:.0f} s warm-up, {LATENCY_S:.0f} s measured per point). "
-                  "CPU s / M: the contender's own CPU over the point, per million records sent.", "",
+                  "CPU s / M: the contender's own CPU over the point, per million records sent. "
+                  f"Machine busy: the share of all {os.cpu_count()} cores not idle while the simulator ran "
+                  "(/proc/stat); cores: each process's CPU seconds per second over the same time.", "",
                   "| contender | offered records/s | achieved | p50 ms | p99 ms | p99.9 ms | samples | "
-                  "CPU s / M | peak RSS MiB |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "CPU s / M | peak RSS MiB | machine busy | cores: contender / simulator / Kafka / Redis |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for name, points in latency.items():
             for d in points:
                 lines.append(f"| {LABELS[name]} | {fmt_rate(d['offered'])} | {fmt_rate(d['achieved'])} | "
                              f"{d['p50_ms']:.1f} | {d['p99_ms']:.1f} | {d['p999_ms']:.1f} | {d['samples']:,} | "
-                             f"{d['cpu_per_m']:.2f} | {d['rss_mib']:.0f} |")
+                             f"{d['cpu_per_m']:.2f} | {d['rss_mib']:.0f} | {cores_cells(d)} |")
         fl, bl = latency.get("ferry", []), latency.get("bare-pipe", [])
         checks = []
         if fl and "ferry" in s:
@@ -812,7 +853,8 @@ def write_report(summary, latency, results, notes, evidence, started_at, text_by
             if half and bare_half:
                 checks.append(f"at half Ferry's max ({fmt_rate(half['offered'])} records/s) Ferry's p99 is "
                               f"{half['p99_ms']:.1f} ms, {half['p99_ms'] / bare_half['p99_ms']:.2f}× the limit's "
-                              f"{bare_half['p99_ms']:.1f} ms")
+                              f"{bare_half['p99_ms']:.1f} ms"
+                              + (f" (cores {half['cores']['machine_busy']:.0%} busy)" if half.get("cores") else ""))
             low = at_load(fl, 1000)
             if low:
                 checks.append(f"at 1,000 records/s Ferry's p99 is {low['p99_ms']:.1f} ms "
