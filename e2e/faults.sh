@@ -28,6 +28,11 @@ echo "==> building the worker (simulator) and the test binaries"
 "$CARGO" build -q -p ferry-worker --bin ferry-worker
 "$CARGO" test -q -p ferry-worker --test faults --test position --no-run
 "$CARGO" test -q -p ferry-operator --test faults_e2e --test no_flapping --no-run
+# The operator's fault tests run worker pods: their image comes from this tree's release
+# build, imported again in case the stack's Kubernetes was started after the last import.
+echo "==> importing the worker image (ferry/worker:dev)"
+"$CARGO" build -q --release -p ferry-worker --bin ferry-worker
+bash "$REPO_ROOT/e2e/local/images.sh" worker "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/ferry-worker"
 
 failed=()
 run() { # name, env assignments..., -- cargo test args...
