@@ -23,6 +23,9 @@ Environment knobs (defaults in brackets):
                            simulator (e.g. linger.ms=10); BENCH_BARE_RDKAFKA the same for the
                            bare-pipe limit's consumer (e.g. fetch.wait.max.ms=10)
   BENCH_QUIET_WAIT_S [600] how long to wait for load average < 1.5 before starting
+  BENCH_IDLE_BUSY [0.3] BENCH_IDLE_WAIT_S [120]
+                           before each latency point, wait up to IDLE_WAIT_S for the cores to
+                           be less than IDLE_BUSY busy over 2 s
   BENCH_OUT [bench/results]
   BENCH_PERF               a file: `perf record` the Ferry receiver's runs into it (profiling)
   BENCH_BASELINE_BIN       a ferry-worker built from another commit: the contender
@@ -505,9 +508,30 @@ def run_tool(name: str, run: int, topic: str, text_bytes: int, workdir: Path) ->
     return res
 
 
+IDLE_BUSY = float(os.environ.get("BENCH_IDLE_BUSY", "0.3"))
+IDLE_WAIT_S = float(os.environ.get("BENCH_IDLE_WAIT_S", "120"))
+
+
+def wait_idle() -> tuple[float, float]:
+    """Waits (up to IDLE_WAIT_S) until the cores are less than IDLE_BUSY busy over 2 s: after
+    a heavy point the broker goes on deleting topics and collecting garbage for a while (1.3
+    cores at the next point once), which the next point would otherwise measure. Returns the
+    seconds waited and the last busy share."""
+    started = time.monotonic()
+    while True:
+        b0, t0 = machine_busy_s()
+        time.sleep(2)
+        b1, t1 = machine_busy_s()
+        busy = (b1 - b0) / max(t1 - t0, 1e-9)
+        waited = time.monotonic() - started
+        if busy < IDLE_BUSY or waited > IDLE_WAIT_S:
+            return waited, busy
+
+
 def run_latency(name: str, offered: float, workdir: Path) -> dict:
     """Fixed offered load from the simulator (timestamps = now) on a fresh topic; the
     latency tool watches a sample of keys' lists through keyspace notifications."""
+    idle_s, idle_busy = wait_idle()
     topic = f"ferry-bench-lat-{name}-{int(time.time())}"
     create_topic(topic)
     Redis().call("FLUSHDB")
@@ -517,6 +541,7 @@ def run_latency(name: str, offered: float, workdir: Path) -> dict:
     total_s = WARMUP_S + LATENCY_S + 2
     # About 200 samples a second whatever the load: more keys watched at low loads.
     sample_keys = int(min(KEYS, max(20, 200_000 / offered)))
+    log(f"machine {idle_busy:.0%} busy after waiting {idle_s:.0f} s for it to settle")
     log(f"latency {name}: {offered:,.0f} records/s offered ({per_source:.2f}/s per source) for "
         f"{total_s:.0f} s, {sample_keys} keys watched")
     with open(workdir / f"latency-{name}-{offered:.0f}.log", "wb") as err:
@@ -565,6 +590,7 @@ def run_latency(name: str, offered: float, workdir: Path) -> dict:
                 raise RuntimeError(f"bench-latency failed; see {workdir}/latency-{name}-{offered:.0f}.log")
             data = json.loads(out)
             data["cores"] = data_cores
+            data["idle_wait"] = {"seconds": idle_s, "busy_at_start": idle_busy}
             data["offered"] = offered
             data["cpu_s"] = proc_cpu_s(proc.pid) - cpu0
             data["rss_mib"] = proc_hwm_mib(proc.pid)
@@ -835,6 +861,8 @@ def write_report(summary, latency, results, notes, evidence, started_at, text_by
                   "Produce → visible in Redis, per record of a sample of keys; the simulator paces the load "
                   f"({WARMUP_S:.0f} s warm-up, {LATENCY_S:.0f} s measured per point). "
                   "CPU s / M: the contender's own CPU over the point, per million records sent. "
+                  f"Before each point the run waits (up to {IDLE_WAIT_S:.0f} s) for the cores to be less than "
+                  f"{IDLE_BUSY:.0%} busy over 2 s. "
                   f"Machine busy: the share of all {os.cpu_count()} cores not idle while the simulator ran "
                   "(/proc/stat); cores: each process's CPU seconds per second over the same time.", "",
                   "| contender | offered records/s | achieved | p50 ms | p99 ms | p99.9 ms | samples | "
