@@ -228,6 +228,19 @@ def stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
         proc.wait()
 
 
+def wait_with_rusage(proc: subprocess.Popen, deadline: float):
+    """Reaps proc (killed past `deadline`) with wait4, which gives its own rusage (CPU of all
+    its threads, peak RSS); sets its returncode."""
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage
+        if time.monotonic() > deadline:
+            proc.kill()
+        time.sleep(0.01)
+
+
 def run_to_exit(cmd: list[str], log_path: Path, timeout: float = 900, env=None) -> tuple[str, float, float, float]:
     """Runs cmd, returns (stdout, wall seconds, child CPU seconds, child peak RSS MiB)."""
     with open(log_path, "ab") as err:
@@ -235,17 +248,9 @@ def run_to_exit(cmd: list[str], log_path: Path, timeout: float = 900, env=None) 
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env)
         deadline = started + timeout
         out = b""
-        # wait4 gives this child's own rusage (CPU of all its threads, peak RSS).
         assert proc.stdout is not None
         out = proc.stdout.read()
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-            time.sleep(0.01)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        usage = wait_with_rusage(proc, deadline)
         wall = time.monotonic() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} exited {proc.returncode}; see {log_path}")
@@ -566,15 +571,7 @@ def run_latency(name: str, offered: float, workdir: Path) -> dict:
                  *[a for x in SIM_X for a in ("-X", x)]],
                 stdout=err, stderr=err)
             # wait4, not wait: the simulator's own CPU comes with its exit status.
-            sim_deadline = time.monotonic() + total_s + 120
-            while True:
-                pid, status, usage = os.wait4(sim.pid, os.WNOHANG)
-                if pid:
-                    break
-                if time.monotonic() > sim_deadline:
-                    sim.kill()
-                time.sleep(0.01)
-            sim.returncode = os.waitstatus_to_exitcode(status)
+            usage = wait_with_rusage(sim, time.monotonic() + total_s + 120)
             sim_s = time.monotonic() - sim_started
             busy1, total1 = machine_busy_s()
             # What kept the machine's cores busy while the simulator ran: all of it, and
