@@ -131,17 +131,7 @@ async fn a_spec_change_updates_the_children() {
     .await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let hash_of = |d: &Deployment| {
-        d.spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .annotations
-            .as_ref()
-            .unwrap()["ferry.dev/config-hash"]
-            .clone()
+        support::pod_template_meta(d).annotations.as_ref().unwrap()["ferry.dev/config-hash"].clone()
     };
     // The ConfigMap is applied before the Deployments, so wait for the receiver too.
     let receiver = eventually(WAIT, "the receiver Deployment", || async {

@@ -954,14 +954,7 @@ mod safety {
         )
         .await;
         let deployment = deployments.get("steady-receiver").await.unwrap();
-        let template_labels: BTreeMap<String, String> = deployment
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
+        let template_labels: BTreeMap<String, String> = support::pod_template_meta(&deployment)
             .labels
             .clone()
             .unwrap_or_default();

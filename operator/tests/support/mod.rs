@@ -398,6 +398,20 @@ impl Drop for OperatorProcess {
 }
 
 /// The `ferry-worker` binary cargo built beside this test binary, wherever the target dir is.
+/// A Deployment's pod template metadata (the operator always sets it).
+pub fn pod_template_meta(
+    deployment: &k8s_openapi::api::apps::v1::Deployment,
+) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+}
+
 pub fn worker_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     // <target>/<profile>/deps/<test binary> -> <target>/<profile>/ferry-worker
