@@ -4,6 +4,9 @@ mod oracle;
 mod process_support;
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_worker::config::RecordFormat;
@@ -182,12 +185,27 @@ async fn produce_sequences(
     sequences: std::ops::Range<usize>,
     rate: f64,
 ) -> BTreeMap<i32, i64> {
+    produce_sequences_until(stack, topic, keys, sequences, rate, &AtomicBool::new(false)).await
+}
+
+/// [`produce_sequences`], ending early once `stop` is set.
+async fn produce_sequences_until(
+    stack: &Stack,
+    topic: &str,
+    keys: &[&str],
+    sequences: std::ops::Range<usize>,
+    rate: f64,
+    stop: &AtomicBool,
+) -> BTreeMap<i32, i64> {
     let (first, count) = (sequences.start, sequences.end);
     let producer = producer(stack);
     let base = 1_700_000_000_000;
     let started = Instant::now();
     let mut last = BTreeMap::new();
     for chunk_start in (first..count).step_by(100) {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         let due = Duration::from_secs_f64((chunk_start - first) as f64 / rate);
         if let Some(wait) = due.checked_sub(started.elapsed()) {
             tokio::time::sleep(wait).await;
@@ -389,23 +407,27 @@ async fn counters_and_windows_stay_exact_when_a_processor_joins_and_leaves_mid_s
       stats: {window: 50}
 "#,
     );
+    let stop_producing = Arc::new(AtomicBool::new(false));
     let producing = tokio::spawn({
         let stack = Stack {
             kafka: stack.kafka.clone(),
             redis_url: stack.redis_url.clone(),
         };
-        let input = input.clone();
+        let (input, stop) = (input.clone(), stop_producing.clone());
         async move {
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             // Fast enough that records are still coming when each rebalance lands, so the
-            // revoke meets a batch being grown (adaptive batching flushes at once otherwise).
-            produce_paced(&stack, &input, &keys, 240_000, 15_000.0).await
+            // revoke can meet a batch being grown (adaptive batching flushes at once
+            // otherwise); it goes on until the rounds below are done.
+            produce_sequences_until(&stack, &input, &keys, 0..1_000_000, 15_000.0, &stop).await
         }
     });
     let mut first = [Worker::start(&validate), Worker::start(&stats)];
-    // Twice a second processor joins, gets partitions, and leaves, while the first is
-    // inside a batch.
-    for round in 0..2 {
+    // A second processor joins, gets partitions, and leaves, while the first grows a batch.
+    // Whether a revoke meets a batch being grown is a race, so the rounds go on until one
+    // has (at least 2 rounds, at most 8): that is the fault this test is for.
+    let mut cut = 0;
+    for round in 0..8 {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut second = [Worker::start(&validate), Worker::start(&stats)];
         for worker in &mut second {
@@ -420,7 +442,15 @@ async fn counters_and_windows_stay_exact_when_a_processor_joins_and_leaves_mid_s
         for worker in second {
             worker.stop();
         }
+        cut = first
+            .iter()
+            .map(|worker| revokes_inside_a_batch(&worker.log))
+            .sum();
+        if round >= 1 && cut > 0 {
+            break;
+        }
     }
+    stop_producing.store(true, Ordering::Relaxed);
     let last = producing.await.unwrap();
     wait_all_applied(&mut first[0], &stack, &prefix, "check", &input, &last).await;
     wait_all_applied(&mut first[1], &stack, &prefix, "rolling", &input, &last).await;
@@ -442,21 +472,12 @@ async fn counters_and_windows_stay_exact_when_a_processor_joins_and_leaves_mid_s
         &source,
     );
     eprintln!("{counters}\n{windows}");
-    // The fault this test is for: a revoke while the first processors held a batch. Without
-    // one the exact counters prove nothing about cutting a batch at a rebalance.
-    let cut: usize = first
-        .iter()
-        .map(|worker| {
-            std::fs::read_to_string(&worker.log)
-                .unwrap_or_default()
-                .matches("revoked inside a batch")
-                .count()
-        })
-        .sum();
+    // Without a revoke inside a batch the exact counters prove nothing about cutting a batch
+    // at a rebalance.
     eprintln!("revokes that met a batch being grown: {cut}");
     assert!(
         cut > 0,
-        "no rebalance landed inside a batch; logs {:?}",
+        "no rebalance landed inside a batch in 8 rounds; logs {:?}",
         first[0].log
     );
     counters.assert_exact(&first[0].log);
@@ -464,6 +485,14 @@ async fn counters_and_windows_stay_exact_when_a_processor_joins_and_leaves_mid_s
     for worker in first {
         worker.stop();
     }
+}
+
+/// How often the worker logging to `log` was revoked while it held records in a batch.
+fn revokes_inside_a_batch(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("revoked inside a batch")
+        .count()
 }
 
 /// Polls the worker until `/readyz` answers 503 naming `readyz_names` and a
