@@ -29,9 +29,9 @@ Environment knobs (defaults in brackets):
   BENCH_OUT [bench/results]
   BENCH_PERF               a file: `perf record` the Ferry receiver's runs into it (profiling)
   BENCH_BASELINE_BIN       a ferry-worker built from another commit: the contender
-                           `ferry-baseline` runs it, interleaved with `ferry` in every run, for
-                           before/after comparisons of one change, e.g.
-                           BENCH_CONTENDERS=ferry,ferry-baseline,bare-consume BENCH_LATENCY_S=0
+                           `ferry-baseline` runs it, interleaved with `ferry` in every run and
+                           at every latency point, for before/after comparisons of one change,
+                           e.g. BENCH_CONTENDERS=ferry,ferry-baseline,bare-consume BENCH_LATENCY_S=0
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ ALL = [
 # Drain the topic into Redis lists (bare-pipe: the limit of that, see LABELS).
 PIPELINES = ["ferry", "ferry-baseline", "redpanda-connect-notrim", "redpanda-connect", "bare-pipe"]
 # The latency curve's contenders, in the chart's order.
-CURVE = ["ferry", "redpanda-connect-notrim", "redpanda-connect", "bare-pipe"]
+CURVE = ["ferry", "ferry-baseline", "redpanda-connect-notrim", "redpanda-connect", "bare-pipe"]
 # Its best of the settings tried (bench/README.md, "Tuning Redpanda Connect").
 RPC_COUNT = os.environ.get("BENCH_RPC_COUNT", "250")
 RPC_PERIOD = os.environ.get("BENCH_RPC_PERIOD", "1ms")

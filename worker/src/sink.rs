@@ -14,20 +14,29 @@
 //!
 //! # Exactly once
 //! Each partition has a checkpoint key ([`WorkerConfig::checkpoint_key`]) holding the last
-//! offset applied and the Kafka timestamp of the record there ([`Checkpoint`]). A batch is applied by [`RedisSink`] in two round trips on a connection no
-//! one else uses: `WATCH` + `GET` the checkpoints, drop records at or below them, then one
-//! `MULTI … EXEC` with the data, the new checkpoints and the `PUBLISH` of the batch event.
-//! If any checkpoint changed in between (another worker took the partition), `EXEC` aborts
-//! and the batch is re-filtered and retried. So whoever writes, whenever, each offset is
-//! applied once; a lost `EXEC` reply is harmless, since the retry finds its checkpoint.
+//! offset applied and the Kafka timestamp of the record there ([`Checkpoint`]). A batch is
+//! applied by [`RedisSink`] on a connection no one else uses: `WATCH` + `GET` the
+//! checkpoints, drop records at or below them, then one `MULTI … EXEC` with the data, the
+//! new checkpoints and the `PUBLISH` of the batch event. If any checkpoint changed in
+//! between (another worker took the partition), `EXEC` aborts and the batch is re-filtered
+//! and retried. So whoever writes, whenever, each offset is applied once; a lost `EXEC`
+//! reply is harmless, since the retry finds its checkpoint.
+//!
+//! The `WATCH` + `GET` of the next batch rides on the round trip of this one's `EXEC`
+//! ([`RedisSink::transaction`] with `watch_next`): the checkpoints are read right after
+//! `EXEC`, under a `WATCH` that stays set until the next `EXEC`, so the next batch filters
+//! by them and goes out in one round trip ([`RedisSink::take_standing`]). Only while
+//! nothing else ran on the connection: any other command on it, a failure or a reconnect
+//! drops the standing watch, and the next batch reads under a fresh `WATCH` first.
 //!
 //! Redis rolls nothing back: a command failing inside `EXEC` (`WRONGTYPE` on a key someone
 //! else wrote with another type) would leave the checkpoint applied and its record skipped
 //! for good. So the first round trip also `WATCH`es the keys the batch writes and checks
 //! their `TYPE` ([`RedisSink::watch_and_check`]); a mismatch stops the batch before `MULTI`
 //! (the stage goes unready, naming the key) and a type change after the check aborts `EXEC`.
-//! Checking under `WATCH` rather than in a script keeps the writes native commands and the
-//! round trips at two.
+//! Checking under `WATCH` rather than in a script keeps the writes native commands; a key
+//! met before is not checked again (`consume::pipeline`), so its batches keep to one round
+//! trip.
 //!
 //! [`WorkerConfig::checkpoint_key`]: crate::config::WorkerConfig::checkpoint_key
 
@@ -422,6 +431,16 @@ pub struct RedisSink {
     url: String,
     config: AsyncConnectionConfig,
     connection: Option<MultiplexedConnection>,
+    /// Checkpoints read under a `WATCH` that is still set: see [`Self::take_standing`].
+    standing: Option<StandingWatch>,
+}
+
+/// Checkpoint keys `WATCH`ed right after an `EXEC` and what `MGET` read of them then, on
+/// the connection that has sent nothing since.
+#[derive(Debug, Clone)]
+struct StandingWatch {
+    keys: Vec<String>,
+    checkpoints: Vec<Option<Checkpoint>>,
 }
 
 impl std::fmt::Debug for RedisSink {
@@ -445,6 +464,7 @@ impl RedisSink {
                 .set_connection_timeout(Some(Duration::from_secs(5)))
                 .set_response_timeout(Some(response_timeout)),
             connection: None,
+            standing: None,
         })
     }
 
@@ -470,6 +490,8 @@ impl RedisSink {
         operation: &'static str,
         pipeline: &Pipeline,
     ) -> Result<T, SinkError> {
+        // Whatever this sends may release or dirty the standing watch.
+        self.standing = None;
         let mut connection = self.connection().await?;
         match pipeline.query_async(&mut connection).await {
             Ok(value) => Ok(value),
@@ -629,23 +651,69 @@ impl RedisSink {
             .map(drop)
     }
 
-    /// Runs `commands` as one pipelined `MULTI … EXEC`.
+    /// The checkpoints of `keys`, in their order, if the last [`Self::transaction`] left
+    /// all of them watched and nothing has been sent since: they are what Redis held after
+    /// that `EXEC`, and any change to them since aborts the next `EXEC`, so a batch may
+    /// filter by them as by a fresh `WATCH` + `MGET`. Taken once; `None` otherwise.
+    pub fn take_standing(&mut self, keys: &[String]) -> Option<Vec<Option<Checkpoint>>> {
+        let standing = self.standing.take()?;
+        keys.iter()
+            .map(|key| {
+                let at = standing.keys.iter().position(|watched| watched == key)?;
+                Some(standing.checkpoints[at])
+            })
+            .collect()
+    }
+
+    /// Runs `commands` as one pipelined `MULTI … EXEC`; then, in the same round trip,
+    /// `WATCH`es `watch_next` and reads them, for [`Self::take_standing`]. An aborted
+    /// `EXEC` leaves them watched and read too, so its retry is one round trip as well.
     pub async fn transaction(
         &mut self,
         commands: Vec<Cmd>,
+        watch_next: &[String],
     ) -> Result<TransactionOutcome, SinkError> {
+        let operation = "transaction";
+        let queued = commands.len();
         let mut pipeline = redis::pipe();
-        pipeline.atomic().ignore_errors();
+        pipeline.ignore_errors();
+        pipeline.cmd("MULTI");
         for command in commands {
             pipeline.add_command(command);
         }
-        let replies: Option<Vec<Value>> = self.query("transaction", &pipeline).await?;
-        Ok(match replies {
-            None => TransactionOutcome::Aborted,
-            Some(replies) => TransactionOutcome::Committed {
-                failed_commands: replies
+        pipeline.cmd("EXEC");
+        if !watch_next.is_empty() {
+            pipeline.cmd("WATCH").arg(watch_next);
+            pipeline.cmd("MGET").arg(watch_next);
+        }
+        let mut replies: Vec<Value> = self.query(operation, &pipeline).await?;
+        let unexpected = |detail: String| SinkError::UnexpectedReply { operation, detail };
+        if replies.len() != queued + 2 + if watch_next.is_empty() { 0 } else { 2 } {
+            return Err(unexpected(format!(
+                "{} replies to {} commands",
+                replies.len(),
+                pipeline.len()
+            )));
+        }
+        let next = replies.split_off(queued + 2);
+        let exec = replies.pop();
+        // A command refused when queued (`NOPERM`) discards the transaction: report the
+        // refusal itself, as the rights probe names it.
+        if let Some(Value::ServerError(refused)) = replies
+            .iter()
+            .find(|reply| matches!(reply, Value::ServerError(_)))
+        {
+            return Err(SinkError::Command {
+                operation,
+                source: refused.clone().into(),
+            });
+        }
+        let outcome = match exec {
+            Some(Value::Nil) => TransactionOutcome::Aborted,
+            Some(Value::Array(results)) => TransactionOutcome::Committed {
+                failed_commands: results
                     .iter()
-                    .zip(pipeline.cmd_iter())
+                    .zip(pipeline.cmd_iter().skip(1))
                     .filter_map(|(reply, command)| match reply {
                         Value::ServerError(err) => {
                             Some(format!("{}: {err:?}", command_name(command)))
@@ -654,7 +722,25 @@ impl RedisSink {
                     })
                     .collect(),
             },
-        })
+            Some(Value::ServerError(err)) => {
+                return Err(SinkError::Command {
+                    operation,
+                    source: err.into(),
+                });
+            }
+            other => return Err(unexpected(format!("EXEC answered {other:?}"))),
+        };
+        let mut next = next.into_iter();
+        if let (Some(Value::Okay), Some(read)) = (next.next(), next.next())
+            && let Ok(values) = redis::from_redis_value::<Vec<Option<String>>>(read)
+            && let Ok(checkpoints) = parse_checkpoints(watch_next, values)
+        {
+            self.standing = Some(StandingWatch {
+                keys: watch_next.to_vec(),
+                checkpoints,
+            });
+        }
+        Ok(outcome)
     }
 }
 

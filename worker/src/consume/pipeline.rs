@@ -13,7 +13,9 @@
 //!   commits it before it handles the event), so it never spans two assignments, and a
 //!   revoke waits until the revoked partitions' records are committed.
 //! - **transact**: `WATCH` the batch's checkpoints and every key it writes, read the
-//!   checkpoints and the keys' types; a checkpoint below what this writer knows Redis held
+//!   checkpoints and the keys' types (for a batch of keys met before, the previous `EXEC`'s
+//!   round trip did this for the owned partitions' checkpoints: one round trip a batch,
+//!   [`RedisSink::take_standing`]); a checkpoint below what this writer knows Redis held
 //!   (Redis lost acknowledged writes) seeks its partition back to it; drop what is at or
 //!   below a checkpoint now (another worker got there first); the kind computes its commands and what it produces
 //!   ([`StageKind::effects`]); the produced and dead-lettered records are sent and
@@ -1666,7 +1668,16 @@ impl<K: StageKind> Writer<K> {
             .collect();
         let mut data_keys = self.kind.written_keys(&self.batch.records);
         data_keys.retain(|(key, _)| !self.verified_keys.contains(key));
-        let watched = self.sink.watch_and_check(&keys, &data_keys).await?;
+        // The last `EXEC`'s round trip read the checkpoints under a `WATCH` still set: a
+        // batch of keys met before needs no round trip of its own for them.
+        let standing = self.sink.take_standing(&keys);
+        let watched = match standing {
+            Some(checkpoints) if data_keys.is_empty() => sink::Watched {
+                checkpoints,
+                wrong_types: Vec::new(),
+            },
+            _ => self.sink.watch_and_check(&keys, &data_keys).await?,
+        };
         if let Some(wrong) = watched.wrong_types.into_iter().next() {
             self.sink.unwatch().await?;
             return Err(FlushError::WrongType(wrong));
@@ -1806,7 +1817,13 @@ impl<K: StageKind> Writer<K> {
             commands.push(publish);
         }
 
-        match self.sink.transaction(commands).await? {
+        // Watched for the next batch from this `EXEC` on: every partition this writer owns.
+        let watch_next: Vec<String> = self
+            .positions
+            .keys()
+            .map(|partition| self.checkpoints.key(*partition))
+            .collect();
+        match self.sink.transaction(commands, &watch_next).await? {
             TransactionOutcome::Aborted => Err(FlushError::Conflict),
             TransactionOutcome::Committed { failed_commands } if !failed_commands.is_empty() => {
                 Err(FlushError::FailedInExec(failed_commands))
