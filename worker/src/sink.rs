@@ -688,7 +688,7 @@ impl RedisSink {
         }
         let mut replies: Vec<Value> = self.query(operation, &pipeline).await?;
         let unexpected = |detail: String| SinkError::UnexpectedReply { operation, detail };
-        if replies.len() != queued + 2 + if watch_next.is_empty() { 0 } else { 2 } {
+        if replies.len() != pipeline.len() {
             return Err(unexpected(format!(
                 "{} replies to {} commands",
                 replies.len(),
