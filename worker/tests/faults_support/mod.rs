@@ -374,11 +374,21 @@ pub fn end_offsets(kafka: &str, topic: &str, partitions: i32) -> Vec<i64> {
         .set("bootstrap.servers", kafka)
         .create()
         .unwrap();
+    // A failed read is retried, never read as 0: a backlog of 0 would pass for a receiver
+    // that kept up.
     (0..partitions)
         .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .map_or(0, |(_, high)| high)
+            let mut attempts = 0;
+            loop {
+                match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+                    Ok((_, high)) => break high,
+                    Err(error) if attempts < 3 => {
+                        attempts += 1;
+                        eprintln!("watermarks of {topic}/{p}: {error}; retrying");
+                    }
+                    Err(error) => panic!("watermarks of {topic}/{p}: {error}"),
+                }
+            }
         })
         .collect()
 }
