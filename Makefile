@@ -123,7 +123,7 @@ dashboard-screenshot: ## Refresh docs/dashboard-*.png: the dashboard's browser t
 	bash e2e/local/dashboard-screenshot.sh
 
 .PHONY: bench-api
-bench-api: ## The read API: one source's 100-value history at 1/50/500 clients beside a direct LRANGE; SSE event delay
+bench-api: ## The read API: one source's 100-value history at 1/50/500 clients beside a direct LRANGE, flat out and at one rate for both; SSE event delay
 	bash bench/api.sh
 
 .PHONY: bench-operator

@@ -3,8 +3,10 @@
 # Redis (bash e2e/local/stack.sh up redis). Starts a release `ferry-worker serve` on a list
 # Pipeline's config, then worker/benches/read_api.rs preloads SOURCES lists of 100 dsdata
 # records, reads one source's 100-value history at 1, 50 and 500 concurrent clients through
-# the API and with a direct redis-rs LRANGE in the same run, prints both with their ratios,
-# then the event delay (batch EXEC -> SSE). Details and figures: bench/README.md.
+# the API and with a direct redis-rs LRANGE in the same run, prints both with their ratios
+# (closed loop), then both again at one offered rate, half the API's closed-loop rate
+# (open loop; FERRY_BENCH_LOAD sets the fraction), then the event delay (batch EXEC -> SSE).
+# Details and figures: bench/README.md.
 # Usage: bash bench/api.sh     (SOURCES=1000 BENCH_SECONDS=5 by default)
 set -euo pipefail
 

@@ -5,13 +5,20 @@
 //! p50/p99 through the API (`GET /v1/sources/{id}/history?limit=100`, each client on its
 //! own keep-alive HTTP/1.1 connection), beside a direct redis-rs `LRANGE key 0 99` of the
 //! same keys at the same concurrency (one multiplexed connection, as the API itself reads),
-//! in the same run. Then the event delay: from a batch-shaped `MULTI … PUBLISH … EXEC` sent
-//! to the SSE client's receipt of it.
+//! in the same run, each as fast as its clients go (closed loop: the throughput ratio).
+//! Then both again at one offered rate, the same for both, `FERRY_BENCH_LOAD` (default 0.5)
+//! of the API's closed-loop rate at that client count, each client sending on its own
+//! schedule (open loop): their p50/p99 at the same load. A closed loop's p99 at saturation
+//! is its queue, about clients ÷ throughput, so it restates the throughput ratio; the
+//! open-loop run compares what a request costs when both serve the same traffic.
+//! Then the event delay: from a batch-shaped `MULTI … PUBLISH … EXEC` sent to the SSE
+//! client's receipt of it.
 //!
 //! Environment: `FERRY_BENCH_API` (host:port of serve), `REDIS_URL`, `FERRY_BENCH_PREFIX`
 //! (the key prefix serve reads), `FERRY_BENCH_SOURCES` (how many sources hold data),
 //! `FERRY_BENCH_SECONDS` (per level, default 5), `FERRY_BENCH_LEVELS` (the client counts,
-//! default `1,50,500`).
+//! default `1,50,500`), `FERRY_BENCH_LOAD` (the open-loop rate as a fraction of the API's
+//! closed-loop rate, default 0.5).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
@@ -93,12 +100,13 @@ fn summarize(mut latencies: Vec<Duration>, elapsed: Duration) -> Level {
 }
 
 /// `clients` tasks made by `make`, each returning its latencies.
-async fn run_level<F, Fut>(clients: usize, make: F) -> Level
+/// The rate is over the time from `since` (the open loop's first turn) or from the start.
+async fn run_level<F, Fut>(clients: usize, since: Option<Instant>, make: F) -> Level
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Vec<Duration>> + Send + 'static,
 {
-    let started = Instant::now();
+    let started = since.unwrap_or_else(Instant::now);
     let tasks: Vec<_> = (0..clients)
         .map(|client| tokio::spawn(make(client)))
         .collect();
@@ -107,6 +115,133 @@ where
         latencies.extend(task.await.unwrap());
     }
     summarize(latencies, started.elapsed())
+}
+
+/// Time for an open-loop level's clients to connect before the first turn, so that no
+/// request waits behind 500 connection setups.
+const OPEN_LOOP_SETTLE: Duration = Duration::from_millis(500);
+
+/// When a client sends: as soon as its last answer is in (closed loop), or every `interval`
+/// from `first` (open loop; a client whose answer comes late sends its next at once).
+#[derive(Clone, Copy)]
+enum Pace {
+    Closed,
+    Open { first: Instant, interval: Duration },
+}
+
+impl Pace {
+    /// `rate` requests/s in all, spread over `clients`, phases staggered.
+    fn open(rate: f64, clients: usize, client: usize, start: Instant) -> Self {
+        let interval = Duration::from_secs_f64(clients as f64 / rate);
+        let first = start + interval.mul_f64(client as f64 / clients as f64);
+        Self::Open { first, interval }
+    }
+
+    /// Whether the `n`th request is due within the level's `deadline`.
+    fn more(self, n: u32, started: Instant, deadline: Duration) -> bool {
+        match self {
+            Self::Closed => started.elapsed() < deadline,
+            Self::Open { interval, .. } => interval * n < deadline,
+        }
+    }
+
+    /// Waits for the `n`th request's turn. The latency is timed from the actual send, so
+    /// the timer's millisecond grain lands on neither path.
+    async fn wait(self, n: u32) {
+        if let Self::Open { first, interval } = self {
+            tokio::time::sleep_until((first + interval * n).into()).await;
+        }
+    }
+}
+
+/// One client's way of reading source `i` (mod the sources).
+trait Reader: Send {
+    fn read(&mut self, i: usize) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Through the API, on its own keep-alive connection.
+struct ApiReader {
+    http: HttpClient,
+    sources: usize,
+}
+
+impl Reader for ApiReader {
+    async fn read(&mut self, i: usize) {
+        let path = format!("/v1/sources/src-{:04}/history?limit=100", i % self.sources);
+        self.http.get(&path).await;
+    }
+}
+
+/// Straight from Redis, on the shared multiplexed connection.
+struct DirectReader {
+    redis: redis::aio::MultiplexedConnection,
+    prefix: String,
+    sources: usize,
+}
+
+impl Reader for DirectReader {
+    async fn read(&mut self, i: usize) {
+        let key = format!("{}:list:src-{:04}", self.prefix, i % self.sources);
+        let values: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(99)
+            .query_async(&mut self.redis)
+            .await
+            .unwrap();
+        assert_eq!(values.len(), 100);
+    }
+}
+
+/// One client's requests, paced by `pace` until `deadline`. Returns each one's latency.
+async fn client_loop(
+    pace: Pace,
+    client: usize,
+    clients: usize,
+    deadline: Duration,
+    mut reader: impl Reader,
+) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    let mut i = client;
+    let mut n = 0;
+    while pace.more(n, started, deadline) {
+        pace.wait(n).await;
+        let at = Instant::now();
+        reader.read(i).await;
+        latencies.push(at.elapsed());
+        i += clients;
+        n += 1;
+    }
+    latencies
+}
+
+/// The pace of `client` of `clients`: closed loop, or its share of an open loop's rate.
+fn pace_of(load: Option<(f64, Instant)>, clients: usize, client: usize) -> Pace {
+    load.map_or(Pace::Closed, |(rate, start)| {
+        Pace::open(rate, clients, client, start)
+    })
+}
+
+/// A level of `clients`, each reading with what `connect` makes (connected inside the
+/// client's task), closed loop or at `load`'s rate from its start.
+async fn level<R, F, Fut>(
+    clients: usize,
+    deadline: Duration,
+    load: Option<(f64, Instant)>,
+    connect: F,
+) -> Level
+where
+    R: Reader + 'static,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = R> + Send + 'static,
+{
+    run_level(clients, load.map(|(_, start)| start), |client| {
+        let pace = pace_of(load, clients, client);
+        let reader = connect();
+        async move { client_loop(pace, client, clients, deadline, reader.await).await }
+    })
+    .await
 }
 
 /// `sources` lists of 100 dsdata records each, as a receiver with `list` storage and
@@ -165,78 +300,66 @@ async fn main() {
     let body: serde_json::Value = serde_json::from_slice(&probe.body).unwrap();
     assert_eq!(body["records"].as_array().unwrap().len(), 100, "{body}");
 
-    println!(
-        "{:>8}  {:>12} {:>9} {:>9}  {:>12} {:>9} {:>9}  {:>7} {:>13}",
-        "clients",
-        "api req/s",
-        "api p50",
-        "api p99",
-        "LRANGE /s",
-        "p50",
-        "p99",
-        "ratio",
-        "p99 delta"
-    );
     let levels: Vec<usize> = env("FERRY_BENCH_LEVELS", "1,50,500")
         .split(',')
         .map(|level| level.trim().parse().unwrap())
         .collect();
-    for clients in levels {
-        let deadline = Duration::from_secs_f64(seconds);
-        let api_level = run_level(clients, |client| {
-            let api = api.clone();
-            async move {
-                let mut http = HttpClient::connect(&api).await;
-                let mut latencies = Vec::new();
-                let started = Instant::now();
-                let mut i = client;
-                while started.elapsed() < deadline {
-                    let path = format!("/v1/sources/src-{:04}/history?limit=100", i % sources);
-                    let at = Instant::now();
-                    http.get(&path).await;
-                    latencies.push(at.elapsed());
-                    i += clients;
-                }
-                latencies
-            }
-        })
-        .await;
-        let direct = run_level(clients, |client| {
-            let mut redis = redis.clone();
-            let prefix = prefix.clone();
-            async move {
-                let mut latencies = Vec::new();
-                let started = Instant::now();
-                let mut i = client;
-                while started.elapsed() < deadline {
-                    let key = format!("{prefix}:list:src-{:04}", i % sources);
-                    let at = Instant::now();
-                    let values: Vec<Vec<u8>> = redis::cmd("LRANGE")
-                        .arg(&key)
-                        .arg(0)
-                        .arg(99)
-                        .query_async(&mut redis)
-                        .await
-                        .unwrap();
-                    assert_eq!(values.len(), 100);
-                    latencies.push(at.elapsed());
-                    i += clients;
-                }
-                latencies
-            }
-        })
-        .await;
+    let load: f64 = env("FERRY_BENCH_LOAD", "0.5").parse().unwrap();
+    let deadline = Duration::from_secs_f64(seconds);
+    let header = |first: &str| {
+        println!(
+            "{:>8}  {:>12} {:>9} {:>9}  {:>12} {:>9} {:>9}  {:>7} {:>13}",
+            "clients", first, "api p50", "api p99", "LRANGE /s", "p50", "p99", "ratio", "p99 delta"
+        );
+    };
+    let row = |clients: usize, api: &Level, direct: &Level| {
         println!(
             "{clients:>8}  {:>12.0} {:>7.0}us {:>7.0}us  {:>12.0} {:>7.0}us {:>7.0}us  {:>6.2}x {:>+11.0}us",
-            api_level.per_second,
-            api_level.p50_us,
-            api_level.p99_us,
+            api.per_second,
+            api.p50_us,
+            api.p99_us,
             direct.per_second,
             direct.p50_us,
             direct.p99_us,
-            api_level.per_second / direct.per_second,
-            api_level.p99_us - direct.p99_us,
+            api.per_second / direct.per_second,
+            api.p99_us - direct.p99_us,
         );
+    };
+    let api_reader = || {
+        let api = api.clone();
+        async move {
+            let http = HttpClient::connect(&api).await;
+            ApiReader { http, sources }
+        }
+    };
+    let direct_reader = || {
+        let reader = DirectReader {
+            redis: redis.clone(),
+            prefix: prefix.clone(),
+            sources,
+        };
+        async move { reader }
+    };
+    println!("-- closed loop: each client sends when its last answer is in");
+    header("api req/s");
+    let mut closed_rates = Vec::new();
+    for &clients in &levels {
+        let api_level = level(clients, deadline, None, api_reader).await;
+        let direct = level(clients, deadline, None, direct_reader).await;
+        row(clients, &api_level, &direct);
+        closed_rates.push(api_level.per_second);
+    }
+    println!(
+        "-- open loop at one rate for both: {load} x the API's closed-loop req/s at that client count"
+    );
+    header("api req/s");
+    for (&clients, &closed) in levels.iter().zip(&closed_rates) {
+        let rate = closed * load;
+        let start = Instant::now() + OPEN_LOOP_SETTLE;
+        let api_level = level(clients, deadline, Some((rate, start)), api_reader).await;
+        let start = Instant::now() + OPEN_LOOP_SETTLE;
+        let direct = level(clients, deadline, Some((rate, start)), direct_reader).await;
+        row(clients, &api_level, &direct);
     }
 
     // The event delay: a batch-shaped transaction publishes, the SSE client receives.
