@@ -99,24 +99,6 @@ fn summarize(mut latencies: Vec<Duration>, elapsed: Duration) -> Level {
     }
 }
 
-/// `clients` tasks made by `make`, each returning its latencies.
-/// The rate is over the time from `since` (the open loop's first turn) or from the start.
-async fn run_level<F, Fut>(clients: usize, since: Option<Instant>, make: F) -> Level
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = Vec<Duration>> + Send + 'static,
-{
-    let started = since.unwrap_or_else(Instant::now);
-    let tasks: Vec<_> = (0..clients)
-        .map(|client| tokio::spawn(make(client)))
-        .collect();
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.unwrap());
-    }
-    summarize(latencies, started.elapsed())
-}
-
 /// Time for an open-loop level's clients to connect before the first turn, so that no
 /// request waits behind 500 connection setups.
 const OPEN_LOOP_SETTLE: Duration = Duration::from_millis(500);
@@ -224,7 +206,8 @@ fn pace_of(load: Option<(f64, Instant)>, clients: usize, client: usize) -> Pace 
 }
 
 /// A level of `clients`, each reading with what `connect` makes (connected inside the
-/// client's task), closed loop or at `load`'s rate from its start.
+/// client's task), closed loop or at `load`'s rate from its start. The rate is over the
+/// time from that start (the open loop's first turn) or from the level's.
 async fn level<R, F, Fut>(
     clients: usize,
     deadline: Duration,
@@ -236,12 +219,21 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = R> + Send + 'static,
 {
-    run_level(clients, load.map(|(_, start)| start), |client| {
-        let pace = pace_of(load, clients, client);
-        let reader = connect();
-        async move { client_loop(pace, client, clients, deadline, reader.await).await }
-    })
-    .await
+    let started = load.map_or_else(Instant::now, |(_, start)| start);
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let pace = pace_of(load, clients, client);
+            let reader = connect();
+            tokio::spawn(
+                async move { client_loop(pace, client, clients, deadline, reader.await).await },
+            )
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    summarize(latencies, started.elapsed())
 }
 
 /// `sources` lists of 100 dsdata records each, as a receiver with `list` storage and
@@ -306,10 +298,18 @@ async fn main() {
         .collect();
     let load: f64 = env("FERRY_BENCH_LOAD", "0.5").parse().unwrap();
     let deadline = Duration::from_secs_f64(seconds);
-    let header = |first: &str| {
+    let header = || {
         println!(
             "{:>8}  {:>12} {:>9} {:>9}  {:>12} {:>9} {:>9}  {:>7} {:>13}",
-            "clients", first, "api p50", "api p99", "LRANGE /s", "p50", "p99", "ratio", "p99 delta"
+            "clients",
+            "api req/s",
+            "api p50",
+            "api p99",
+            "LRANGE /s",
+            "p50",
+            "p99",
+            "ratio",
+            "p99 delta"
         );
     };
     let row = |clients: usize, api: &Level, direct: &Level| {
@@ -341,7 +341,7 @@ async fn main() {
         async move { reader }
     };
     println!("-- closed loop: each client sends when its last answer is in");
-    header("api req/s");
+    header();
     let mut closed_rates = Vec::new();
     for &clients in &levels {
         let api_level = level(clients, deadline, None, api_reader).await;
@@ -352,7 +352,7 @@ async fn main() {
     println!(
         "-- open loop at one rate for both: {load} x the API's closed-loop req/s at that client count"
     );
-    header("api req/s");
+    header();
     for (&clients, &closed) in levels.iter().zip(&closed_rates) {
         let rate = closed * load;
         let start = Instant::now() + OPEN_LOOP_SETTLE;

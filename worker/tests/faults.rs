@@ -240,8 +240,8 @@ async fn fault_slow_redis_keeps_memory_bounded() {
     // 20 s of DEBUG SLEEP 0.5 back to back from two connections: whichever sleeper Redis
     // turns to next has its command waiting, so every turn of Redis's event loop holds a
     // sleep and the receiver gets at most one round trip (one batch of 500) per turn, well
-    // under the 3000 records/s produced. One sleeper leaves a gap per turn in which a
-    // one-round-trip writer drains faster than the producer, most of all on a loaded machine.
+    // under the 3000 records/s produced. With one sleeper, each gap between two sleeps is a
+    // turn in which the receiver's batches go through at Redis's full speed.
     let slow = Arc::new(AtomicBool::new(true));
     let sleepers: Vec<_> = (0..2)
         .map(|_| {
