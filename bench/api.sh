@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench-api`: the read API's benchmark (not a timed test), against the local stack's
-# Redis (bash e2e/local/stack.sh up redis). Starts a release `ferry-worker serve` on a list
+# Redis (bash e2e/local/stack.sh up redis). Starts a release `ferry-api` on a list
 # Pipeline's config, then worker/benches/read_api.rs preloads SOURCES lists of 100 dsdata
 # records, reads one source's 100-value history at 1, 50 and 500 concurrent clients through
 # the API and with a direct redis-rs LRANGE in the same run, prints both with their ratios
@@ -28,14 +28,14 @@ if [[ -n "${FERRY_BENCH_SERVE:-}" && -n "${FERRY_BENCH_CLIENT:-}" ]]; then
   BIN="$FERRY_BENCH_SERVE"
   BENCH="$FERRY_BENCH_CLIENT"
 else
-  cargo build --release -q -p ferry-worker --bin ferry-worker
+  cargo build --release -q -p ferry-worker --bin ferry-api
   BENCH="$(cargo bench -q -p ferry-worker --bench read_api --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "read_api" and m.get("executable"):
         print(m["executable"])')"
-  BIN="$CARGO_TARGET_DIR/release/ferry-worker"
+  BIN="$CARGO_TARGET_DIR/release/ferry-api"
 fi
 
 cat >"$WORK/receiver.yaml" <<YAML
@@ -48,7 +48,7 @@ stage:
     storage: {type: list, history_depth: 100}
     batch: {max_records: 2000, max_wait: 50ms}
 YAML
-RUST_LOG=warn "$BIN" serve --config "$WORK/receiver.yaml" --listen "127.0.0.1:$PORT" \
+RUST_LOG=warn "$BIN" --config "$WORK/receiver.yaml" --listen "127.0.0.1:$PORT" \
   2>"$WORK/serve.log" &
 SERVE=$!
 trap 'kill "$SERVE" 2>/dev/null || true; rm -rf "$WORK"' EXIT

@@ -31,8 +31,9 @@ echo "==> building the worker (simulator) and the test binaries"
 # The operator's fault tests run worker pods: their image comes from this tree's release
 # build, imported again in case the stack's Kubernetes was started after the last import.
 echo "==> importing the worker image (ferry/worker:dev)"
-"$CARGO" build -q --release -p ferry-worker --bin ferry-worker
-bash "$REPO_ROOT/e2e/local/images.sh" worker "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/ferry-worker"
+"$CARGO" build -q --release -p ferry-worker --bin ferry-worker --bin ferry-api
+release="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
+bash "$REPO_ROOT/e2e/local/images.sh" worker "$release/ferry-worker" "$release/ferry-api"
 
 failed=()
 run() { # name, env assignments..., -- cargo test args...

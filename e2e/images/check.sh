@@ -5,7 +5,7 @@
 #      debootstrap minbase at $FERRY_BOOKWORM_BASE, which is made first when it is absent
 #      (mirror read from the host's apt sources);
 #   2. in it, as the Dockerfiles' builder stage does: `e2e/images/build.sh packages`, then
-#      `build.sh binary` for ferry-worker and ferry-operator with the host's Rust toolchain
+#      `build.sh binary` for ferry-worker, ferry-api and ferry-operator with the host's Rust toolchain
 #      (bind-mounted read-only) and a target dir of its own, then `build.sh guard` on each;
 #   3. the runtime base's file set rebuilt from the pinned Debian packages of
 #      e2e/images/runtime-base.txt (dpkg-deb -x, as distroless assembles cc-debian12), each
@@ -16,7 +16,7 @@
 #   FERRY_BOOKWORM_BASE   the pristine minbase root (default $FERRY_CACHE/fresh/bookworm-base;
 #                         only read, never changed)
 #   FERRY_IMAGES_KEEP=1   keep the build root ($FERRY_CACHE/images/root) after the run
-#   FERRY_IMAGES_BINS     the binaries to build (default "ferry-worker ferry-operator")
+#   FERRY_IMAGES_BINS     the binaries to build (default "ferry-worker ferry-api ferry-operator")
 set -euo pipefail
 IMAGES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$IMAGES_DIR/../.." && pwd)"
@@ -160,7 +160,9 @@ else
   die "build.sh packages failed in the root (log: $WORK/packages.log)"
 fi
 
-read -ra BINS <<<"${FERRY_IMAGES_BINS-ferry-worker ferry-operator}"
+read -ra BINS <<<"${FERRY_IMAGES_BINS-ferry-worker ferry-api ferry-operator}"
+# The package each binary is built from (as Dockerfile.worker builds ferry-api).
+package_of() { case "$1" in ferry-api) echo ferry-worker ;; *) echo "$1" ;; esac; }
 if out="$(in_root cargo --version 2>&1)"; then
   say "the host's toolchain in the root: $out (RUSTUP_TOOLCHAIN=$RUST_VERSION)"
 else
@@ -176,7 +178,7 @@ if ((${#BINS[@]})) && ! flock -n 9; then
 fi
 for bin in "${BINS[@]}"; do
   t0=$SECONDS
-  if in_root bash e2e/images/build.sh binary "$bin" /out >"$WORK/build-$bin.log" 2>&1; then
+  if in_root bash e2e/images/build.sh binary "$bin" /out "$(package_of "$bin")" >"$WORK/build-$bin.log" 2>&1; then
     built_s[$bin]=$((SECONDS - t0))
     pass "$bin built in the root in ${built_s[$bin]}s: $(tail -n1 "$WORK/build-$bin.log" | sed 's/^\[[^]]*\] //')"
   else

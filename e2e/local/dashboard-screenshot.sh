@@ -14,8 +14,9 @@ deps_install build stack test
 bash "$FERRY_LOCAL_DIR/stack.sh" up
 # shellcheck source=/dev/null
 source "$FERRY_STACK_DIR/env"
-with_build_lock cargo build --release -p ferry-worker --bin ferry-worker
-bash "$FERRY_LOCAL_DIR/images.sh" worker "$CARGO_TARGET_DIR/release/ferry-worker"
+with_build_lock cargo build --release -p ferry-worker --bin ferry-worker --bin ferry-api
+bash "$FERRY_LOCAL_DIR/images.sh" worker "$CARGO_TARGET_DIR/release/ferry-worker" \
+  "$CARGO_TARGET_DIR/release/ferry-api"
 step "the dashboard's browser test"
 with_build_lock cargo test -p ferry-operator --test security --no-run
 cargo test -p ferry-operator --test security -- --nocapture read_api

@@ -42,8 +42,9 @@ phase_end stack
 
 phase_start build
 step "building the operator and worker (release)"
-with_build_lock cargo build --release -p ferry-operator --bin ferry-operator -p ferry-worker --bin ferry-worker
-bash "$FERRY_LOCAL_DIR/images.sh" worker "$CARGO_TARGET_DIR/release/ferry-worker"
+with_build_lock cargo build --release -p ferry-operator --bin ferry-operator -p ferry-worker --bin ferry-worker --bin ferry-api
+bash "$FERRY_LOCAL_DIR/images.sh" worker "$CARGO_TARGET_DIR/release/ferry-worker" \
+  "$CARGO_TARGET_DIR/release/ferry-api"
 phase_end build
 
 phase_start operator

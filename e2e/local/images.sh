@@ -6,7 +6,7 @@
 # holding a binary, the shared libraries `ldd` lists for it, a minimal
 # /etc/passwd (uid 65532) and CA certificates; no shell.
 #
-#   bash e2e/local/images.sh worker   <path-to-binary>   # -> ferry/worker:dev
+#   bash e2e/local/images.sh worker   <ferry-worker> <ferry-api>   # -> ferry/worker:dev
 #   bash e2e/local/images.sh operator <path-to-binary>   # -> ferry/operator:dev
 #   bash e2e/local/images.sh image NAME:TAG <path-to-binary> [args...]
 #   bash e2e/local/images.sh builtin    # pause + test image (k8s_up does this)
@@ -59,7 +59,11 @@ _img_copy_with_libs() {
   fi
 }
 
-# img_build NAME:TAG BINARY OUT.tar [args...]: write an OCI image layout tarball.
+# Binaries an image holds beside its entrypoint, each in /usr/local/bin with its libraries.
+IMG_EXTRA_BINS=()
+
+# img_build NAME:TAG BINARY OUT.tar [args...]: write an OCI image layout tarball whose
+# entrypoint is BINARY (and args), holding IMG_EXTRA_BINS too.
 img_build() {
   local name="$1" bin="$2" out="$3"
   shift 3
@@ -72,6 +76,11 @@ img_build() {
   mkdir -p "$root"/{etc,tmp,usr/local/bin} "$work/oci"
   chmod 1777 "$root/tmp"
   _img_copy_with_libs "$root" "$bin" "$dest"
+  local extra
+  for extra in "${IMG_EXTRA_BINS[@]}"; do
+    [[ -f "$extra" ]] || { echo "img_build: no such binary: $extra" >&2; return 1; }
+    _img_copy_with_libs "$root" "$extra" "/usr/local/bin/$(basename "$extra")"
+  done
   printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$root/etc/passwd"
   printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"
   printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
@@ -138,13 +147,23 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
   _k8s_containerd_ready || die "the cluster's containerd is not running (bash e2e/local/stack.sh up)"
   case "${1:-}" in
     worker|operator)
-      [[ $# -ge 2 ]] || die "usage: $0 $1 <path-to-binary> [args...]"
-      kind="$1" bin="$2"
-      shift 2
+      kind="$1"
+      shift
+      # The worker image holds the read API's binary too (Dockerfile.worker): the operator
+      # names it as the API pods' command.
+      if [[ "$kind" == worker ]]; then
+        [[ $# -eq 2 && "$(basename "$2")" == ferry-api ]] ||
+          die "usage: $0 worker <ferry-worker> <ferry-api>"
+        IMG_EXTRA_BINS=("$2")
+      else
+        [[ $# -eq 1 ]] || die "usage: $0 operator <ferry-operator>"
+      fi
       # The kind images' library rule (e2e/images/build.sh guard): a binary that would not
       # load in the runtime base image is refused here too.
-      bash "$REPO_ROOT/e2e/images/build.sh" guard "$bin" >/dev/null || die "$bin: see above"
-      img_build_import "ferry/$kind:dev" "$bin" "$@"
+      for bin in "$@"; do
+        bash "$REPO_ROOT/e2e/images/build.sh" guard "$bin" >/dev/null || die "$bin: see above"
+      done
+      img_build_import "ferry/$kind:dev" "$1"
       ;;
     image)
       [[ $# -ge 3 ]] || die "usage: $0 image NAME:TAG <path-to-binary> [args...]"
@@ -154,6 +173,6 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
       ;;
     builtin) k8s_build && img_ensure_builtin ;;
     list) _k8s_ctr images ls ;;
-    *) echo "usage: $0 worker|operator <binary> | image NAME:TAG <binary> [args] | builtin | list" >&2; exit 2 ;;
+    *) echo "usage: $0 worker <ferry-worker> <ferry-api> | operator <ferry-operator> | image NAME:TAG <binary> [args] | builtin | list" >&2; exit 2 ;;
   esac
 fi

@@ -55,7 +55,7 @@ phase_end static
 phase_start build
 cargo_locked build --workspace --all-targets
 # Pods run the optimised worker: the scaling tests need its real throughput.
-cargo_locked build --release -p ferry-worker --bin ferry-worker
+cargo_locked build --release -p ferry-worker --bin ferry-worker --bin ferry-api
 phase_end build
 
 phase_start unit-tests
@@ -69,7 +69,8 @@ stack_started=1
 bash "$FERRY_LOCAL_DIR/stack.sh" up
 # shellcheck source=/dev/null
 source "$FERRY_STACK_DIR/env"
-bash "$FERRY_LOCAL_DIR/images.sh" worker "$CARGO_TARGET_DIR/release/ferry-worker"
+bash "$FERRY_LOCAL_DIR/images.sh" worker "$CARGO_TARGET_DIR/release/ferry-worker" \
+  "$CARGO_TARGET_DIR/release/ferry-api"
 phase_end stack
 
 phase_start integration-tests

@@ -124,7 +124,7 @@ pub struct PipelineSpec {
     /// (for a `KafkaTopic`, Strimzi then deletes the topic and its records).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
-    /// The read API and dashboard (`ferry-worker serve`) over this Pipeline's data: a
+    /// The read API and dashboard (`ferry-api`) over this Pipeline's data: a
     /// Deployment, a ClusterIP Service, and a ServiceAccount that may only `get` this
     /// Pipeline, all named `<name>-api`. `kubectl port-forward svc/<name>-api 8090:80` opens
     /// the dashboard.

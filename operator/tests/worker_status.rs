@@ -20,7 +20,7 @@
 //!   new record stored.
 //!
 //! Needs the whole local stack and the worker image built from this tree
-//! (`bash e2e/local/images.sh worker "$CARGO_TARGET_DIR/release/ferry-worker"`).
+//! (`bash e2e/local/images.sh worker "$CARGO_TARGET_DIR/release/ferry-worker" "$CARGO_TARGET_DIR/release/ferry-api"`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

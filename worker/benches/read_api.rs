@@ -1,5 +1,5 @@
 //! The read API's benchmark (not a timed test; `make bench-api` runs it through
-//! bench/api.sh, which starts `ferry-worker serve` and passes its address).
+//! bench/api.sh, which starts `ferry-api` and passes its address).
 //!
 //! One source's 100-value history, at 1, 50 and 500 concurrent clients: requests/s and
 //! p50/p99 through the API (`GET /v1/sources/{id}/history?limit=100`, each client on its

@@ -6,6 +6,7 @@ pub use ferry_config::{config, duration, record, status};
 
 pub mod api;
 pub mod backoff;
+pub mod cli;
 pub mod consume;
 pub mod http;
 pub mod metrics;

@@ -1,17 +1,18 @@
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ferry_worker::config::{RecordFormat, StageConfig, WorkerConfig};
-use ferry_worker::consume::Shutdown;
+use ferry_worker::cli::{self, LogFormat};
+use ferry_worker::config::RecordFormat;
 use ferry_worker::consume::pipeline::{DEFAULT_MAX_MESSAGE_BYTES, StageOptions};
 use ferry_worker::consume::receiver;
 use ferry_worker::duration::HumanDuration;
 use ferry_worker::simulate::{self, SimulateOptions};
-use tracing_subscriber::EnvFilter;
+
+const PROGRAM: &str = "ferry-worker";
 
 /// Ferry's worker: streams Kafka records into Redis and computes from them.
 #[derive(Debug, Parser)]
@@ -30,12 +31,6 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Json,
-    Pretty,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Consume a topic and write its records into Redis, exactly once in effect.
@@ -52,44 +47,8 @@ enum Command {
         #[command(flatten)]
         stage: StageArgs,
     },
-    /// Serve the read API over one Pipeline's data (docs/read-api.md): stateless, read-only.
-    Serve(ServeArgs),
     /// Play the data sources: each sends timestamped float arrays with a text.
     Simulate(SimulateArgs),
-}
-
-/// The read API reads with the receiver's config (Redis, key prefix, storage, format);
-/// the processors' names say which of their keys it reads.
-#[derive(Debug, clap::Args)]
-struct ServeArgs {
-    /// The Pipeline's receiver config.
-    #[arg(long, env = "FERRY_CONFIG")]
-    config: PathBuf,
-    #[arg(long, default_value = "0.0.0.0:8090", env = "FERRY_API_LISTEN")]
-    listen: std::net::SocketAddr,
-    /// A stats processor's name, whose figures `/v1/sources/{id}/stats` serves; repeatable.
-    #[arg(long = "stats")]
-    stats: Vec<String>,
-    /// A validate processor's name, whose counters the API serves; repeatable.
-    #[arg(long = "validate")]
-    validate: Vec<String>,
-    /// Another processor's name, whose dead-letter counts `/v1/totals` serves; repeatable.
-    #[arg(long = "processor")]
-    processor: Vec<String>,
-    /// Redis response timeout.
-    #[arg(long, default_value = "5s", env = "FERRY_REDIS_TIMEOUT")]
-    redis_timeout: HumanDuration,
-    /// Multiplexed Redis connections the requests are spread over (each parses its replies
-    /// on one task: more of them use more cores of a larger machine).
-    #[arg(long, default_value_t = 1, env = "FERRY_API_REDIS_CONNECTIONS")]
-    redis_connections: usize,
-    /// A file holding the bearer token every data route asks for (mounted from a Secret).
-    #[arg(long, env = "FERRY_API_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
-    /// `<namespace>/<name>` of the Pipeline whose stages `/v1/pipeline` and the dashboard
-    /// show, read from its status on Kubernetes.
-    #[arg(long, env = "FERRY_API_PIPELINE")]
-    pipeline_object: Option<String>,
 }
 
 /// The consumption pipeline's process-level knobs, the same for every stage kind.
@@ -179,69 +138,9 @@ fn parse_property(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected key=value, got {text:?}"))
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Pretty => builder.init(),
-    }
-}
-
-/// Loads the config for `subcommand`, whose stage must be `stage`: any problem is one line
-/// on stderr naming the key, and exit code 2.
-fn load_config(path: &Path, subcommand: &str, stage: &str) -> Result<WorkerConfig, ExitCode> {
-    let config = WorkerConfig::load(path).map_err(|err| {
-        eprintln!("ferry-worker: {err}");
-        ExitCode::from(2)
-    })?;
-    let found = match config.stage {
-        StageConfig::Receiver(_) => "receiver",
-        StageConfig::Processor(_) => "processor",
-    };
-    if found != stage {
-        eprintln!(
-            "ferry-worker: config {}: `stage`: `ferry-worker {subcommand}` needs `stage.{stage}`, found `stage.{found}`",
-            path.display()
-        );
-        return Err(ExitCode::from(2));
-    }
-    Ok(config)
-}
-
-/// The API's bearer token: the file's content, trimmed; an empty file is refused, since it
-/// would let every request through.
-fn read_token(path: &Path) -> Result<String, ExitCode> {
-    let text = std::fs::read_to_string(path).map_err(|err| {
-        eprintln!("ferry-worker: --token-file {}: {err}", path.display());
-        ExitCode::from(2)
-    })?;
-    let token = text.trim();
-    if token.is_empty() {
-        eprintln!(
-            "ferry-worker: --token-file {}: the file is empty",
-            path.display()
-        );
-        return Err(ExitCode::from(2));
-    }
-    Ok(token.to_owned())
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| {
-            eprintln!("ferry-worker: cannot start the async runtime: {err}");
-            ExitCode::FAILURE
-        })
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    cli::init_logging(cli.log_format);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => code,
@@ -251,63 +150,17 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<(), ExitCode> {
     match command {
         Command::Receive { config, stage } => {
-            let config = load_config(&config, "receive", "receiver")?;
+            let config = cli::load_config(PROGRAM, "ferry-worker receive", &config, "receiver")?;
             let options = stage.options();
-            runtime()?.block_on(async move {
-                let shutdown = Shutdown::from_signals().map_err(|err| {
-                    tracing::error!(%err, "cannot install signal handlers");
-                    ExitCode::FAILURE
-                })?;
+            cli::run_until_signalled(PROGRAM, "receiver", |shutdown| {
                 receiver::run(config, options, shutdown)
-                    .await
-                    .map_err(|err| {
-                        tracing::error!(error = %err, "receiver failed");
-                        ExitCode::FAILURE
-                    })
             })
         }
         Command::Process { config, stage } => {
-            let config = load_config(&config, "process", "processor")?;
+            let config = cli::load_config(PROGRAM, "ferry-worker process", &config, "processor")?;
             let options = stage.options();
-            runtime()?.block_on(async move {
-                let shutdown = Shutdown::from_signals().map_err(|err| {
-                    tracing::error!(%err, "cannot install signal handlers");
-                    ExitCode::FAILURE
-                })?;
+            cli::run_until_signalled(PROGRAM, "processor", |shutdown| {
                 ferry_worker::process::run(config, options, shutdown)
-                    .await
-                    .map_err(|err| {
-                        tracing::error!(error = %err, "processor failed");
-                        ExitCode::FAILURE
-                    })
-            })
-        }
-        Command::Serve(args) => {
-            let config = load_config(&args.config, "serve", "receiver")?;
-            let options = ferry_worker::api::ServeOptions {
-                listen: args.listen,
-                stats: args.stats,
-                validate: args.validate,
-                other_processors: args.processor,
-                redis_timeout: args.redis_timeout.as_duration(),
-                redis_connections: args.redis_connections,
-                token: match &args.token_file {
-                    Some(path) => Some(read_token(path)?),
-                    None => None,
-                },
-                pipeline_object: args.pipeline_object,
-            };
-            runtime()?.block_on(async move {
-                let shutdown = Shutdown::from_signals().map_err(|err| {
-                    tracing::error!(%err, "cannot install signal handlers");
-                    ExitCode::FAILURE
-                })?;
-                ferry_worker::api::run(config, options, shutdown)
-                    .await
-                    .map_err(|err| {
-                        tracing::error!(error = %err, "read API failed");
-                        ExitCode::FAILURE
-                    })
             })
         }
         Command::Simulate(args) => {
@@ -336,7 +189,7 @@ fn run(command: Command) -> Result<(), ExitCode> {
             };
             let stop = Arc::new(AtomicBool::new(false));
             let on_signal = Arc::clone(&stop);
-            runtime()?.block_on(async move {
+            cli::runtime(PROGRAM)?.block_on(async move {
                 tokio::spawn(async move {
                     let _ = tokio::signal::ctrl_c().await;
                     on_signal.store(true, Ordering::Relaxed);
@@ -344,11 +197,11 @@ fn run(command: Command) -> Result<(), ExitCode> {
                 let outcome = tokio::task::spawn_blocking(move || simulate::run(&options, &stop))
                     .await
                     .map_err(|err| {
-                        eprintln!("ferry-worker: simulator crashed: {err}");
+                        eprintln!("{PROGRAM}: simulator crashed: {err}");
                         ExitCode::FAILURE
                     })?;
                 outcome.map(drop).map_err(|err| {
-                    eprintln!("ferry-worker: {err}");
+                    eprintln!("{PROGRAM}: {err}");
                     ExitCode::FAILURE
                 })
             })

@@ -164,6 +164,10 @@ pub struct HttpConfig {
 
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 
+/// The read API's binary in the worker image, whose entrypoint is `ferry-worker`: the API's
+/// pods name it as their command.
+pub const API_COMMAND: &str = "/usr/local/bin/ferry-api";
+
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {

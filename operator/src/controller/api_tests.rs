@@ -90,8 +90,13 @@ fn the_api_pod_is_the_receiver_pod_hardened_alike_running_serve() {
     assert_eq!(container.image, worker.image);
     assert_eq!(api_pod.automount_service_account_token, Some(true));
     assert_eq!(receiver_pod.automount_service_account_token, Some(false));
+    assert_eq!(
+        container.command.as_deref(),
+        Some(&["/usr/local/bin/ferry-api".to_owned()][..])
+    );
+    assert_eq!(worker.command, None, "the image's entrypoint, ferry-worker");
     let args = container.args.clone().unwrap();
-    assert_eq!(args[0], "serve");
+    assert_eq!(args[0], "--config");
     let pair = |flag: &str| {
         args.windows(2)
             .filter(|w| w[0] == flag)

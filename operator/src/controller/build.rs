@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use ferry_config::config::{DEFAULT_HTTP_PORT, KAFKA_SASL_PASSWORD_ENV, REDIS_PASSWORD_ENV};
+use ferry_config::config::{
+    API_COMMAND, DEFAULT_HTTP_PORT, KAFKA_SASL_PASSWORD_ENV, REDIS_PASSWORD_ENV,
+};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
@@ -422,7 +424,7 @@ pub const API_COMPONENT: &str = "api";
 /// The Service's port; the pods listen on the worker's HTTP port.
 pub const API_SERVICE_PORT: i32 = 80;
 
-/// The read API: the receiver's pod re-pointed at `serve`, so it has the same hardening,
+/// The read API: the receiver's pod re-pointed at `ferry-api`, so it has the same hardening,
 /// config and Secret references by construction; its own ServiceAccount, whose Role may
 /// only `get` this one Pipeline (for the stages' replicas and lag), a Service in front.
 pub fn build_api(
@@ -476,6 +478,7 @@ pub fn build_api(
             }
             for container in &mut pod.containers {
                 container.name = API_COMPONENT.to_owned();
+                container.command = Some(vec![API_COMMAND.to_owned()]);
                 container.args = Some(api_args(pipeline, api));
                 if let Some(probe) = container.readiness_probe.as_mut()
                     && let Some(get) = probe.http_get.as_mut()
@@ -548,7 +551,6 @@ pub fn build_api(
 
 fn api_args(pipeline: &ValidatedPipeline, api: &ValidatedApi) -> Vec<String> {
     let mut args = vec![
-        "serve".to_owned(),
         "--config".to_owned(),
         format!("{CONFIG_DIR}/worker.yaml"),
         "--log-format".to_owned(),

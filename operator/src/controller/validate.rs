@@ -140,10 +140,10 @@ pub struct ValidatedApi {
     pub name: String,
     pub replicas: i32,
     pub image: String,
-    /// The receiver's config key: `serve` reads Redis as the receiver writes it.
+    /// The receiver's config key: `ferry-api` reads Redis as the receiver writes it.
     pub config_key: String,
     pub token: Option<SecretKeyRef>,
-    /// Processor names by what `serve` reads of them (`--stats`, `--validate`,
+    /// Processor names by what `ferry-api` reads of them (`--stats`, `--validate`,
     /// `--processor`).
     pub stats: Vec<String>,
     pub validate: Vec<String>,

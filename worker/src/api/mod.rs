@@ -1,4 +1,4 @@
-//! `ferry-worker serve`: the read API over one Pipeline's data (docs/read-api.md).
+//! `ferry-api`: the read API over one Pipeline's data (docs/read-api.md).
 //!
 //! Stateless and read-only: every request reads Redis, nothing is cached or written, so
 //! any number of replicas may serve one Pipeline. It reads what the receiver and the
@@ -69,7 +69,7 @@ const MAX_SCANS_PER_PAGE: usize = 64;
 /// Records read per round trip when `since` filters a list or a stream.
 const FILTER_CHUNK: usize = 500;
 
-/// What `serve` needs beyond the receiver's config: where to listen, and the processors
+/// What `ferry-api` needs beyond the receiver's config: where to listen, and the processors
 /// whose keys it reads.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -88,10 +88,10 @@ pub struct ServeOptions {
     pub pipeline_object: Option<String>,
 }
 
-/// A failure of `serve` itself (not of one request).
+/// A failure of `ferry-api` itself (not of one request).
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("`ferry-worker serve` reads a receiver's config, found a processor stage")]
+    #[error("`ferry-api` reads a receiver's config, found a processor stage")]
     NotAReceiver,
     #[error(transparent)]
     Redis(#[from] SinkError),

@@ -45,6 +45,15 @@ pub fn worker_bin() -> std::path::PathBuf {
         .expect("FERRY_WORKER_BIN is not set and this test crate has no ferry-worker binary")
 }
 
+/// The read API binary the tests start: `FERRY_API_BIN` when set, else the one cargo built
+/// for this test (as [`worker_bin`]).
+pub fn api_bin() -> std::path::PathBuf {
+    std::env::var_os("FERRY_API_BIN")
+        .map(std::path::PathBuf::from)
+        .or_else(|| option_env!("CARGO_BIN_EXE_ferry-api").map(std::path::PathBuf::from))
+        .expect("FERRY_API_BIN is not set and this test crate has no ferry-api binary")
+}
+
 /// Starts `ferry-worker` with `args`, `RUST_LOG=info` unless `env` sets it, and `env`; its
 /// stderr goes to `log`.
 pub fn spawn_worker(
@@ -52,7 +61,18 @@ pub fn spawn_worker(
     env: &[(&str, &str)],
     log: &std::path::Path,
 ) -> std::process::Child {
-    std::process::Command::new(worker_bin())
+    spawn(&worker_bin(), args, env, log)
+}
+
+/// Starts `binary` with `args`, `RUST_LOG=info` unless `env` sets it, and `env`; its stderr
+/// goes to `log`.
+pub fn spawn(
+    binary: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
+    log: &std::path::Path,
+) -> std::process::Child {
+    std::process::Command::new(binary)
         .args(args)
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())

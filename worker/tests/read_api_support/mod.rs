@@ -1,4 +1,4 @@
-//! Harness of the read API tests: `ferry-worker serve` child processes, JSON requests,
+//! Harness of the read API tests: `ferry-api` child processes, JSON requests,
 //! a server-sent-events reader, and what a source's history must be, derived from the
 //! topic as Kafka holds it ([`crate::oracle::read_source`]), not from Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
@@ -13,7 +13,7 @@ use ferry_worker::config::{RecordFormat, StorageKind};
 
 use crate::oracle::SourceRecord;
 
-/// A running `ferry-worker serve`; killed when dropped.
+/// A running `ferry-api`; killed when dropped.
 pub struct Serve {
     child: Child,
     pub port: u16,
@@ -21,26 +21,23 @@ pub struct Serve {
 }
 
 impl Serve {
-    /// Starts `serve` on `config` (a receiver's) with `extra` arguments (`--stats NAME`, …),
+    /// Starts `ferry-api` on `config` (a receiver's) with `extra` arguments (`--stats NAME`, …),
     /// and waits until it answers `/healthz`.
     pub fn start(config: &Path, extra: &[&str]) -> Self {
         let port = ferry_test_support::free_port();
         let listen = format!("127.0.0.1:{port}");
         let log = config.with_file_name(format!("serve-{port}.log"));
-        let mut args: Vec<&std::ffi::OsStr> = ["serve", "--config"]
-            .iter()
-            .map(std::ffi::OsStr::new)
-            .collect();
+        let mut args = vec![std::ffi::OsStr::new("--config")];
         args.push(config.as_os_str());
         args.extend(["--listen", listen.as_str()].map(std::ffi::OsStr::new));
         args.extend(extra.iter().map(std::ffi::OsStr::new));
-        let child = crate::oracle::spawn_worker(&args, &[], &log);
+        let child = crate::oracle::spawn(&crate::oracle::api_bin(), &args, &[], &log);
         let serve = Self { child, port, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         while crate::oracle::http_get(port, "/healthz").is_none_or(|(status, _)| status != 200) {
             assert!(
                 Instant::now() < deadline,
-                "serve did not answer; log {}",
+                "ferry-api did not answer; log {}",
                 serve.log.display()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -79,7 +76,7 @@ impl Serve {
             }
             assert!(
                 Instant::now() < deadline,
-                "serve did not exit on SIGTERM within {timeout:?}; log {}",
+                "ferry-api did not exit on SIGTERM within {timeout:?}; log {}",
                 self.log.display()
             );
             std::thread::sleep(Duration::from_millis(50));
