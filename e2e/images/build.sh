@@ -4,9 +4,8 @@
 # bookworm root, so what is proven there is what the Dockerfiles do:
 #
 #   build.sh packages             apt-get install builder-packages.txt (then drops apt's lists)
-#   build.sh binary NAME DESTDIR [PACKAGE]
-#                                 cargo build --release --locked -p PACKAGE --bin NAME (PACKAGE
-#                                 is NAME unless given), installed as DESTDIR/usr/local/bin/NAME
+#   build.sh binary NAME DESTDIR  cargo build --release --locked -p PACKAGE --bin NAME (PACKAGE:
+#                                 NAME's package, package_of), installed as DESTDIR/usr/local/bin/NAME
 #   build.sh guard BINARY         fail unless every shared library BINARY loads is one the
 #                                 runtime base gives (runtime-base.txt), and unless librdkafka
 #                                 in it was built with zlib and OpenSSL
@@ -32,8 +31,12 @@ packages() {
   rm -rf /var/lib/apt/lists/*
 }
 
+# package_of NAME: the package whose binary NAME is; -p keeps the features that package's own.
+package_of() { case "$1" in ferry-api) echo ferry-worker ;; *) echo "$1" ;; esac; }
+
 binary() {
-  local name="$1" dest="$2" package="${3:-$1}" target="${CARGO_TARGET_DIR:-$PWD/target}"
+  local name="$1" dest="$2" package target="${CARGO_TARGET_DIR:-$PWD/target}"
+  package="$(package_of "$name")"
   say "cargo build --release --locked -p $package --bin $name ($(rustc --version))"
   cargo build --release --locked -p "$package" --bin "$name"
   install -D -m 0755 "$target/release/$name" "$dest/usr/local/bin/$name"
@@ -72,8 +75,8 @@ cmd="${1:-}"
 (($#)) && shift
 case "$cmd" in
 packages) packages ;;
-binary) [[ $# -eq 2 || $# -eq 3 ]] || die "usage: build.sh binary NAME DESTDIR [PACKAGE]"; binary "$@" ;;
+binary) [[ $# -eq 2 ]] || die "usage: build.sh binary NAME DESTDIR"; binary "$@" ;;
 guard) [[ $# -eq 1 ]] || die "usage: build.sh guard BINARY"; guard "$1" ;;
 sonames) sonames ;;
-*) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
+*) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -161,8 +161,6 @@ else
 fi
 
 read -ra BINS <<<"${FERRY_IMAGES_BINS-ferry-worker ferry-api ferry-operator}"
-# The package each binary is built from (as Dockerfile.worker builds ferry-api).
-package_of() { case "$1" in ferry-api) echo ferry-worker ;; *) echo "$1" ;; esac; }
 if out="$(in_root cargo --version 2>&1)"; then
   say "the host's toolchain in the root: $out (RUSTUP_TOOLCHAIN=$RUST_VERSION)"
 else
@@ -178,7 +176,7 @@ if ((${#BINS[@]})) && ! flock -n 9; then
 fi
 for bin in "${BINS[@]}"; do
   t0=$SECONDS
-  if in_root bash e2e/images/build.sh binary "$bin" /out "$(package_of "$bin")" >"$WORK/build-$bin.log" 2>&1; then
+  if in_root bash e2e/images/build.sh binary "$bin" /out >"$WORK/build-$bin.log" 2>&1; then
     built_s[$bin]=$((SECONDS - t0))
     pass "$bin built in the root in ${built_s[$bin]}s: $(tail -n1 "$WORK/build-$bin.log" | sed 's/^\[[^]]*\] //')"
   else

@@ -75,7 +75,7 @@ fn the_api_account_may_get_only_its_own_pipeline() {
 }
 
 #[test]
-fn the_api_pod_is_the_receiver_pod_hardened_alike_running_serve() {
+fn the_api_pod_is_the_receiver_pod_hardened_alike_running_ferry_api() {
     let (api, receiver) = api_children("{enabled: true, replicas: 2}");
     let (api_pod, receiver_pod) = (pod(&api.deployment), pod(&receiver));
     assert_eq!(api.deployment.metadata.name.as_deref(), Some("sensors-api"));
