@@ -18,7 +18,7 @@ const PROGRAM: &str = "ferry-api";
 /// Ferry's read API: reads one Pipeline's data with its receiver's config (Redis, key
 /// prefix, storage, format); the processors' names say which of their keys it reads.
 #[derive(Debug, Parser)]
-#[command(name = "ferry-api", version, about)]
+#[command(name = "ferry-api", version)]
 struct Args {
     /// Log lines as JSON (for collectors) or human-readable.
     #[arg(long, value_enum, default_value = "json", env = "FERRY_LOG_FORMAT")]
@@ -98,4 +98,23 @@ fn run(args: Args) -> Result<(), ExitCode> {
     cli::run_until_signalled(PROGRAM, "read API", |shutdown| {
         ferry_worker::api::run(config, options, shutdown)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Args;
+
+    #[test]
+    fn help_says_it_is_the_read_api_not_the_worker() {
+        let about = Args::command().get_about().map(ToString::to_string);
+        assert_eq!(
+            about.as_deref(),
+            Some(
+                "Ferry's read API: reads one Pipeline's data with its receiver's config (Redis, key \
+                 prefix, storage, format); the processors' names say which of their keys it reads"
+            )
+        );
+    }
 }
