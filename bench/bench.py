@@ -619,8 +619,13 @@ def warm_broker(offered: float, workdir: Path, notes: list[str]) -> None:
     shares = []
     for _ in range(WARM_POINTS_MAX):
         data = run_latency("bare-pipe", offered, workdir)
-        shares.append(data["cores"].get("kafka", 0.0))
-        if len(shares) >= 2 and abs(shares[-1] - shares[-2]) <= 0.2 * max(shares[-2], 1e-9):
+        if "kafka" not in data["cores"]:
+            log("broker warm-up: Kafka's process not found, so its CPU share cannot settle; one point only")
+            notes.append("Before the latency curve, one discarded bare-pipe point; Kafka's process was "
+                         "not found, so whether the broker had settled is unknown.")
+            return
+        shares.append(data["cores"]["kafka"])
+        if len(shares) >= 2 and abs(shares[-1] - shares[-2]) <= 0.2 * shares[-2]:
             break
     cells = ", ".join(f"{s:.2f}" for s in shares)
     log(f"broker warm-up at {offered:,.0f} records/s: Kafka cores per point {cells}")
@@ -960,10 +965,11 @@ def main() -> int:
     latency: dict[str, list[dict]] = {}
     if LATENCY_S > 0:
         loads = curve_loads(summary)
-        if WARM_POINTS_MAX > 0 and loads:
-            warm_broker(min(x for xs in loads.values() for x in xs), workdir, notes)
+        offered_loads = sorted({x for xs in loads.values() for x in xs})
+        if WARM_POINTS_MAX > 0 and offered_loads:
+            warm_broker(offered_loads[0], workdir, notes)
         # Interleaved by load, lowest first, so a noisy minute hits every contender alike.
-        for offered in sorted({x for xs in loads.values() for x in xs}):
+        for offered in offered_loads:
             for name in loads:
                 if offered in loads[name]:
                     latency.setdefault(name, []).append(run_latency(name, offered, workdir))
