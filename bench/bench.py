@@ -34,6 +34,9 @@ Environment knobs (defaults in brackets):
                            `ferry-baseline` runs it, interleaved with `ferry` in every run and
                            at every latency point, for before/after comparisons of one change,
                            e.g. BENCH_CONTENDERS=ferry,ferry-baseline,bare-consume BENCH_LATENCY_S=0
+  BENCH_BASELINE_BATCH     the baseline's maxRecords instead of BENCH_BATCH; without
+                           BENCH_BASELINE_BIN it runs Ferry's own build, so one setting is
+                           compared with another on one binary
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 BASELINE_BIN = os.environ.get("BENCH_BASELINE_BIN", "")
+BASELINE_BATCH = int(os.environ.get("BENCH_BASELINE_BATCH", str(BATCH)))
 
 ALL = [
     "ferry",
@@ -100,7 +104,8 @@ RPC_MAX_IN_FLIGHT = os.environ.get("BENCH_RPC_MAX_IN_FLIGHT", "64")
 RPC_CHECKPOINT_LIMIT = os.environ.get("BENCH_RPC_CHECKPOINT_LIMIT", "1024")
 LABELS = {
     "ferry": "Ferry receiver",
-    "ferry-baseline": "Ferry receiver, baseline build (BENCH_BASELINE_BIN)",
+    "ferry-baseline": ("Ferry receiver, baseline build (BENCH_BASELINE_BIN)" if BASELINE_BIN
+                       or BASELINE_BATCH == BATCH else f"Ferry receiver, maxRecords {BASELINE_BATCH}"),
     "redpanda-connect": "Redpanda Connect",
     "redpanda-connect-notrim": "Redpanda Connect, LPUSH only (lists not trimmed)",
     "bare-pipe": "limit: bare consume → LPUSH+LTRIM as soon as read",
@@ -330,7 +335,7 @@ class Result:
     load: float = 0.0
 
 
-def ferry_config(path: Path, topic: str, group: str) -> None:
+def ferry_config(path: Path, topic: str, group: str, batch: int = BATCH) -> None:
     path.write_text(
         f"""pipeline: bench
 kafka:
@@ -347,7 +352,7 @@ http:
 stage:
   receiver:
     storage: {{type: list, history_depth: {DEPTH}}}
-    batch: {{max_records: {BATCH}, max_wait: 50ms}}
+    batch: {{max_records: {batch}, max_wait: 50ms}}
 """
     )
 
@@ -369,11 +374,13 @@ def rpc_config(path: Path, topic: str, group: str, trim: bool) -> None:
 def pipeline_cmd(name: str, topic: str, group: str, workdir: Path) -> list[str]:
     if name in ("ferry", "ferry-baseline"):
         cfg = workdir / f"ferry-{group}.yaml"
-        ferry_config(cfg, topic, group)
+        baseline = name == "ferry-baseline"
+        ferry_config(cfg, topic, group, BASELINE_BATCH if baseline else BATCH)
         binary = TARGET / "ferry-worker"
-        if name == "ferry-baseline":
+        if baseline and (BASELINE_BIN or BASELINE_BATCH == BATCH):
             if not BASELINE_BIN or not Path(BASELINE_BIN).is_file():
-                raise SystemExit("the ferry-baseline contender needs BENCH_BASELINE_BIN: a ferry-worker binary")
+                raise SystemExit("the ferry-baseline contender needs BENCH_BASELINE_BIN (a ferry-worker "
+                                 "binary) or BENCH_BASELINE_BATCH (another maxRecords)")
             binary = Path(BASELINE_BIN)
         return [str(binary), "--log-format", "json", "receive", "--config", str(cfg)]
     if name == "bare-pipe":
@@ -879,7 +886,7 @@ def write_report(summary, latency, results, notes, evidence, started_at, text_by
             now = [a / b for a, b in zip(f["runs"], s["bare-consume"]["runs"])]
             before = [a / b for a, b in zip(s["ferry-baseline"]["runs"], s["bare-consume"]["runs"])]
             lines.append(f"- Ferry ÷ bare consume, per run: {', '.join(f'{r:.3f}' for r in now)} "
-                         f"(median **{median(now):.3f}×**); baseline build: "
+                         f"(median **{median(now):.3f}×**); baseline: "
                          f"{', '.join(f'{r:.3f}' for r in before)} (median **{median(before):.3f}×**); "
                          f"this build keeps **{median(now) / median(before):.3f}×** of the baseline's ratio")
     if latency:
