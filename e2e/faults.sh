@@ -15,6 +15,9 @@ FERRY_STACK_DIR="${FERRY_STACK_DIR:-/tmp/ferry-stack}"
 [[ -f "$FERRY_STACK_DIR/env" ]] || { echo "no $FERRY_STACK_DIR/env: start the stack with make stack-up" >&2; exit 1; }
 # shellcheck disable=SC1091
 source "$FERRY_STACK_DIR/env"
+# The one cargo target dir every other script builds into (e2e/local/lib.sh), so that a
+# fault run reuses the stack's and the benchmarks' builds instead of a second tree here.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${FERRY_CACHE:-$HOME/.cache/ferry}/cargo-target}"
 
 export FERRY_FAULT_REPORT="$REPO_ROOT/target/fault-report.tsv"
 LOGS="$REPO_ROOT/target/fault-logs"
@@ -32,7 +35,7 @@ echo "==> building the worker (simulator) and the test binaries"
 # build, imported again in case the stack's Kubernetes was started after the last import.
 echo "==> importing the worker image (ferry/worker:dev)"
 "$CARGO" build -q --release -p ferry-worker --bin ferry-worker --bin ferry-api
-release="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
+release="$CARGO_TARGET_DIR/release"
 bash "$REPO_ROOT/e2e/local/images.sh" worker "$release/ferry-worker" "$release/ferry-api"
 
 failed=()
