@@ -82,6 +82,8 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 BASELINE_BIN = os.environ.get("BENCH_BASELINE_BIN", "")
 BASELINE_BATCH = int(os.environ.get("BENCH_BASELINE_BATCH", str(BATCH)))
+# Without a binary of its own, a baseline with another maxRecords runs Ferry's own build.
+BASELINE_OWN_BUILD = not BASELINE_BIN and BASELINE_BATCH != BATCH
 
 ALL = [
     "ferry",
@@ -104,8 +106,8 @@ RPC_MAX_IN_FLIGHT = os.environ.get("BENCH_RPC_MAX_IN_FLIGHT", "64")
 RPC_CHECKPOINT_LIMIT = os.environ.get("BENCH_RPC_CHECKPOINT_LIMIT", "1024")
 LABELS = {
     "ferry": "Ferry receiver",
-    "ferry-baseline": ("Ferry receiver, baseline build (BENCH_BASELINE_BIN)" if BASELINE_BIN
-                       or BASELINE_BATCH == BATCH else f"Ferry receiver, maxRecords {BASELINE_BATCH}"),
+    "ferry-baseline": (f"Ferry receiver, maxRecords {BASELINE_BATCH}" if BASELINE_OWN_BUILD
+                       else "Ferry receiver, baseline build (BENCH_BASELINE_BIN)"),
     "redpanda-connect": "Redpanda Connect",
     "redpanda-connect-notrim": "Redpanda Connect, LPUSH only (lists not trimmed)",
     "bare-pipe": "limit: bare consume → LPUSH+LTRIM as soon as read",
@@ -377,7 +379,7 @@ def pipeline_cmd(name: str, topic: str, group: str, workdir: Path) -> list[str]:
         baseline = name == "ferry-baseline"
         ferry_config(cfg, topic, group, BASELINE_BATCH if baseline else BATCH)
         binary = TARGET / "ferry-worker"
-        if baseline and (BASELINE_BIN or BASELINE_BATCH == BATCH):
+        if baseline and not BASELINE_OWN_BUILD:
             if not BASELINE_BIN or not Path(BASELINE_BIN).is_file():
                 raise SystemExit("the ferry-baseline contender needs BENCH_BASELINE_BIN (a ferry-worker "
                                  "binary) or BENCH_BASELINE_BATCH (another maxRecords)")

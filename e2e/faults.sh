@@ -15,9 +15,10 @@ FERRY_STACK_DIR="${FERRY_STACK_DIR:-/tmp/ferry-stack}"
 [[ -f "$FERRY_STACK_DIR/env" ]] || { echo "no $FERRY_STACK_DIR/env: start the stack with make stack-up" >&2; exit 1; }
 # shellcheck disable=SC1091
 source "$FERRY_STACK_DIR/env"
-# The one cargo target dir every other script builds into (e2e/local/lib.sh), so that a
-# fault run reuses the stack's and the benchmarks' builds instead of a second tree here.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${FERRY_CACHE:-$HOME/.cache/ferry}/cargo-target}"
+# lib.sh's locations: the one cargo target dir every script builds into, so that a fault run
+# reuses the stack's and the benchmarks' builds instead of a second tree in the clone.
+# shellcheck source=e2e/local/lib.sh
+source "$REPO_ROOT/e2e/local/lib.sh"
 
 export FERRY_FAULT_REPORT="$REPO_ROOT/target/fault-report.tsv"
 LOGS="$REPO_ROOT/target/fault-logs"
