@@ -12,6 +12,7 @@ use kube::runtime::reflector;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::apply;
+use super::topics::CreatedTopicsMemo;
 use super::validate::OperatorDefaults;
 use crate::autoscale::{Autoscaler, Peer};
 use crate::crd::Pipeline;
@@ -36,6 +37,8 @@ pub struct Context {
     pub worker_reports: Arc<WorkerReports>,
     /// The Kafka admin API, for the topics between chained stages.
     pub topic_admin: Arc<dyn TopicAdmin>,
+    /// The topics rounds created that the cached status may not show yet.
+    pub(super) created_topics: CreatedTopicsMemo,
     /// Consecutive failed reconciles per Pipeline: the backoff, and whether the last round
     /// failed (its status then differs from what a success writes, whatever the cache says).
     failures: Mutex<HashMap<ObjectRef<Pipeline>, u32>>,
@@ -77,6 +80,7 @@ impl Context {
             autoscaler: Arc::new(Autoscaler::new()),
             worker_reports: Arc::new(WorkerReports::default()),
             topic_admin: Arc::new(KafkaTopicAdmin::default()),
+            created_topics: CreatedTopicsMemo::default(),
             failures: Mutex::new(HashMap::new()),
             child_caches: apply::ChildCaches {
                 deployments,

@@ -3,8 +3,8 @@
 //! objects it was sent and records every call, so a test can assert the exact calls.
 //!
 //! It knows just enough of the API: server-side apply (stores and echoes the object, with
-//! this operator as its only manager), the status subresource of the one Pipeline, label
-//! listing as `PartialObjectMetadataList`, delete, and Event creation.
+//! this operator as its only manager), the status subresource and the metadata of the one
+//! Pipeline, label listing as `PartialObjectMetadataList`, delete, and Event creation.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -120,6 +120,16 @@ impl FakeApi {
         match call.method {
             Method::PATCH if call.path.ends_with("/status") => {
                 state.pipeline["status"] = call.body["status"].clone();
+                state.pipeline["metadata"]["resourceVersion"] = json!(version);
+                (StatusCode::OK, state.pipeline.clone())
+            }
+            // A merge patch of the Pipeline's metadata (its finalizers).
+            Method::PATCH if call.path.contains("/pipelines/") => {
+                if let Some(fields) = call.body["metadata"].as_object() {
+                    for (field, value) in fields {
+                        state.pipeline["metadata"][field] = value.clone();
+                    }
+                }
                 state.pipeline["metadata"]["resourceVersion"] = json!(version);
                 (StatusCode::OK, state.pipeline.clone())
             }

@@ -72,11 +72,7 @@ async fn reconcile_stages(
     let dereferenced = dereference::dereference(&ctx.client, pipeline).await?;
     let Bootstrap::Resolved(bootstrap_servers) = &dereferenced.bootstrap;
     let mut validated = validate::validate(pipeline, &dereferenced, &ctx.defaults)?;
-    let recorded = pipeline
-        .status
-        .as_ref()
-        .map(|s| s.created_topics.clone())
-        .unwrap_or_default();
+    let recorded = ctx.created_topics.recorded(pipeline);
     let topics_outcome = topics::reconcile_topics(
         ctx.topic_admin.clone(),
         &topics::plan(pipeline, &validated),
@@ -85,6 +81,7 @@ async fn reconcile_stages(
         &now_rfc3339(),
     )
     .await;
+    ctx.created_topics.remember(pipeline, &topics_outcome);
     validated.output_topics = topics_outcome.kafka_topics.clone();
     let desired = ctx.autoscaler.register(
         &validated.namespace,
@@ -360,19 +357,16 @@ async fn finalize(pipeline: &Pipeline, ctx: &Context) -> Result<Action, Error> {
         .cloned()
         .collect();
     patch_finalizers(ctx, pipeline, finalizers).await?;
+    ctx.created_topics.forget(pipeline);
     Ok(Action::await_change())
 }
 
-/// Deletes the output topics the status records as Ferry's: each `KafkaTopic` through the
-/// API server, the others through the Kafka admin API.
+/// Deletes the output topics Ferry created (what the status records, and what it may not show
+/// yet): each `KafkaTopic` through the API server, the others through the Kafka admin API.
 async fn delete_created_topics(pipeline: &Pipeline, ctx: &Context) -> Result<(), Error> {
     let name = pipeline.name_any();
     let namespace = pipeline.namespace().unwrap_or_default();
-    let recorded = pipeline
-        .status
-        .as_ref()
-        .map(|s| s.created_topics.clone())
-        .unwrap_or_default();
+    let recorded = ctx.created_topics.recorded(pipeline);
     let mut deleted = Vec::new();
     for entry in &recorded {
         if let Some((topic_namespace, topic)) =

@@ -17,8 +17,10 @@
 //! Ferry deletes only topics its status records as its own (`status.createdTopics`): a topic
 //! that already existed is never recorded, so never deleted.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use kube::ResourceExt;
 
 use super::validate::{ValidatedPipeline, ValidatedTopic};
 use crate::crd::{CreatedTopic, DeletionPolicy, Pipeline, TopicCreator};
@@ -383,6 +385,78 @@ pub async fn reconcile_topics(
         }
     }
     outcome
+}
+
+/// The topics each Pipeline's rounds created that its cached status may not show yet.
+///
+/// A round reads the status from the watch cache, which can lag behind the last round's
+/// write (a Deployment's event can wake the next round first), and a failed status write
+/// leaves no record at all. A topic created then exists but looks someone else's: never
+/// recorded again, and so never deleted with `deletionPolicy: delete`. Each entry is kept
+/// until a cached status lists it (the cache only moves forward) or the topic is deleted.
+#[derive(Debug, Default)]
+pub struct CreatedTopicsMemo {
+    by_pipeline: Mutex<HashMap<String, Vec<CreatedTopic>>>,
+}
+
+impl CreatedTopicsMemo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<CreatedTopic>>> {
+        self.by_pipeline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What `pipeline`'s status records, and the topics created since that it doesn't yet.
+    pub fn recorded(&self, pipeline: &Pipeline) -> Vec<CreatedTopic> {
+        let mut recorded = pipeline
+            .status
+            .as_ref()
+            .map(|s| s.created_topics.clone())
+            .unwrap_or_default();
+        let mut memo = self.lock();
+        if let Some(unseen) = memo.get_mut(&memo_key(pipeline)) {
+            unseen.retain(|c| !outcome_has(&recorded, &c.topic));
+            recorded.extend(unseen.iter().cloned());
+            if unseen.is_empty() {
+                memo.remove(&memo_key(pipeline));
+            }
+        }
+        recorded
+    }
+
+    /// Remembers the round's creations and forgets its deletions.
+    pub fn remember(&self, pipeline: &Pipeline, outcome: &TopicsOutcome) {
+        let mut memo = self.lock();
+        let unseen = memo.entry(memo_key(pipeline)).or_default();
+        unseen.retain(|c| !outcome.deleted.contains(&c.topic));
+        for created in outcome
+            .created
+            .iter()
+            .filter(|c| outcome.newly_created.contains(&c.topic))
+        {
+            unseen.retain(|c| c.topic != created.topic);
+            unseen.push(created.clone());
+        }
+        if unseen.is_empty() {
+            memo.remove(&memo_key(pipeline));
+        }
+    }
+
+    /// Forgets a Pipeline whose deletion is done.
+    pub fn forget(&self, pipeline: &Pipeline) {
+        self.lock().remove(&memo_key(pipeline));
+    }
+}
+
+/// The Pipeline's UID: one recreated under the same name holds none of its topics.
+fn memo_key(pipeline: &Pipeline) -> String {
+    pipeline.uid().unwrap_or_else(|| {
+        format!(
+            "{}/{}",
+            pipeline.namespace().unwrap_or_default(),
+            pipeline.name_any()
+        )
+    })
 }
 
 fn outcome_has(recorded: &[CreatedTopic], topic: &str) -> bool {

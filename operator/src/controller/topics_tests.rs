@@ -501,6 +501,19 @@ fn deleting_topics_needs_the_finalizer_only_with_the_delete_policy() {
     assert!(super::validate::deletes_topic(&delete));
 }
 
+/// A reconcile's context over the fake API server's client and the fake admin.
+fn context(client: kube::Client, admin: &Arc<FakeAdmin>) -> Arc<Context> {
+    Arc::new(
+        Context::new(
+            client,
+            OperatorDefaults::new("ferry/worker:test"),
+            Arc::new(Metrics::default()),
+            "test".to_owned(),
+        )
+        .with_topic_admin(admin.clone()),
+    )
+}
+
 /// The fixture of the reconcile tests (`sensors` in `default`) as a chain: the receiver
 /// reads validate's output, which is not created and does not exist.
 fn mocked_chain() -> Pipeline {
@@ -521,15 +534,7 @@ async fn the_reconcile_applies_a_waiting_chain_and_says_what_it_waits_for() {
     let pipeline = mocked_chain();
     let (client, fake) = FakeApi::start(&pipeline);
     let admin = FakeAdmin::with(&[("sensors", 3)]);
-    let ctx = Arc::new(
-        Context::new(
-            client,
-            OperatorDefaults::new("ferry/worker:test"),
-            Arc::new(Metrics::default()),
-            "test".to_owned(),
-        )
-        .with_topic_admin(admin.clone()),
-    );
+    let ctx = context(client, &admin);
     let action = reconcile(Arc::new(pipeline), ctx.clone()).await.unwrap();
     assert_eq!(
         action,
@@ -579,6 +584,88 @@ async fn the_reconcile_applies_a_waiting_chain_and_says_what_it_waits_for() {
     );
 }
 
+/// A chain whose validate stage creates its output through the admin API, deleted with
+/// the Pipeline; the fake API server, the fake admin holding the source, and the context.
+fn deleting_chain() -> (Pipeline, FakeApi, Arc<FakeAdmin>, Arc<Context>) {
+    let mut pipeline = mocked_chain();
+    pipeline.spec.processors[1].output = Some(
+        serde_json::from_value(serde_json::json!({"topic": "sensors.valid", "create": {}}))
+            .unwrap(),
+    );
+    pipeline.spec.deletion_policy = DeletionPolicy::Delete;
+    let (client, fake) = FakeApi::start(&pipeline);
+    let admin = FakeAdmin::with(&[("sensors", 3)]);
+    let ctx = context(client, &admin);
+    (pipeline, fake, admin, ctx)
+}
+
+fn recorded_topics(fake: &FakeApi) -> Vec<String> {
+    fake.pipeline()
+        .status
+        .map(|s| s.created_topics.into_iter().map(|c| c.topic).collect())
+        .unwrap_or_default()
+}
+
+/// Deletes the Pipeline as the fake holds it: the finalizer must be there, and the topic
+/// must go.
+async fn delete_and_expect_topic_gone(fake: &FakeApi, admin: &FakeAdmin, ctx: Arc<Context>) {
+    let mut deleting = fake.pipeline();
+    assert_eq!(
+        deleting.metadata.finalizers,
+        Some(vec![super::reconcile::TOPIC_FINALIZER.to_owned()])
+    );
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    reconcile(Arc::new(deleting), ctx).await.unwrap();
+    assert_eq!(
+        admin.partitions_of("sensors.valid"),
+        None,
+        "the topic leaked"
+    );
+}
+
+/// The controller's watch cache can lag behind the status a round wrote: a Deployment's
+/// event can wake the next round before the status write reaches the cache. That round
+/// sees the topic it created exist but not recorded; the record must survive it, or
+/// `deletionPolicy: delete` leaks the topic.
+#[tokio::test]
+async fn a_round_on_a_stale_cache_keeps_the_record_of_the_topic_it_created() {
+    let (pipeline, fake, admin, ctx) = deleting_chain();
+    let stale = Arc::new(pipeline);
+    reconcile(stale.clone(), ctx.clone()).await.unwrap();
+    assert_eq!(admin.partitions_of("sensors.valid"), Some(3));
+    assert_eq!(recorded_topics(&fake), ["sensors.valid"]);
+
+    reconcile(stale, ctx.clone()).await.unwrap();
+    assert_eq!(
+        recorded_topics(&fake),
+        ["sensors.valid"],
+        "a round on the stale cache dropped the record of the topic it created"
+    );
+    delete_and_expect_topic_gone(&fake, &admin, ctx).await;
+}
+
+/// The round that created the topic failed to write its status: the next one records it.
+#[tokio::test]
+async fn a_topic_created_by_a_round_whose_status_write_failed_is_recorded_next_round() {
+    let (pipeline, fake, admin, ctx) = deleting_chain();
+    fake.fail_next(
+        "PATCH /apis/ferry.dev/v1alpha1/namespaces/default/pipelines/sensors/status",
+        http::StatusCode::INTERNAL_SERVER_ERROR,
+    );
+    reconcile(Arc::new(pipeline), ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(admin.partitions_of("sensors.valid"), Some(3));
+
+    reconcile(Arc::new(fake.pipeline()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(recorded_topics(&fake), ["sensors.valid"]);
+    delete_and_expect_topic_gone(&fake, &admin, ctx).await;
+}
+
 #[tokio::test]
 async fn a_single_topic_pipeline_makes_no_kafka_call() {
     let mut pipeline: Pipeline =
@@ -588,15 +675,7 @@ async fn a_single_topic_pipeline_makes_no_kafka_call() {
     pipeline.metadata.generation = Some(1);
     let (client, _fake) = FakeApi::start(&pipeline);
     let admin = FakeAdmin::with(&[]);
-    let ctx = Arc::new(
-        Context::new(
-            client,
-            OperatorDefaults::new("ferry/worker:test"),
-            Arc::new(Metrics::default()),
-            "test".to_owned(),
-        )
-        .with_topic_admin(admin.clone()),
-    );
+    let ctx = context(client, &admin);
     reconcile(Arc::new(pipeline), ctx).await.unwrap();
     assert!(admin.calls().is_empty());
 }
