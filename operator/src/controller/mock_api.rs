@@ -15,7 +15,10 @@ use kube::client::Body;
 use serde_json::{Value, json};
 
 use super::apply::FIELD_MANAGER;
+use super::context::Context;
+use super::validate::OperatorDefaults;
 use crate::crd::Pipeline;
+use crate::metrics::Metrics;
 
 /// One request the fake server received.
 #[derive(Debug, Clone)]
@@ -209,6 +212,16 @@ impl FakeApi {
             ),
         }
     }
+}
+
+/// A reconcile's context over `client` (the fake's), with the tests' operator defaults.
+pub fn context(client: Client) -> Context {
+    Context::new(
+        client,
+        OperatorDefaults::new("ferry/worker:test"),
+        Arc::new(Metrics::default()),
+        "test".to_owned(),
+    )
 }
 
 fn status_body(status: StatusCode, message: &str) -> Value {

@@ -238,11 +238,7 @@ async fn reconcile_stages(
 /// Events for what the `topics` stage did, and for each new reason to wait or fail (not
 /// again while the status already says the same).
 async fn publish_topic_events(pipeline: &Pipeline, outcome: &topics::TopicsOutcome, ctx: &Context) {
-    for entry in outcome
-        .created
-        .iter()
-        .filter(|c| outcome.newly_created.contains(&c.topic))
-    {
+    for entry in outcome.newly_created_entries() {
         let via = match &entry.kafka_topic {
             Some(kafka_topic) => format!("as KafkaTopic {kafka_topic}"),
             None => "through the Kafka admin API".to_owned(),

@@ -9,11 +9,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::watcher;
 
 use super::context::Context;
-use super::mock_api::FakeApi;
+use super::mock_api::{self, FakeApi};
 use super::reconcile::{error_policy, reconcile};
-use super::validate::OperatorDefaults;
 use crate::crd::{Pipeline, PipelineStatus};
-use crate::metrics::Metrics;
 
 const SAMPLE: &str = include_str!("../../../examples/pipeline.yaml");
 
@@ -33,13 +31,7 @@ fn fixture() -> Pipeline {
 
 fn context(pipeline: &Pipeline) -> (Arc<Context>, FakeApi) {
     let (client, fake) = FakeApi::start(pipeline);
-    let ctx = Context::new(
-        client,
-        OperatorDefaults::new("ferry/worker:test"),
-        Arc::new(Metrics::default()),
-        "test".to_owned(),
-    );
-    (Arc::new(ctx), fake)
+    (Arc::new(mock_api::context(client)), fake)
 }
 
 fn deployment(name: &str) -> String {

@@ -177,6 +177,15 @@ pub struct TopicsOutcome {
     pub kafka_topics_to_delete: Vec<(String, String)>,
 }
 
+impl TopicsOutcome {
+    /// The entries of the topics created this round.
+    pub fn newly_created_entries(&self) -> impl Iterator<Item = &CreatedTopic> {
+        self.created
+            .iter()
+            .filter(|c| self.newly_created.contains(&c.topic))
+    }
+}
+
 /// Creates, checks and deletes this round's topics. Never fails the round: a failed call
 /// is in `failures`, which the status and an Event name, and the round is retried.
 pub async fn reconcile_topics(
@@ -413,12 +422,13 @@ impl CreatedTopicsMemo {
             .as_ref()
             .map(|s| s.created_topics.clone())
             .unwrap_or_default();
+        let key = memo_key(pipeline);
         let mut memo = self.lock();
-        if let Some(unseen) = memo.get_mut(&memo_key(pipeline)) {
+        if let Some(unseen) = memo.get_mut(&key) {
             unseen.retain(|c| !outcome_has(&recorded, &c.topic));
             recorded.extend(unseen.iter().cloned());
             if unseen.is_empty() {
-                memo.remove(&memo_key(pipeline));
+                memo.remove(&key);
             }
         }
         recorded
@@ -426,19 +436,19 @@ impl CreatedTopicsMemo {
 
     /// Remembers the round's creations and forgets its deletions.
     pub fn remember(&self, pipeline: &Pipeline, outcome: &TopicsOutcome) {
+        if outcome.newly_created.is_empty() && outcome.deleted.is_empty() {
+            return;
+        }
+        let key = memo_key(pipeline);
         let mut memo = self.lock();
-        let unseen = memo.entry(memo_key(pipeline)).or_default();
+        let unseen = memo.entry(key.clone()).or_default();
         unseen.retain(|c| !outcome.deleted.contains(&c.topic));
-        for created in outcome
-            .created
-            .iter()
-            .filter(|c| outcome.newly_created.contains(&c.topic))
-        {
+        for created in outcome.newly_created_entries() {
             unseen.retain(|c| c.topic != created.topic);
             unseen.push(created.clone());
         }
         if unseen.is_empty() {
-            memo.remove(&memo_key(pipeline));
+            memo.remove(&key);
         }
     }
 

@@ -7,14 +7,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::context::Context;
 use super::dereference::{Bootstrap, Dereferenced};
-use super::mock_api::FakeApi;
+use super::mock_api::{self, FakeApi};
 use super::reconcile::reconcile;
 use super::status::{self, DEGRADED, PROGRESSING, READY};
 use super::topics::{self, KafkaAccess, TopicsOutcome, kafka_access, plan, reconcile_topics};
 use super::validate::{OperatorDefaults, ValidatedPipeline, validate};
 use crate::crd::{CreatedTopic, DeletionPolicy, Pipeline, PipelineStatus, TopicCreator};
 use crate::lag::ClusterConfig;
-use crate::metrics::Metrics;
 use crate::scaling::DesiredReplicas;
 use crate::topics::{Creation, NewTopicSpec, TopicAdmin, TopicError};
 
@@ -503,15 +502,7 @@ fn deleting_topics_needs_the_finalizer_only_with_the_delete_policy() {
 
 /// A reconcile's context over the fake API server's client and the fake admin.
 fn context(client: kube::Client, admin: &Arc<FakeAdmin>) -> Arc<Context> {
-    Arc::new(
-        Context::new(
-            client,
-            OperatorDefaults::new("ferry/worker:test"),
-            Arc::new(Metrics::default()),
-            "test".to_owned(),
-        )
-        .with_topic_admin(admin.clone()),
-    )
+    Arc::new(mock_api::context(client).with_topic_admin(admin.clone()))
 }
 
 /// The fixture of the reconcile tests (`sensors` in `default`) as a chain: the receiver
