@@ -6,6 +6,8 @@
 # the API and with a direct redis-rs LRANGE in the same run, prints both with their ratios
 # (closed loop), then both again at one offered rate, half the API's closed-loop rate
 # (open loop; FERRY_BENCH_LOAD sets the fraction), then the event delay (batch EXEC -> SSE).
+# Beside both, the floor: the client binary itself as a bare HTTP server doing one LRANGE a
+# request with no decoding and no JSON (FERRY_BENCH_FLOOR=0 leaves it out).
 # Details and figures: bench/README.md.
 # Usage: bash bench/api.sh     (SOURCES=1000 BENCH_SECONDS=5 by default)
 set -euo pipefail
@@ -56,6 +58,20 @@ for _ in $(seq 100); do
   curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
   sleep 0.1
 done
+FLOOR_ADDRESS=""
+if [[ "${FERRY_BENCH_FLOOR:-1}" != 0 ]]; then
+  FLOOR_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  FLOOR_ADDRESS="127.0.0.1:$FLOOR_PORT"
+  FERRY_BENCH_FLOOR_SERVE="$FLOOR_ADDRESS" FERRY_BENCH_PREFIX="$PREFIX" REDIS_URL="$REDIS_URL" \
+    "$BENCH" 2>"$WORK/floor.log" &
+  FLOOR=$!
+  trap 'kill "$SERVE" "$FLOOR" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$FLOOR_PORT") 2>/dev/null && break
+    sleep 0.1
+  done
+fi
 echo "== read API vs direct LRANGE: $SOURCES sources x 100 values, ${SECONDS_PER_LEVEL}s per level, $(nproc) cores"
 FERRY_BENCH_API="127.0.0.1:$PORT" FERRY_BENCH_PREFIX="$PREFIX" FERRY_BENCH_SOURCES="$SOURCES" \
-  FERRY_BENCH_SECONDS="$SECONDS_PER_LEVEL" REDIS_URL="$REDIS_URL" "$BENCH"
+  FERRY_BENCH_SECONDS="$SECONDS_PER_LEVEL" REDIS_URL="$REDIS_URL" FERRY_BENCH_FLOOR="$FLOOR_ADDRESS" \
+  "$BENCH"

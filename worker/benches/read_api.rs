@@ -14,11 +14,18 @@
 //! Then the event delay: from a batch-shaped `MULTI … PUBLISH … EXEC` sent to the SSE
 //! client's receipt of it.
 //!
+//! With `FERRY_BENCH_FLOOR` (host:port) each level also runs against the floor: this same
+//! binary started with `FERRY_BENCH_FLOOR_SERVE=host:port`, an HTTP/1.1 server with no
+//! framework that answers each history request with one `LRANGE` on a multiplexed
+//! connection and the values as they are, no decoding, no JSON. It is what any HTTP API in
+//! front of Redis pays on this machine (the second round trip and a server process), so
+//! floor ÷ direct bounds the API's ratio and API ÷ floor is what Ferry's own code costs.
+//!
 //! Environment: `FERRY_BENCH_API` (host:port of serve), `REDIS_URL`, `FERRY_BENCH_PREFIX`
 //! (the key prefix serve reads), `FERRY_BENCH_SOURCES` (how many sources hold data),
 //! `FERRY_BENCH_SECONDS` (per level, default 5), `FERRY_BENCH_LEVELS` (the client counts,
 //! default `1,50,500`), `FERRY_BENCH_LOAD` (the open-loop rate as a fraction of the API's
-//! closed-loop rate, default 0.5).
+//! closed-loop rate, default 0.5), `FERRY_BENCH_FLOOR`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
@@ -175,6 +182,65 @@ impl Reader for DirectReader {
     }
 }
 
+/// The floor server: for each `GET /v1/sources/{id}/history…` on a keep-alive connection,
+/// one `LRANGE key 0 99` and the values back to back as the body. Nothing else is parsed:
+/// the benchmark's own client is the only caller.
+async fn floor_serve(address: &str, redis: redis::aio::MultiplexedConnection, prefix: String) {
+    // The same accept queue as ferry-api's (4096), so that 500 clients connecting at once
+    // do not overflow std's 128.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(address.parse().unwrap()).unwrap();
+    let listener = socket.listen(4096).unwrap();
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut redis = redis.clone();
+        let prefix = prefix.clone();
+        tokio::spawn(async move {
+            let mut stream = BufReader::new(stream);
+            let mut line = String::new();
+            let mut answer = Vec::new();
+            loop {
+                line.clear();
+                if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let id = line
+                    .split_once("/v1/sources/")
+                    .and_then(|(_, rest)| rest.split_once('/'))
+                    .map(|(id, _)| id.to_owned())
+                    .unwrap_or_default();
+                // The headers, up to the blank line.
+                while line != "\r\n" {
+                    line.clear();
+                    if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                }
+                let values: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                    .arg(format!("{prefix}:list:{id}"))
+                    .arg(0)
+                    .arg(99)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                let length: usize = values.iter().map(Vec::len).sum();
+                answer.clear();
+                answer.extend_from_slice(
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n").as_bytes(),
+                );
+                for value in &values {
+                    answer.extend_from_slice(value);
+                }
+                if stream.get_mut().write_all(&answer).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
 /// One client's requests, paced by `pace` until `deadline`. Returns each one's latency.
 async fn client_loop(
     pace: Pace,
@@ -284,6 +350,13 @@ async fn main() {
     let seconds: f64 = env("FERRY_BENCH_SECONDS", "5").parse().unwrap();
     let client = redis::Client::open(redis_url.as_str()).unwrap();
     let redis = client.get_multiplexed_async_connection().await.unwrap();
+    if let Ok(address) = std::env::var("FERRY_BENCH_FLOOR_SERVE") {
+        floor_serve(&address, redis, prefix).await;
+        return;
+    }
+    let floor = std::env::var("FERRY_BENCH_FLOOR")
+        .ok()
+        .filter(|address| !address.is_empty());
     preload(&mut redis.clone(), &prefix, sources).await;
 
     // Check once that both paths read the same 100 values.
@@ -300,7 +373,7 @@ async fn main() {
     let deadline = Duration::from_secs_f64(seconds);
     let header = || {
         println!(
-            "{:>8}  {:>12} {:>9} {:>9}  {:>12} {:>9} {:>9}  {:>7} {:>13}",
+            "{:>8}  {:>12} {:>9} {:>9}  {:>12} {:>9} {:>9}  {:>7} {:>13}{}",
             "clients",
             "api req/s",
             "api p50",
@@ -309,12 +382,20 @@ async fn main() {
             "p50",
             "p99",
             "ratio",
-            "p99 delta"
+            "p99 delta",
+            if floor.is_some() {
+                format!(
+                    "  {:>12} {:>9} {:>9}  {:>12} {:>10}",
+                    "floor req/s", "p50", "p99", "floor/direct", "api/floor"
+                )
+            } else {
+                String::new()
+            }
         );
     };
-    let row = |clients: usize, api: &Level, direct: &Level| {
+    let row = |clients: usize, api: &Level, direct: &Level, floor: Option<&Level>| {
         println!(
-            "{clients:>8}  {:>12.0} {:>7.0}us {:>7.0}us  {:>12.0} {:>7.0}us {:>7.0}us  {:>6.2}x {:>+11.0}us",
+            "{clients:>8}  {:>12.0} {:>7.0}us {:>7.0}us  {:>12.0} {:>7.0}us {:>7.0}us  {:>6.2}x {:>+11.0}us{}",
             api.per_second,
             api.p50_us,
             api.p99_us,
@@ -323,15 +404,28 @@ async fn main() {
             direct.p99_us,
             api.per_second / direct.per_second,
             api.p99_us - direct.p99_us,
+            floor.map_or_else(String::new, |floor| format!(
+                "  {:>12.0} {:>7.0}us {:>7.0}us  {:>11.2}x {:>9.2}x",
+                floor.per_second,
+                floor.p50_us,
+                floor.p99_us,
+                floor.per_second / direct.per_second,
+                api.per_second / floor.per_second,
+            )),
         );
     };
-    let api_reader = || {
-        let api = api.clone();
-        async move {
-            let http = HttpClient::connect(&api).await;
-            ApiReader { http, sources }
+    let http_reader = |address: &str| {
+        let address = address.to_owned();
+        move || {
+            let address = address.clone();
+            async move {
+                let http = HttpClient::connect(&address).await;
+                ApiReader { http, sources }
+            }
         }
     };
+    let api_reader = http_reader(&api);
+    let floor_reader = floor.as_deref().map(http_reader);
     let direct_reader = || {
         let reader = DirectReader {
             redis: redis.clone(),
@@ -344,9 +438,13 @@ async fn main() {
     header();
     let mut closed_rates = Vec::new();
     for &clients in &levels {
-        let api_level = level(clients, deadline, None, api_reader).await;
+        let api_level = level(clients, deadline, None, &api_reader).await;
         let direct = level(clients, deadline, None, direct_reader).await;
-        row(clients, &api_level, &direct);
+        let floor = match &floor_reader {
+            Some(reader) => Some(level(clients, deadline, None, reader).await),
+            None => None,
+        };
+        row(clients, &api_level, &direct, floor.as_ref());
         closed_rates.push(api_level.per_second);
     }
     println!(
@@ -356,10 +454,17 @@ async fn main() {
     for (&clients, &closed) in levels.iter().zip(&closed_rates) {
         let rate = closed * load;
         let start = Instant::now() + OPEN_LOOP_SETTLE;
-        let api_level = level(clients, deadline, Some((rate, start)), api_reader).await;
+        let api_level = level(clients, deadline, Some((rate, start)), &api_reader).await;
         let start = Instant::now() + OPEN_LOOP_SETTLE;
         let direct = level(clients, deadline, Some((rate, start)), direct_reader).await;
-        row(clients, &api_level, &direct);
+        let floor = match &floor_reader {
+            Some(reader) => {
+                let start = Instant::now() + OPEN_LOOP_SETTLE;
+                Some(level(clients, deadline, Some((rate, start)), reader).await)
+            }
+            None => None,
+        };
+        row(clients, &api_level, &direct, floor.as_ref());
     }
 
     // The event delay: a batch-shaped transaction publishes, the SSE client receives.

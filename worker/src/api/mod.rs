@@ -302,12 +302,10 @@ pub async fn run(
         },
     };
     let token = auth::BearerToken(options.token.as_deref().map(Arc::from));
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|source| ServeError::Listen {
-            listen: options.listen,
-            source,
-        })?;
+    let listener = listen(options.listen).map_err(|source| ServeError::Listen {
+        listen: options.listen,
+        source,
+    })?;
     tracing::info!(listen = %options.listen, pipeline = %config.pipeline, "serving the read API");
     // Without Nagle: an answer written in two parts must not wait for the client's ACK.
     let listener = listener.tap_io(|tcp| {
@@ -319,6 +317,23 @@ pub async fn run(
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await
         .map_err(ServeError::Serve)
+}
+
+/// The accept queue's length. tokio's `TcpListener::bind` listens with std's 128: 500
+/// clients connecting at once overflowed it (`TcpExtListenOverflows`), and each connection
+/// past it waited for the SYN's retransmission, a second, then sent its backlog of requests
+/// at once. The kernel caps it at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn router(api: Arc<Api>, token: auth::BearerToken) -> Router {
@@ -977,6 +992,27 @@ async fn events(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 300 clients connecting before the server accepts any: with std's 128 the queue
+    /// overflows and the connections past it wait a second for the SYN's retransmission.
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_accept_queue_not_for_a_retransmission() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        let started = std::time::Instant::now();
+        let mut clients = Vec::new();
+        for _ in 0..300 {
+            let client = tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(address),
+            )
+            .await
+            .expect("a connection that overflowed the accept queue")
+            .unwrap();
+            clients.push(client);
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
 
     #[test]
     fn the_openapi_document_is_json_and_names_every_route() {
