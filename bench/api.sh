@@ -13,6 +13,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=e2e/local/lib.sh
+source e2e/local/lib.sh
 STACK_ENV="${FERRY_STACK_DIR:-/tmp/ferry-stack}/env"
 [[ -f "$STACK_ENV" ]] || { echo "no $STACK_ENV: start the stack: make stack-up" >&2; exit 1; }
 # shellcheck disable=SC1090
@@ -22,7 +24,10 @@ SOURCES="${SOURCES:-1000}"
 SECONDS_PER_LEVEL="${BENCH_SECONDS:-5}"
 PREFIX="bench-api-$(date +%s)-$RANDOM"
 WORK="$(mktemp -d)"
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+PORT="$(free_port)"
 
 # FERRY_BENCH_SERVE and FERRY_BENCH_CLIENT name prebuilt binaries (a copy of one build, so
 # that a build in another tree of the shared target dir cannot swap them mid-run).
@@ -60,16 +65,14 @@ for _ in $(seq 100); do
 done
 FLOOR_ADDRESS=""
 if [[ "${FERRY_BENCH_FLOOR:-1}" != 0 ]]; then
-  FLOOR_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  FLOOR_PORT="$(free_port)"
   FLOOR_ADDRESS="127.0.0.1:$FLOOR_PORT"
   FERRY_BENCH_FLOOR_SERVE="$FLOOR_ADDRESS" FERRY_BENCH_PREFIX="$PREFIX" REDIS_URL="$REDIS_URL" \
     "$BENCH" 2>"$WORK/floor.log" &
   FLOOR=$!
   trap 'kill "$SERVE" "$FLOOR" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$FLOOR_PORT") 2>/dev/null && break
-    sleep 0.1
-  done
+  FERRY_WAIT_LOG="$WORK/floor.log" wait_for 10 "the floor server on $FLOOR_ADDRESS" \
+    port_open 127.0.0.1 "$FLOOR_PORT"
 fi
 echo "== read API vs direct LRANGE: $SOURCES sources x 100 values, ${SECONDS_PER_LEVEL}s per level, $(nproc) cores"
 FERRY_BENCH_API="127.0.0.1:$PORT" FERRY_BENCH_PREFIX="$PREFIX" FERRY_BENCH_SOURCES="$SOURCES" \

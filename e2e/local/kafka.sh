@@ -204,12 +204,7 @@ kafka_up() {
 
   if [[ ! -f "$FERRY_KAFKA_DIR/data/meta.properties" ]]; then
     local cid
-    # A Kafka cluster id is 16 random bytes, base64url without padding.
-    # One that begins with "-" reads as an option to kafka-storage (1 in 64): draw again.
-    cid=-
-    while [[ "$cid" == -* ]]; do
-      cid="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
-    done
+    cid="$(kraft_cluster_id)"
     step "formatting KRaft storage (cluster id $cid, standalone controller)"
     "$FERRY_BIN/kafka-storage" format --standalone --cluster-id "$cid" --config "$props" \
       >>"$FERRY_LOG_DIR/kafka-format.log" 2>&1 || {

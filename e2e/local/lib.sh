@@ -139,6 +139,16 @@ port_open() {
   timeout 1 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" 2>/dev/null
 }
 
+# kraft_cluster_id: a KRaft cluster id, 16 random bytes in base64url without padding.
+# One that begins with "-" reads as an option to kafka-storage (1 in 64): draw again.
+kraft_cluster_id() {
+  local id=-
+  while [[ "$id" == -* ]]; do
+    id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+  done
+  printf '%s\n' "$id"
+}
+
 # local_address HOST: 0 if HOST is a loopback address or assigned to a local
 # interface (so we can bind to it).
 local_address() {

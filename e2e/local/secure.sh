@@ -122,11 +122,7 @@ rootLogger.appenderRef.out.ref = OUT
 logger.kafka.name = kafka.server.KafkaServer
 logger.kafka.level = INFO
 EOF
-  # One that begins with "-" reads as an option to kafka-storage (1 in 64): draw again.
-  cluster_id=-
-  while [[ "$cluster_id" == -* ]]; do
-    cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
-  done
+  cluster_id="$(kraft_cluster_id)"
   java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
     "-Dlog4j2.configurationFile=$dir/log4j2.properties" -cp "$KAFKA_LIBS/*" \
     kafka.tools.StorageTool format --standalone --cluster-id "$cluster_id" \

@@ -186,12 +186,8 @@ impl Reader for DirectReader {
 /// one `LRANGE key 0 99` and the values back to back as the body. Nothing else is parsed:
 /// the benchmark's own client is the only caller.
 async fn floor_serve(address: &str, redis: redis::aio::MultiplexedConnection, prefix: String) {
-    // The same accept queue as ferry-api's (4096), so that 500 clients connecting at once
-    // do not overflow std's 128.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket.bind(address.parse().unwrap()).unwrap();
-    let listener = socket.listen(4096).unwrap();
+    // ferry-api's accept queue, so that 500 clients connecting at once queue alike.
+    let listener = ferry_worker::api::listen(address.parse().unwrap()).unwrap();
     loop {
         let (stream, _) = listener.accept().await.unwrap();
         stream.set_nodelay(true).unwrap();

@@ -325,7 +325,8 @@ pub async fn run(
 /// at once. The kernel caps it at `net.core.somaxconn` (4096 by default).
 const LISTEN_BACKLOG: u32 = 4096;
 
-fn listen(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+/// Binds `address` with [`LISTEN_BACKLOG`] (`SO_REUSEADDR` set, as tokio's `bind` does).
+pub fn listen(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if address.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
