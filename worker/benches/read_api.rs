@@ -11,6 +11,9 @@
 //! schedule (open loop): their p50/p99 at the same load. A closed loop's p99 at saturation
 //! is its queue, about clients ÷ throughput, so it restates the throughput ratio; the
 //! open-loop run compares what a request costs when both serve the same traffic.
+//! Each level is run in `FERRY_BENCH_ROUNDS` slices (default 5), every path once a slice in
+//! an order that turns each slice, and pooled: on a noisy machine a drift in load then
+//! lands on all paths alike. Beside each ratio, the lowest and highest slice's.
 //! Then the event delay: from a batch-shaped `MULTI … PUBLISH … EXEC` sent to the SSE
 //! client's receipt of it.
 //!
@@ -23,9 +26,10 @@
 //!
 //! Environment: `FERRY_BENCH_API` (host:port of serve), `REDIS_URL`, `FERRY_BENCH_PREFIX`
 //! (the key prefix serve reads), `FERRY_BENCH_SOURCES` (how many sources hold data),
-//! `FERRY_BENCH_SECONDS` (per level, default 5), `FERRY_BENCH_LEVELS` (the client counts,
-//! default `1,50,500`), `FERRY_BENCH_LOAD` (the open-loop rate as a fraction of the API's
-//! closed-loop rate, default 0.5), `FERRY_BENCH_FLOOR`.
+//! `FERRY_BENCH_SECONDS` (per path and level, default 5), `FERRY_BENCH_ROUNDS`,
+//! `FERRY_BENCH_LEVELS` (the client counts, default `1,50,500`), `FERRY_BENCH_LOAD` (the
+//! open-loop rate as a fraction of the API's closed-loop rate, default 0.5),
+//! `FERRY_BENCH_FLOOR`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
@@ -91,6 +95,31 @@ struct Level {
     per_second: f64,
     p50_us: f64,
     p99_us: f64,
+}
+
+/// One path's requests in one slice of a level: each one's latency, and the slice's time.
+#[derive(Debug, Default)]
+struct Sample {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Sample {
+    fn per_second(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// A path's slices of a level, pooled: throughput over their total time, percentiles over
+/// all their requests.
+fn pooled(samples: &[Sample]) -> Level {
+    summarize(
+        samples
+            .iter()
+            .flat_map(|sample| sample.latencies.iter().copied())
+            .collect(),
+        samples.iter().map(|sample| sample.elapsed).sum(),
+    )
 }
 
 fn summarize(mut latencies: Vec<Duration>, elapsed: Duration) -> Level {
@@ -275,7 +304,7 @@ async fn level<R, F, Fut>(
     deadline: Duration,
     load: Option<(f64, Instant)>,
     connect: F,
-) -> Level
+) -> Sample
 where
     R: Reader + 'static,
     F: Fn() -> Fut,
@@ -295,7 +324,10 @@ where
     for task in tasks {
         latencies.extend(task.await.unwrap());
     }
-    summarize(latencies, started.elapsed())
+    Sample {
+        latencies,
+        elapsed: started.elapsed(),
+    }
 }
 
 /// `sources` lists of 100 dsdata records each, as a receiver with `list` storage and
@@ -367,9 +399,10 @@ async fn main() {
         .collect();
     let load: f64 = env("FERRY_BENCH_LOAD", "0.5").parse().unwrap();
     let deadline = Duration::from_secs_f64(seconds);
+    let rounds: u32 = env("FERRY_BENCH_ROUNDS", "5").parse().unwrap();
     let header = || {
         println!(
-            "{:>8}  {:>12} {:>9} {:>9}  {:>12} {:>9} {:>9}  {:>7} {:>13}{}",
+            "{:>8}  {:>12} {:>9} {:>9}  {:>12} {:>9} {:>9}  {:>7} {:>11} {:>13}{}",
             "clients",
             "api req/s",
             "api p50",
@@ -378,6 +411,7 @@ async fn main() {
             "p50",
             "p99",
             "ratio",
+            "by slice",
             "p99 delta",
             if floor.is_some() {
                 format!(
@@ -389,9 +423,20 @@ async fn main() {
             }
         );
     };
-    let row = |clients: usize, api: &Level, direct: &Level, floor: Option<&Level>| {
+    // The ratio is of the pooled slices; beside it, the lowest and highest slice's ratio.
+    let row = |clients: usize, samples: &[Vec<Sample>; 3]| {
+        let [api, direct, floor] = samples;
+        let by_slice: Vec<f64> = api
+            .iter()
+            .zip(direct)
+            .map(|(api, direct)| api.per_second() / direct.per_second())
+            .collect();
+        let low = by_slice.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = by_slice.iter().copied().fold(0.0, f64::max);
+        let (api, direct) = (pooled(api), pooled(direct));
+        let floor = (!floor.is_empty()).then(|| pooled(floor));
         println!(
-            "{clients:>8}  {:>12.0} {:>7.0}us {:>7.0}us  {:>12.0} {:>7.0}us {:>7.0}us  {:>6.2}x {:>+11.0}us{}",
+            "{clients:>8}  {:>12.0} {:>7.0}us {:>7.0}us  {:>12.0} {:>7.0}us {:>7.0}us  {:>6.2}x {:>11} {:>+11.0}us{}",
             api.per_second,
             api.p50_us,
             api.p99_us,
@@ -399,6 +444,7 @@ async fn main() {
             direct.p50_us,
             direct.p99_us,
             api.per_second / direct.per_second,
+            format!("{low:.2}-{high:.2}x"),
             api.p99_us - direct.p99_us,
             floor.map_or_else(String::new, |floor| format!(
                 "  {:>12.0} {:>7.0}us {:>7.0}us  {:>11.2}x {:>9.2}x",
@@ -430,37 +476,43 @@ async fn main() {
         };
         async move { reader }
     };
+    // Each level is split into `rounds` slices, each path in turn within a slice and the
+    // order turned by one each slice: a drift of the machine's load lands on every path
+    // alike instead of on whichever ran last.
+    let paths = if floor_reader.is_some() { 3 } else { 2 };
+    let slice = deadline / rounds;
+    let run_level = async |clients: usize, rate: Option<f64>| {
+        let mut samples: [Vec<Sample>; 3] = Default::default();
+        for round in 0..rounds as usize {
+            for turn in 0..paths {
+                let path = (round + turn) % paths;
+                let load = rate.map(|rate| (rate, Instant::now() + OPEN_LOOP_SETTLE));
+                let sample = match (path, &floor_reader) {
+                    (0, _) => level(clients, slice, load, &api_reader).await,
+                    (1, _) => level(clients, slice, load, direct_reader).await,
+                    (_, Some(floor)) => level(clients, slice, load, floor).await,
+                    (_, None) => unreachable!("no floor path without a floor"),
+                };
+                samples[path].push(sample);
+            }
+        }
+        samples
+    };
     println!("-- closed loop: each client sends when its last answer is in");
     header();
     let mut closed_rates = Vec::new();
     for &clients in &levels {
-        let api_level = level(clients, deadline, None, &api_reader).await;
-        let direct = level(clients, deadline, None, direct_reader).await;
-        let floor = match &floor_reader {
-            Some(reader) => Some(level(clients, deadline, None, reader).await),
-            None => None,
-        };
-        row(clients, &api_level, &direct, floor.as_ref());
-        closed_rates.push(api_level.per_second);
+        let samples = run_level(clients, None).await;
+        row(clients, &samples);
+        closed_rates.push(pooled(&samples[0]).per_second);
     }
     println!(
         "-- open loop at one rate for both: {load} x the API's closed-loop req/s at that client count"
     );
     header();
     for (&clients, &closed) in levels.iter().zip(&closed_rates) {
-        let rate = closed * load;
-        let start = Instant::now() + OPEN_LOOP_SETTLE;
-        let api_level = level(clients, deadline, Some((rate, start)), &api_reader).await;
-        let start = Instant::now() + OPEN_LOOP_SETTLE;
-        let direct = level(clients, deadline, Some((rate, start)), direct_reader).await;
-        let floor = match &floor_reader {
-            Some(reader) => {
-                let start = Instant::now() + OPEN_LOOP_SETTLE;
-                Some(level(clients, deadline, Some((rate, start)), reader).await)
-            }
-            None => None,
-        };
-        row(clients, &api_level, &direct, floor.as_ref());
+        let samples = run_level(clients, Some(closed * load)).await;
+        row(clients, &samples);
     }
 
     // The event delay: a batch-shaped transaction publishes, the SSE client receives.
